@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make run` and `make test`. Both build .venv first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DVC_NO_ANALYTICS := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TF_CPP_MIN_LOG_LEVEL := 3
+
+.PHONY: setup run test lock ui
+
+$(BIN)/char-rnn: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv==0.13.8
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock -e .
+	touch $@
+
+setup: $(BIN)/char-rnn
+
+# Runs every stage of dvc.yaml on the corpus named in params.yaml (default: the blog's sentence).
+run: setup
+	@test -d .git || git init -q
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc metrics show
+
+test: setup
+	$(BIN)/python -m pytest
+
+lock:
+	$(BIN)/uv pip compile requirements.in --python-version 3.11 -o requirements.lock
+
+ui: setup
+	$(BIN)/char-rnn ui

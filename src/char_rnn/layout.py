@@ -1,0 +1,84 @@
+"""Where every stage reads and writes: one place for the file names that dvc.yaml also lists."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: `CHAR_RNN_ROOT`, else the nearest folder at or above `start` with params.yaml."""
+    if env := os.environ.get("CHAR_RNN_ROOT"):
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").is_file():
+            return folder
+    return here
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path
+
+    @classmethod
+    def discover(cls) -> "Layout":
+        return cls(find_root())
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / "data" / "raw"
+
+    @property
+    def corpus(self) -> Path:
+        return self.root / "data" / "corpus.txt"
+
+    @property
+    def vocab(self) -> Path:
+        return self.root / "data" / "vocab.json"
+
+    @property
+    def windows(self) -> Path:
+        return self.root / "data" / "windows"
+
+    @property
+    def validation_report(self) -> Path:
+        return self.root / "reports" / "validation.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "model.keras"
+
+    @property
+    def train_run(self) -> Path:
+        """Links the train stage's MLflow run to evaluate and register, which log into the same run."""
+        return self.root / "models" / "run.json"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "reports" / "history.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "reports" / "metrics.json"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "reports" / "loss_accuracy.png"
+
+    @property
+    def sample(self) -> Path:
+        return self.root / "reports" / "sample.txt"
+
+    @property
+    def registration(self) -> Path:
+        return self.root / "reports" / "registration.json"
+
+    @property
+    def mlruns(self) -> Path:
+        return self.root / "mlruns"

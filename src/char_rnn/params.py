@@ -1,0 +1,168 @@
+"""Typed, validated view of params.yaml: the single source of truth for every knob.
+
+Everything else imports from here, never the other way round. Validation happens before any heavy
+import, so a typo in params.yaml costs milliseconds, not a TensorFlow start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from char_rnn.errors import PipelineError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+BUILTIN_CORPORA = ("seed", "kolaw", "kobill", "kolaw+kobill")
+
+
+class ParamsError(PipelineError):
+    """A params file that cannot be used; the message names every bad key and what is allowed."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos more often than not: reject them instead of silently ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CorpusParams(_Section):
+    source: str = Field(description="'seed' (the blog's sentence), 'kolaw', 'kobill', 'kolaw+kobill' "
+        "(texts shipped with konlpy) or a path to a UTF-8 text file",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _known_or_path(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"must be one of {', '.join(BUILTIN_CORPORA)} or a file path")
+        return value
+
+
+class WindowParams(_Section):
+    length: int = Field(ge=1, le=10_000, description="characters per training window")
+    stride: int = Field(ge=1, description="offset between consecutive window starts")
+
+
+class SplitParams(_Section):
+    val_fraction: float = Field(ge=0.0, lt=1.0, description="contiguous tail of the corpus held out for validation"
+    )
+
+
+class Cell(str, Enum):
+    simple_rnn = "simple_rnn"
+    lstm = "lstm"
+    gru = "gru"
+
+
+class InputEncoding(str, Enum):
+    one_hot = "one_hot"
+    embedding = "embedding"
+
+
+class ModelParams(_Section):
+    cell: Cell
+    units: int = Field(ge=1, le=8192)
+    layers: int = Field(ge=1, le=8)
+    dropout: float = Field(ge=0.0, lt=1.0, description="dropout on each recurrent layer's output")
+    input: InputEncoding
+    embedding_dim: int = Field(ge=1, le=4096, description="used only when input is 'embedding'")
+
+
+class TrainParams(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    learning_rate: float = Field(gt=0.0, le=1.0)
+    seed: int = Field(ge=0)
+
+
+class ValidationParams(_Section):
+    max_control_share: float = Field(ge=0.0, le=1.0, description="largest allowed share of control characters (tab and newline excepted)"
+    )
+
+
+class EvaluateParams(_Section):
+    prompt: str = Field(min_length=1, description="fixed prompt for the generated sample")
+    sample_length: int = Field(ge=1, le=10_000)
+    temperature: float = Field(ge=0.0, description="0 picks the most likely character (greedy)")
+
+
+class Metric(str, Enum):
+    bits_per_char = "bits_per_char"
+    loss = "loss"
+    perplexity = "perplexity"
+    accuracy = "accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self is Metric.accuracy
+
+
+class RegistryParams(_Section):
+    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    metric: Metric = Field(description="metric that decides champion vs challenger")
+
+
+class Params(_Section):
+    corpus: CorpusParams
+    window: WindowParams
+    split: SplitParams
+    model: ModelParams
+    train: TrainParams
+    validation: ValidationParams
+    evaluate: EvaluateParams
+    registry: RegistryParams
+
+    def digest(self) -> str:
+        """A stable hash of every value, tagged on registered models to tell configurations apart."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys (`train.epochs`), the form DVC and MLflow both use."""
+        return {
+            f"{section}.{key}": value
+            for section, values in self.model_dump(mode="json").items()
+            for key, value in values.items()
+        }
+
+
+def parse_params(raw: Any, origin: str = "params") -> Params:
+    """Validate a mapping; every error names its dotted key, what was given and what is allowed."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(err) for err in exc.errors()]
+        raise ParamsError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
+
+
+def _describe(err: Any) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    given = "" if err["type"] == "missing" else f" (got {err['input']!r})"
+    return f"  {key}: {err['msg']}{given}"
+
+
+def load_params(path: Path | str) -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    return parse_params(raw if raw is not None else {}, origin=str(path))
+
+
+def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
+    """Apply dotted-key overrides (`{"train.epochs": 5}`) and validate the result like a file."""
+    raw = params.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in raw or not key:
+            raise ParamsError(f"{dotted}: unknown key; sections are {', '.join(raw)}")
+        raw[section][key] = value
+    return parse_params(raw, origin="overrides")

@@ -1,0 +1,121 @@
+"""The pipeline's six stages, each `stage(params, layout)`: files in, files out.
+
+This is the one module the drivers call: the CLI (and so `dvc.yaml`) and the Prefect tasks in
+`pipelines/`. Each stage reads the outputs of the one before it from the paths in `Layout`, so the
+stages can run in separate processes and DVC can cache each one. Heavy imports stay inside.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Any, Callable
+
+from char_rnn.corpus import ingest as ingest_corpus
+from char_rnn.corpus import read_corpus
+from char_rnn.layout import Layout
+from char_rnn.params import Params
+from char_rnn.windows import load_vocab, load_windows, make_windows
+
+def ingest(params: Params, layout: Layout) -> dict[str, Any]:
+    characters = ingest_corpus(params.corpus, layout.root, layout.corpus)
+    return {"corpus": str(layout.corpus), "characters": characters}
+
+
+def window(params: Params, layout: Layout) -> dict[str, Any]:
+    text = read_corpus(layout.corpus)
+    spec = make_windows(text, params.window, params.split, layout.vocab, layout.windows)
+    return asdict(spec)
+
+
+def validate(params: Params, layout: Layout) -> dict[str, Any]:
+    from char_rnn.validation import validate as run_validation
+
+    spec, train_ids, val_ids = load_windows(layout.windows)
+    text, chars = read_corpus(layout.corpus), load_vocab(layout.vocab)
+    report = run_validation(text, chars, spec, train_ids, val_ids, params.validation, layout.validation_report)
+    return {"success": report["success"], "report": str(layout.validation_report)}
+
+
+def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    from char_rnn.registry import file_md5, git_commit
+    from char_rnn.train import train as run_training
+    from char_rnn.tracking import save_run_link
+
+    spec, train_ids, val_ids = load_windows(layout.windows)
+    lineage = {
+        "git_commit": git_commit(layout.root),
+        "corpus_md5": file_md5(layout.corpus),
+        "params_sha256": params.digest(),
+        **(tags or {}),
+    }
+    result = run_training(
+        params, spec, train_ids, val_ids, layout.mlruns, layout.model, layout.history,
+        extra_artifacts=[layout.validation_report, layout.vocab], tags=lineage,
+    )
+    save_run_link(layout.train_run, result.run_id, result.model_uri)
+    return {"run_id": result.run_id, "epochs": len(result.history["loss"]), "loss": result.history["loss"][-1]}
+
+
+def evaluate(params: Params, layout: Layout) -> dict[str, Any]:
+    import mlflow
+
+    from char_rnn.evaluate import evaluate as run_evaluation
+    from char_rnn.evaluate import plot_history, read_history, write_metrics
+    from char_rnn.model import load_model
+    from char_rnn.tracking import finite_metrics, load_run_link, resumed_run
+
+    spec, train_ids, val_ids = load_windows(layout.windows)
+    history = read_history(layout.history)
+    model = load_model(str(layout.model))
+    metrics, sample = run_evaluation(
+        model, load_vocab(layout.vocab), spec, train_ids, val_ids, history,
+        params.evaluate, params.train.batch_size, params.train.seed,
+    )
+    write_metrics(metrics, layout.metrics)
+    plot_history(history, layout.plot)
+    layout.sample.write_text(f"{params.evaluate.prompt}{sample}\n", encoding="utf-8")
+    with resumed_run(layout.mlruns, load_run_link(layout.train_run)["run_id"]):
+        mlflow.log_metrics({f"eval_{k}": v for k, v in finite_metrics(metrics).items()})
+        for artifact in (layout.metrics, layout.plot, layout.sample):
+            mlflow.log_artifact(str(artifact), artifact_path="reports")
+    return metrics
+
+
+def register(params: Params, layout: Layout) -> dict[str, Any]:
+    from char_rnn.registry import file_md5, git_commit
+    from char_rnn.registry import register as register_version
+    from char_rnn.tracking import connect, load_run_link
+
+    link = load_run_link(layout.train_run)
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    connect(layout.mlruns)
+    tags = {
+        "git_commit": git_commit(layout.root),
+        "corpus_md5": file_md5(layout.corpus),
+        "model_md5": file_md5(layout.model),
+        "params_sha256": params.digest(),
+        "run_id": link["run_id"],
+    }
+    registration = asdict(
+        register_version(link["run_id"], link["model_uri"], params.registry.model_name,
+                         params.registry.metric, metrics, tags)
+    )
+    layout.registration.parent.mkdir(parents=True, exist_ok=True)
+    layout.registration.write_text(json.dumps(registration, indent=1) + "\n", encoding="utf-8")
+    return registration
+
+
+STAGES: dict[str, Callable[[Params, Layout], dict[str, Any]]] = {
+    "ingest": ingest,
+    "window": window,
+    "validate": validate,
+    "train": train,
+    "evaluate": evaluate,
+    "register": register,
+}
+
+
+def run_all(params: Params, layout: Layout) -> dict[str, dict[str, Any]]:
+    """Every stage in order, in this process: what `dvc repro` does, without DVC's bookkeeping."""
+    return {name: stage(params, layout) for name, stage in STAGES.items()}

@@ -1,0 +1,150 @@
+"""Vocabulary, integer ids, contiguous split and sliding windows.
+
+Windows are never materialised, one-hot or otherwise: the stage stores each split as one int32 id
+array, and a window is a slice of it (input `ids[s:s+L]`, target `ids[s+1:s+L+1]`). Memory therefore
+grows with the corpus, not with windows x length x vocabulary as the blog's `to_categorical` does.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from char_rnn.errors import PipelineError
+from char_rnn.params import SplitParams, WindowParams
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+VOCAB_FORMAT = 1
+
+
+class WindowError(PipelineError):
+    """The corpus cannot be cut into windows with these params."""
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """What the window stage promises; the validate stage checks the id files against it."""
+
+    length: int
+    stride: int
+    vocab_size: int
+    train_chars: int
+    val_chars: int
+    train_windows: int
+    val_windows: int
+
+
+def build_vocab(text: str) -> list[str]:
+    """Sorted by code point: the same text always gives the same ids (the blog's `set()` order did not)."""
+    return sorted(set(text))
+
+
+def save_vocab(chars: list[str], path: Path) -> None:
+    payload = {"format": VOCAB_FORMAT, "size": len(chars), "chars": chars}
+    path.write_text(json.dumps(payload, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def load_vocab(path: Path) -> list[str]:
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    if payload.get("format") != VOCAB_FORMAT or len(payload["chars"]) != payload["size"]:
+        raise WindowError(f"{path}: not a vocabulary of format {VOCAB_FORMAT}")
+    return payload["chars"]
+
+
+def encode(text: str, chars: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(chars)}
+    return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
+
+
+def count_windows(n_ids: int, length: int, stride: int) -> int:
+    """Windows need length + 1 characters (the target is shifted by one), as in the blog's loop."""
+    return max(0, -(-(n_ids - length) // stride))
+
+
+def window_starts(n_ids: int, length: int, stride: int) -> np.ndarray:
+    return np.arange(0, max(0, n_ids - length), stride, dtype=np.int64)
+
+
+def split_ids(ids: np.ndarray, val_fraction: float, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous split: the validation text is the tail, never interleaved with training text."""
+    n_val = int(round(len(ids) * val_fraction))
+    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+    if count_windows(len(train), length, 1) == 0:
+        raise WindowError(
+            f"the training text has {len(train)} characters; window.length={length} needs at least"
+            f" {length + 1} (shorten window.length or use a longer corpus)"
+        )
+    if n_val and count_windows(len(val), length, 1) == 0:
+        raise WindowError(
+            f"split.val_fraction={val_fraction} leaves {len(val)} validation characters;"
+            f" window.length={length} needs at least {length + 1}"
+        )
+    return train, val
+
+
+def make_windows(
+    text: str, window: WindowParams, split: SplitParams, vocab_path: Path, out_dir: Path
+) -> WindowSpec:
+    """The window stage: vocabulary JSON plus one id file per split and the spec they satisfy."""
+    chars = build_vocab(text)
+    train, val = split_ids(encode(text, chars), split.val_fraction, window.length)
+    spec = WindowSpec(
+        length=window.length,
+        stride=window.stride,
+        vocab_size=len(chars),
+        train_chars=len(train),
+        val_chars=len(val),
+        train_windows=count_windows(len(train), window.length, window.stride),
+        val_windows=count_windows(len(val), window.length, window.stride),
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab_path.parent.mkdir(parents=True, exist_ok=True)
+    save_vocab(chars, vocab_path)
+    np.save(out_dir / "train.npy", train)
+    np.save(out_dir / "val.npy", val)
+    (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=1) + "\n", encoding="utf-8")
+    return spec
+
+
+def load_windows(out_dir: Path) -> tuple[WindowSpec, np.ndarray, np.ndarray]:
+    spec = WindowSpec(**json.loads((out_dir / "spec.json").read_text(encoding="utf-8")))
+    return spec, np.load(out_dir / "train.npy"), np.load(out_dir / "val.npy")
+
+
+def window_views(ids: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) as strided views of `ids`: no copy, used by validation and evaluation."""
+    if count_windows(len(ids), length, stride) == 0:
+        empty = np.empty((0, length), dtype=ids.dtype)
+        return empty, empty
+    rows = np.lib.stride_tricks.sliding_window_view(ids, length + 1)[::stride]
+    return rows[:, :-1], rows[:, 1:]
+
+
+def window_dataset(
+    ids: np.ndarray, length: int, stride: int, batch_size: int, shuffle_seed: int | None
+) -> "tf.data.Dataset":
+    """Batches of (inputs, targets), cut from the id array on the fly by `tf.gather`.
+
+    Only the start offsets are shuffled (seeded, reshuffled every epoch like Keras' `fit`), so the
+    shuffle buffer holds one integer per window instead of the windows themselves.
+    """
+    import tensorflow as tf
+
+    source = tf.constant(ids, dtype=tf.int32)
+    starts = window_starts(len(ids), length, stride)
+    dataset = tf.data.Dataset.from_tensor_slices(starts)
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(starts), seed=shuffle_seed, reshuffle_each_iteration=True)
+    offsets = tf.range(length + 1, dtype=tf.int64)
+
+    def cut(batch_starts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        rows = tf.gather(source, batch_starts[:, None] + offsets[None, :])
+        return rows[:, :-1], rows[:, 1:]
+
+    return dataset.batch(batch_size).map(cut).prefetch(tf.data.AUTOTUNE)

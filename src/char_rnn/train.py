@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -79,7 +79,10 @@ def signature(vocab_size: int) -> Any:
     )
 
 
-def fit(params: Params, spec: WindowSpec, train_ids: np.ndarray, val_ids: np.ndarray) -> tuple[Any, dict[str, list[float]]]:
+def fit(
+    params: Params, spec: WindowSpec, train_ids: np.ndarray, val_ids: np.ndarray, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[str, list[float]]]:
+    """Build, compile and fit; `callbacks` come after the NaN guard and the MLflow epoch logger."""
     import keras
 
     from char_rnn.model import build_model, compile_model
@@ -90,9 +93,13 @@ def fit(params: Params, spec: WindowSpec, train_ids: np.ndarray, val_ids: np.nda
     batches = {"batch_size": params.train.batch_size, "length": spec.length, "stride": spec.stride}
     train_data = window_dataset(train_ids, shuffle_seed=params.train.seed, **batches)
     val_data = window_dataset(val_ids, shuffle_seed=None, **batches) if spec.val_windows else None
-    callbacks = [keras.callbacks.TerminateOnNaN(), mlflow_epoch_logger()]
     history = model.fit(
-        train_data, validation_data=val_data, epochs=params.train.epochs, callbacks=callbacks, shuffle=False, verbose=0
+        train_data,
+        validation_data=val_data,
+        epochs=params.train.epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), mlflow_epoch_logger(), *callbacks],
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=0,
     ).history
     last = {k: v[-1] for k, v in history.items()}
     if not all(math.isfinite(v) for v in last.values()):
@@ -120,6 +127,7 @@ def train(
     history_path: Path,
     extra_artifacts: list[Path],
     tags: dict[str, str] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """The train stage; the MLflow run it opens is closed here and resumed by evaluate."""
     import mlflow
@@ -129,11 +137,10 @@ def train(
 
     experiment_id = connect(mlruns)
     with mlflow.start_run(experiment_id=experiment_id, tags=tags or {}) as run:
-        mlflow.log_params({**params.flat(), "window.vocab_size": spec.vocab_size,
-                           "window.train_windows": spec.train_windows, "window.val_windows": spec.val_windows})
+        mlflow.log_params({**params.flat(), **{f"data.{k}": v for k, v in asdict(spec).items()}})
         for artifact in extra_artifacts:
             mlflow.log_artifact(str(artifact), artifact_path="data")
-        model, history = fit(params, spec, train_ids, val_ids)
+        model, history = fit(params, spec, train_ids, val_ids, callbacks)
         save_model_atomically(model, model_path)
         write_history(history, history_path)
         mlflow.log_artifact(str(history_path), artifact_path="reports")

@@ -1,0 +1,79 @@
+"""params.yaml is the single source of truth: bad values fail early, naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from char_rnn.params import ParamsError, load_params, parse_params, with_overrides
+
+from conftest import REPO
+
+
+def test_repo_params_reproduce_the_blog(repo_params):
+    p = repo_params
+    assert (p.corpus.source, p.window.length, p.window.stride, p.split.val_fraction) == ("seed", 20, 1, 0.0)
+    assert (p.model.cell.value, p.model.units, p.model.layers, p.model.input.value) == ("simple_rnn", 100, 1, "one_hot")
+    assert (p.train.epochs, p.train.batch_size, p.train.learning_rate) == (100, 32, 0.001)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("window.length", 0, "greater than or equal to 1"),
+        ("train.epochs", -1, "greater than or equal to 1"),
+        ("model.cell", "transformer", "'simple_rnn', 'lstm' or 'gru'"),
+        ("model.units", "many", "valid integer"),
+        ("split.val_fraction", 1.5, "less than 1"),
+        ("registry.metric", "f1", "'bits_per_char', 'loss', 'perplexity' or 'accuracy'"),
+    ],
+)
+def test_bad_value_names_key_and_what_is_allowed(repo_params, key, value, allowed):
+    with pytest.raises(ParamsError) as caught:
+        with_overrides(repo_params, {key: value})
+    assert f"{key}:" in str(caught.value)
+    assert allowed in str(caught.value)
+
+
+def test_missing_and_unknown_keys_are_rejected(tmp_path: Path):
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    del raw["train"]["seed"]
+    raw["model"]["hidden"] = 128
+    with pytest.raises(ParamsError) as caught:
+        parse_params(raw)
+    message = str(caught.value)
+    assert "train.seed: Field required" in message
+    assert "model.hidden: Extra inputs are not permitted" in message
+
+
+def test_unknown_override_section_is_rejected(repo_params):
+    with pytest.raises(ParamsError, match="trian.epochs: unknown key"):
+        with_overrides(repo_params, {"trian.epochs": 3})
+
+
+def test_digest_changes_with_any_value(repo_params):
+    assert repo_params.digest() == load_params(REPO / "params.yaml").digest()
+    assert repo_params.digest() != with_overrides(repo_params, {"train.seed": 7}).digest()
+
+
+def test_cli_rejects_bad_params_before_importing_tensorflow(tmp_path: Path):
+    """`char-rnn train` with a bad file must fail in milliseconds, not after a 20 s TensorFlow import."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    raw["window"]["length"] = 0
+    bad = tmp_path / "params.yaml"
+    bad.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    probe = (
+        "import sys\n"
+        "from char_rnn.cli import app\n"
+        "try:\n"
+        f"    app(['train', '--params', {str(bad)!r}])\n"
+        "except SystemExit as exit:\n"
+        "    print('exit', exit.code, 'tensorflow' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.strip() == "exit 1 False"
+    assert "window.length: Input should be greater than or equal to 1 (got 0)" in result.stderr

@@ -1,0 +1,91 @@
+"""Model and training: the blog's architecture, deterministic fits, and NaN that loses nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from char_rnn import stages
+from char_rnn.params import with_overrides
+
+
+@pytest.fixture
+def windowed(layout, tiny_params):
+    stages.ingest(tiny_params, layout)
+    stages.window(tiny_params, layout)
+    stages.validate(tiny_params, layout)
+    return layout
+
+
+@pytest.mark.parametrize("cell", ["simple_rnn", "lstm", "gru"])
+@pytest.mark.parametrize("encoding", ["one_hot", "embedding"])
+def test_model_predicts_a_distribution_per_step_for_any_length(repo_params, cell, encoding):
+    from char_rnn.model import build_model
+
+    params = with_overrides(repo_params, {"model.cell": cell, "model.input": encoding, "model.layers": 2,
+                                          "model.dropout": 0.2, "model.units": 8})
+    model = build_model(params.model, vocab_size=11)
+    for length in (5, 20):
+        probs = np.asarray(model(np.zeros((2, length), dtype=np.int32)))
+        assert probs.shape == (2, length, 11)
+        np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)
+    assert sum(1 for layer in model.layers if cell in layer.name) == 2
+
+
+def test_blog_model_has_the_blogs_weights(repo_params):
+    from char_rnn.model import build_model
+
+    model = build_model(repo_params.model, vocab_size=48)
+    # SimpleRNN(100) on 48 one-hot inputs: 48*100 + 100*100 + 100; Dense: 100*48 + 48.
+    assert model.count_params() == (48 * 100 + 100 * 100 + 100) + (100 * 48 + 48)
+
+
+def test_training_is_deterministic_and_saved_model_loads_safely(windowed, tiny_params):
+    from char_rnn.model import load_model
+
+    first = stages.train(tiny_params, windowed)
+    first_weights = load_model(str(windowed.model)).get_weights()
+    second = stages.train(tiny_params, windowed)
+    assert first["run_id"] != second["run_id"]
+    assert first["loss"] == second["loss"]
+    second_weights = load_model(str(windowed.model)).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(first_weights, second_weights, strict=True))
+
+
+def test_loss_goes_down_and_every_epoch_is_logged(windowed, tiny_params):
+    import mlflow
+
+    params = with_overrides(tiny_params, {"train.epochs": 8})
+    run_id = stages.train(params, windowed)["run_id"]
+    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
+    assert [m.step for m in history] == list(range(8))
+    assert history[-1].value < history[0].value - 0.1
+    run = mlflow.get_run(run_id)
+    assert run.data.params["model.cell"] == "simple_rnn" and run.data.params["data.train_windows"] == "51"
+    assert run.data.tags["params_sha256"] == params.digest()
+
+
+def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_params):
+    import keras
+    import mlflow
+
+    from char_rnn.train import TrainingDiverged, train
+    from char_rnn.windows import load_windows
+
+    stages.train(tiny_params, windowed)
+    before = windowed.model.read_bytes()
+
+    class Poison(keras.callbacks.Callback):
+        """A real NaN in the weights: the next batch's loss is NaN, as after an exploding gradient."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            weights = self.model.get_weights()
+            self.model.set_weights([np.full_like(w, np.nan) for w in weights])
+
+    spec, train_ids, val_ids = load_windows(windowed.windows)
+    with pytest.raises(TrainingDiverged, match="training diverged at epoch 2"):
+        train(tiny_params, spec, train_ids, val_ids, windowed.mlruns, windowed.model, windowed.history,
+              extra_artifacts=[], callbacks=[Poison()])
+    assert windowed.model.read_bytes() == before
+    failed = mlflow.search_runs(experiment_names=["char-rnn"], filter_string="attributes.status = 'FAILED'")
+    assert len(failed) == 1

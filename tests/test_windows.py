@@ -1,0 +1,76 @@
+"""Windows are the blog's, cut from integer ids on the fly; nothing of size windows x length x vocab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from char_rnn.params import SplitParams, WindowParams
+from char_rnn.windows import (
+    WindowError,
+    build_vocab,
+    count_windows,
+    encode,
+    load_vocab,
+    load_windows,
+    make_windows,
+    window_dataset,
+    window_views,
+)
+
+from test_corpus import SEED
+
+
+def test_blog_sentence_gives_the_blogs_51_windows(tmp_path: Path):
+    spec = make_windows(SEED, WindowParams(length=20, stride=1), SplitParams(val_fraction=0.0),
+                        tmp_path / "vocab.json", tmp_path / "windows")
+    assert (spec.vocab_size, spec.train_windows, spec.val_windows) == (48, 51, 0)
+    chars = load_vocab(tmp_path / "vocab.json")
+    _, train, _ = load_windows(tmp_path / "windows")
+    inputs, targets = window_views(train, 20, 1)
+    decode = lambda row: "".join(chars[i] for i in row)  # noqa: E731
+    # The blog's "data 0": input "알엔엔 으로 자연어 처리하기 어렵지", output shifted by one.
+    assert decode(inputs[0]) == SEED[0:20] and decode(targets[0]) == SEED[1:21]
+    assert decode(inputs[-1]) == SEED[50:70] and decode(targets[-1]) == SEED[51:71]
+
+
+def test_vocabulary_is_sorted_and_stable():
+    assert build_vocab("다가나가") == ["가", "나", "다"]
+    assert build_vocab(SEED) == build_vocab("".join(reversed(SEED)))
+
+
+def test_split_is_contiguous_tail(tmp_path: Path):
+    text = "".join(chr(0xAC00 + i % 50) for i in range(1000))
+    spec = make_windows(text, WindowParams(length=10, stride=3), SplitParams(val_fraction=0.1),
+                        tmp_path / "vocab.json", tmp_path / "windows")
+    _, train, val = load_windows(tmp_path / "windows")
+    chars = load_vocab(tmp_path / "vocab.json")
+    assert (spec.train_chars, spec.val_chars) == (900, 100)
+    assert np.array_equal(np.concatenate([train, val]), encode(text, chars))
+    assert spec.train_windows == count_windows(900, 10, 3) == len(range(0, 890, 3))
+
+
+def test_corpus_shorter_than_a_window_is_refused(tmp_path: Path):
+    with pytest.raises(WindowError, match="window.length=20 needs at least 21"):
+        make_windows("짧은 글", WindowParams(length=20, stride=1), SplitParams(val_fraction=0.0),
+                     tmp_path / "vocab.json", tmp_path / "windows")
+
+
+def test_validation_tail_shorter_than_a_window_is_refused(tmp_path: Path):
+    with pytest.raises(WindowError, match="split.val_fraction=0.05 leaves 4 validation characters"):
+        make_windows(SEED, WindowParams(length=20, stride=1), SplitParams(val_fraction=0.05),
+                     tmp_path / "vocab.json", tmp_path / "windows")
+
+
+def test_tf_dataset_yields_exactly_the_windows():
+    ids = np.arange(200, dtype=np.int32) % 37
+    inputs, targets = window_views(ids, 16, 2)
+    batches = list(window_dataset(ids, 16, 2, batch_size=8, shuffle_seed=None).as_numpy_iterator())
+    assert np.array_equal(np.concatenate([b[0] for b in batches]), inputs)
+    assert np.array_equal(np.concatenate([b[1] for b in batches]), targets)
+    shuffled = list(window_dataset(ids, 16, 2, batch_size=8, shuffle_seed=1).as_numpy_iterator())
+    got = np.concatenate([b[0] for b in shuffled])
+    assert not np.array_equal(got, inputs)
+    assert sorted(map(tuple, got)) == sorted(map(tuple, inputs))

@@ -70,7 +70,14 @@ def test_tf_dataset_yields_exactly_the_windows():
     batches = list(window_dataset(ids, 16, 2, batch_size=8, shuffle_seed=None).as_numpy_iterator())
     assert np.array_equal(np.concatenate([b[0] for b in batches]), inputs)
     assert np.array_equal(np.concatenate([b[1] for b in batches]), targets)
-    shuffled = list(window_dataset(ids, 16, 2, batch_size=8, shuffle_seed=1).as_numpy_iterator())
-    got = np.concatenate([b[0] for b in shuffled])
-    assert not np.array_equal(got, inputs)
-    assert sorted(map(tuple, got)) == sorted(map(tuple, inputs))
+
+
+def test_shuffle_is_seeded_and_new_every_epoch():
+    ids = np.arange(200, dtype=np.int32) % 37
+    inputs, _ = window_views(ids, 16, 2)
+    dataset = window_dataset(ids, 16, 2, batch_size=8, shuffle_seed=1)
+    epochs = [np.concatenate([b[0] for b in dataset.as_numpy_iterator()]) for _ in range(2)]
+    assert not np.array_equal(epochs[0], inputs) and not np.array_equal(epochs[0], epochs[1])
+    assert sorted(map(tuple, epochs[1])) == sorted(map(tuple, inputs))
+    again = window_dataset(ids, 16, 2, batch_size=8, shuffle_seed=1)
+    assert np.array_equal(np.concatenate([b[0] for b in again.as_numpy_iterator()]), epochs[0])

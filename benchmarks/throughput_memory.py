@@ -1,0 +1,168 @@
+"""Training throughput and peak memory: the blog's one-hot arrays against our streamed integer ids.
+
+    .venv/bin/python benchmarks/throughput_memory.py [--epochs 2]
+
+Both train the blog's model (SimpleRNN(100), one-hot input, window 20, stride 1, batch 32, Adam) on
+every window of kolaw (18,884 characters, 380 distinct), for the same number of epochs:
+
+- blog: `to_categorical` input and target arrays (windows x 20 x V, float64), `categorical_crossentropy`,
+  `model.fit(x_onehot, y_onehot)`, exactly as in the blog post;
+- ours: what `char_rnn.train.fit` does (seeded and deterministic, `window_dataset` streaming int ids,
+  `build_model` with the in-model OneHot, sparse cross-entropy), without its MLflow epoch logger.
+
+A third run trains ours on a 1,000,000-character corpus (kolaw repeated) for the same number of
+steps as the kolaw run (each epoch cut to kolaw's steps with `take`), so the two peak RSS differ only
+by what the corpus size costs. Each run is a child process, so its peak RSS (`ru_maxrss`) is its own.
+chars/s counts predicted characters (windows x 20 per epoch) over the time spent in `fit`.
+Goals (issue 5): ours >= 2.5x the blog's chars/s, <= 1/5 of its peak RSS, and 1M vs kolaw < 100 MiB apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+LENGTH, BATCH, UNITS, SEED = 20, 32, 100, 42
+MILLION = 1_000_000
+
+
+def kolaw_ids(n_chars: int | None = None) -> tuple[np.ndarray, int]:
+    """kolaw as ids (vocabulary of kolaw itself), repeated and cut to n_chars when asked."""
+    from char_rnn.corpus import read_source
+    from char_rnn.windows import build_vocab, encode
+
+    text = read_source("kolaw", REPO)
+    if n_chars is not None:
+        text = (text * (n_chars // len(text) + 1))[:n_chars]
+    chars = build_vocab(text)
+    return encode(text, chars), len(chars)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run_blog(epochs: int) -> dict[str, float]:
+    """The blog's code, with kolaw instead of its sentence."""
+    import keras
+    from keras import layers
+
+    ids, vocab_size = kolaw_ids()
+    keras.utils.set_random_seed(SEED)
+    datax = [ids[i : i + LENGTH].tolist() for i in range(len(ids) - LENGTH)]
+    datay = [ids[i + 1 : i + LENGTH + 1].tolist() for i in range(len(ids) - LENGTH)]
+    x_onehot = keras.utils.to_categorical(datax, vocab_size)
+    y_onehot = keras.utils.to_categorical(datay, vocab_size)
+    inputs = keras.Input(shape=(LENGTH, vocab_size))
+    x = layers.SimpleRNN(units=UNITS, return_sequences=True)(inputs)
+    outputs = layers.TimeDistributed(layers.Dense(units=vocab_size, activation="softmax"))(x)
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    start = time.perf_counter()
+    model.fit(x_onehot, y_onehot, epochs=epochs, batch_size=BATCH, verbose=0)
+    seconds = time.perf_counter() - start
+    return {"windows": len(datax), "fit_s": seconds, "array_mib": (x_onehot.nbytes + y_onehot.nbytes) / 2**20}
+
+
+def run_ours(epochs: int, n_chars: int | None, steps: int | None) -> dict[str, float]:
+    """`char_rnn.train.fit`'s recipe; `steps` cuts every epoch to that many batches."""
+    import keras
+
+    from char_rnn.model import build_model, compile_model
+    from char_rnn.params import ModelParams
+    from char_rnn.train import seed_everything
+    from char_rnn.windows import count_windows, window_dataset
+
+    ids, vocab_size = kolaw_ids(n_chars)
+    seed_everything(SEED)
+    params = ModelParams(cell="simple_rnn", units=UNITS, layers=1, dropout=0.0, input="one_hot", embedding_dim=64)
+    model = build_model(params, vocab_size)
+    compile_model(model, 0.001)
+    data = window_dataset(ids, LENGTH, 1, BATCH, shuffle_seed=SEED)
+    windows = count_windows(len(ids), LENGTH, 1)
+    if steps is not None:
+        data, windows = data.take(steps), min(windows, steps * BATCH)
+    start = time.perf_counter()
+    model.fit(data, epochs=epochs, callbacks=[keras.callbacks.TerminateOnNaN()], shuffle=False, verbose=0)
+    seconds = time.perf_counter() - start
+    return {"windows": windows, "fit_s": seconds, "array_mib": ids.nbytes / 2**20}
+
+
+def child(kind: str, epochs: int) -> None:
+    """Runs in its own process; prints one JSON line that the parent reads."""
+    result = {
+        "blog": lambda: run_blog(epochs),
+        "ours": lambda: run_ours(epochs, None, None),
+        "ours-1m": lambda: run_ours(epochs, MILLION, -(-count_kolaw_windows() // BATCH)),
+    }[kind]()
+    result["chars_per_s"] = result["windows"] * LENGTH * epochs / result["fit_s"]
+    result["peak_rss_mib"] = peak_rss_mib()
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def count_kolaw_windows() -> int:
+    ids, _ = kolaw_ids()
+    return len(ids) - LENGTH
+
+
+def measure(kind: str, epochs: int) -> dict[str, float]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", kind, "--epochs", str(epochs)],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{kind} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result["wall_s"] = time.perf_counter() - start
+    return result
+
+
+def report(results: dict[str, dict[str, float]], epochs: int) -> None:
+    print(f"\nSimpleRNN(100), one-hot, window {LENGTH}, batch {BATCH}, {epochs} epochs; each run in its own process")
+    print(f"{'run':<34}{'windows':>9}{'fit s':>8}{'chars/s':>10}{'data MiB':>10}{'peak RSS MiB':>14}{'wall s':>8}")
+    names = {"blog": "blog: to_categorical, kolaw", "ours": "ours: streamed ids, kolaw",
+             "ours-1m": "ours: streamed ids, 1M chars *"}
+    for kind, r in results.items():
+        print(f"{names[kind]:<34}{r['windows']:>9}{r['fit_s']:>8.1f}{r['chars_per_s']:>10.0f}"
+              f"{r['array_mib']:>10.1f}{r['peak_rss_mib']:>14.0f}{r['wall_s']:>8.1f}")
+    print("* same number of steps as kolaw (each epoch cut with take); the data are the 1M-char corpus")
+    blog, ours, big = results["blog"], results["ours"], results["ours-1m"]
+    speed = ours["chars_per_s"] / blog["chars_per_s"]
+    memory = ours["peak_rss_mib"] / blog["peak_rss_mib"]
+    apart = big["peak_rss_mib"] - ours["peak_rss_mib"]
+    print(f"\nthroughput ours / blog: {speed:.2f}x   (goal >= 2.5x: {'met' if speed >= 2.5 else 'NOT met'})")
+    print(f"peak RSS ours / blog:   {memory:.3f} = 1/{1 / memory:.1f}"
+          f"   (goal <= 1/5: {'met' if memory <= 0.2 else 'NOT met'})")
+    print(f"peak RSS 1M - kolaw:    {apart:+.0f} MiB"
+          f"   (goal < 100 MiB apart: {'met' if abs(apart) < 100 else 'NOT met'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--child", choices=["blog", "ours", "ours-1m"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.epochs)
+        return
+    results = {}
+    for kind in ("blog", "ours", "ours-1m"):
+        print(f"running {kind} ...", flush=True)
+        results[kind] = measure(kind, args.epochs)
+    report(results, args.epochs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Honest held-out scoring of the Keras model, and its interpolation with the Kneser-Ney n-gram.
+
+Averaging the loss over every window position scores the first characters of each window with
+almost no context; an n-gram model always sees its full context. Here every scored character is
+predicted exactly once, from the characters before it: the scored slice is cut into chunks, and each
+chunk is run through the model together with the `warmup` characters before it (training text
+included), keeping only the predictions for the chunk itself. Every character thus sees at least
+`warmup` characters of context (all of it when the text before it is shorter) and at most
+`warmup + chunk - 1`; memory is bounded by one batch of chunks, never length x vocabulary of the text.
+
+The hybrid `p = lam * p_rnn + (1 - lam) * p_kn` fits `lam` on a tuning slice that neither model was
+trained on and that is not the scored text (for example the end of the training split, held out from
+training), then scores the validation text with that fixed `lam`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from char_rnn.ngram import KneserNey, bits_per_char, perplexity
+
+WARMUP = 500  # characters of context run through the model before the first scored one of a chunk
+CHUNK = 500  # characters scored per row of a batch
+
+
+@dataclass(frozen=True)
+class HeldoutScore:
+    """P(true char) for every scored character, and the figures the metrics file reports."""
+
+    probs: np.ndarray
+
+    @property
+    def chars(self) -> int:
+        return len(self.probs)
+
+    @property
+    def bits_per_char(self) -> float:
+        return bits_per_char(self.probs)
+
+    @property
+    def perplexity(self) -> float:
+        return perplexity(self.probs)
+
+
+def _rows(start: int, end: int, warmup: int, chunk: int) -> list[tuple[int, int, int]]:
+    """(input start, first scored, scored end) per chunk; the input is ids[input start : scored end - 1]."""
+    return [(max(a - warmup, 0), a, min(a + chunk, end)) for a in range(start, end, chunk)]
+
+
+def rnn_char_probabilities(
+    model: Any,
+    ids: np.ndarray,
+    start: int,
+    end: int | None = None,
+    warmup: int = WARMUP,
+    chunk: int = CHUNK,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """P(ids[t] | context) from the model for every t in [start, end), each once, in order.
+
+    `ids[:start]` is context only. The model's output at input position j predicts position j + 1,
+    so the first character of the text (t = 0) has nothing to be predicted from: start must be >= 1.
+    """
+    ids = np.asarray(ids, dtype=np.int32)
+    end = len(ids) if end is None else end
+    if not 1 <= start <= end <= len(ids):
+        raise ValueError(f"need 1 <= start <= end <= {len(ids)}, got start={start}, end={end}")
+    if warmup < 1 or chunk < 1:
+        raise ValueError(f"need warmup >= 1 and chunk >= 1, got warmup={warmup}, chunk={chunk}")
+    probs = np.empty(end - start)
+    # Rows of equal shape batch together: all of them except near the text's start and end.
+    by_shape: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
+    for s, a, e in _rows(start, end, warmup, chunk):
+        by_shape.setdefault((e - 1 - s, a - s), []).append((s, a, e))
+    for group in by_shape.values():
+        for i in range(0, len(group), batch_size):
+            batch = group[i : i + batch_size]
+            for (_, a, e), p in zip(batch, _batch_probabilities(model, ids, batch)):
+                probs[a - start : e - start] = p
+    return probs
+
+
+def _batch_probabilities(model: Any, ids: np.ndarray, rows: list[tuple[int, int, int]]) -> list[np.ndarray]:
+    """One forward pass over rows of equal shape; only the outputs that predict a scored character are kept."""
+    out = np.asarray(model.predict_on_batch(np.stack([ids[s : e - 1] for s, _, e in rows])))
+    # The output at input position t - 1 predicts character t: rows keep outputs a-1 .. e-2 for a .. e-1.
+    return [o[a - 1 - s : e - 1 - s][np.arange(e - a), ids[a:e]] for o, (s, a, e) in zip(out, rows)]
+
+
+def score_rnn(model: Any, ids: np.ndarray, start: int, end: int | None = None, **kwargs: Any) -> HeldoutScore:
+    return HeldoutScore(rnn_char_probabilities(model, ids, start, end, **kwargs))
+
+
+def average_rnns(
+    models: Sequence[Any], ids: np.ndarray, start: int, end: int | None = None, **kwargs: Any
+) -> np.ndarray:
+    """Several RNNs as one: the mean of their probabilities of the true characters."""
+    if not models:
+        raise ValueError("need at least one model")
+    return np.mean([rnn_char_probabilities(m, ids, start, end, **kwargs) for m in models], axis=0)
+
+
+def mix(p_rnn: np.ndarray, p_kn: np.ndarray, lam: float) -> np.ndarray:
+    """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
+    return lam * np.asarray(p_rnn, dtype=np.float64) + (1.0 - lam) * np.asarray(p_kn, dtype=np.float64)
+
+
+def fit_lambda(p_rnn: np.ndarray, p_kn: np.ndarray, tolerance: float = 1e-9) -> float:
+    """The lam in [0, 1] that maximises the log-likelihood of a tuning slice, by bisection.
+
+    The log-likelihood is concave in lam, so its derivative mean((a - b) / (lam a + (1 - lam) b))
+    decreases: lam is 0 or 1 when the derivative keeps one sign, else its single root.
+    """
+    a, b = np.asarray(p_rnn, dtype=np.float64), np.asarray(p_kn, dtype=np.float64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"need two non-empty arrays of the same shape, got {a.shape} and {b.shape}")
+
+    def slope(lam: float) -> float:
+        return float(np.mean((a - b) / mix(a, b, lam)))
+
+    if slope(0.0) <= 0.0:
+        return 0.0
+    if slope(1.0) >= 0.0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    while hi - lo > tolerance:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if slope(mid) > 0.0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class HybridScore:
+    """The scored text under the RNN(s), the n-gram and their mixture, with lam fitted on the tuning slice."""
+
+    lam: float
+    tune_chars: int
+    rnn: HeldoutScore
+    ngram: HeldoutScore
+    hybrid: HeldoutScore
+
+
+def score_hybrid(
+    models: Sequence[Any],
+    ngram: KneserNey,
+    ids: np.ndarray,
+    tune: tuple[int, int],
+    scored: tuple[int, int],
+    **kwargs: Any,
+) -> HybridScore:
+    """Fit lam on ids[tune[0]:tune[1]], then score ids[scored[0]:scored[1]] with it.
+
+    Both slices are read from the same id array so each character keeps its real preceding context.
+    The caller guarantees that neither the models nor the n-gram were trained on the tuning slice;
+    the slices must not overlap, so the scored text never influences lam.
+    """
+    (t0, t1), (s0, s1) = tune, scored
+    if not (t0 < t1 and s0 < s1) or max(t0, s0) < min(t1, s1):
+        raise ValueError(f"tune {tune} and scored {scored} must be non-empty and must not overlap")
+    lam = fit_lambda(average_rnns(models, ids, t0, t1, **kwargs), ngram.char_probabilities(ids, t0, t1))
+    p_rnn = average_rnns(models, ids, s0, s1, **kwargs)
+    p_kn = ngram.char_probabilities(ids, s0, s1)
+    return HybridScore(
+        lam=lam,
+        tune_chars=t1 - t0,
+        rnn=HeldoutScore(p_rnn),
+        ngram=HeldoutScore(p_kn),
+        hybrid=HeldoutScore(mix(p_rnn, p_kn, lam)),
+    )

@@ -1,0 +1,183 @@
+"""Character n-gram language model with interpolated Kneser-Ney smoothing: the baseline the RNN must beat.
+
+Counting and scoring are vectorised with NumPy, so fitting on a million characters takes seconds.
+An n-gram is never stored as a tuple: the n-gram starting at position i of order k gets the rank of
+`(rank of its first k-1 characters) * V + last character` among the sorted unique keys of order k.
+Keys therefore stay below (distinct (k-1)-grams) x V whatever the order, and looking up a context of
+new text is one `searchsorted` per order.
+
+Smoothing (Chen & Goodman 1999, "interpolated Kneser-Ney"):
+
+    P_k(w | h) = max(c_k(hw) - D_k, 0) / c_k(h.) + D_k N1+(h.) / c_k(h.) * P_{k-1}(w | h'),
+
+where c_k is the raw count at the highest order and the continuation count N1+(.g) (distinct
+characters seen before g) below it, h' drops the oldest character of h, D_k = n1 / (n1 + 2 n2) from
+the counts of counts of order k, and P_0 is uniform over the vocabulary. Every vocabulary character,
+seen or not, therefore gets a positive probability, and a context never seen backs off to the longest
+seen suffix. The start of the training text counts as one extra left context (as `<s>` would).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+UNSEEN = -1
+
+
+@dataclass(frozen=True)
+class _Order:
+    """Tables of one order k: n-grams as sorted keys (context rank * V + char) and per-context sums."""
+
+    keys: np.ndarray  # sorted unique int64 keys of the k-grams
+    counts: np.ndarray  # raw (highest order) or continuation counts, aligned with keys
+    totals: np.ndarray  # per context rank: sum of counts of its followers
+    backoff: np.ndarray  # per context rank: D * (number of distinct followers) / total
+    discount: float
+
+
+def _gram_ranks(ids: np.ndarray, order: int, vocab_size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """For k = 0..order: sorted unique keys of the k-grams of `ids`, and the rank of the k-gram at each start."""
+    keys = [np.zeros(1, dtype=np.int64)]
+    ranks = [np.zeros(len(ids) + 1, dtype=np.int64)]
+    for k in range(1, order + 1):
+        n = len(ids) - k + 1
+        key = ranks[k - 1][:n] * vocab_size + ids[k - 1 :].astype(np.int64)
+        unique, rank = np.unique(key, return_inverse=True)
+        keys.append(unique)
+        ranks.append(rank.astype(np.int64))
+    return keys, ranks
+
+
+def _discount(counts: np.ndarray) -> float:
+    """D = n1 / (n1 + 2 n2), Ney's estimate; 0.5 when the counts of counts cannot support it."""
+    n1, n2 = np.count_nonzero(counts == 1), np.count_nonzero(counts == 2)
+    return n1 / (n1 + 2 * n2) if n1 and n2 else 0.5
+
+
+def _continuation_counts(ranks: list[np.ndarray], n_grams: int, k: int) -> np.ndarray:
+    """N1+(.g) for every k-gram g: distinct (k+1)-grams ending in g, plus one for the text's first k-gram."""
+    _, first = np.unique(ranks[k + 1], return_index=True)
+    counts = np.bincount(ranks[k][first + 1], minlength=n_grams).astype(np.float64)
+    counts[ranks[k][0]] += 1.0
+    return counts
+
+
+@dataclass(frozen=True)
+class KneserNey:
+    """A fitted model; build it with `KneserNey.fit(ids, vocab_size, order)`."""
+
+    order: int
+    vocab_size: int
+    tables: tuple[_Order, ...]  # tables[k - 1] holds order k
+
+    @classmethod
+    def fit(cls, ids: np.ndarray, vocab_size: int, order: int = 5) -> "KneserNey":
+        """Count every n-gram of `ids` (ints in [0, vocab_size)) up to `order`; seconds for a million ids."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if order < 1:
+            raise ValueError(f"order must be at least 1, got {order}")
+        if len(ids) < order + 1:
+            raise ValueError(f"{len(ids)} training characters are too few for a {order}-gram model")
+        if ids.min() < 0 or ids.max() >= vocab_size:
+            raise ValueError(f"ids must lie in [0, {vocab_size})")
+        keys, ranks = _gram_ranks(ids, order, vocab_size)
+        tables = []
+        for k in range(1, order + 1):
+            if k == order:
+                counts = np.bincount(ranks[k], minlength=len(keys[k])).astype(np.float64)
+            else:
+                counts = _continuation_counts(ranks, len(keys[k]), k)
+            tables.append(_order_table(keys[k], counts, len(keys[k - 1]), vocab_size))
+        return cls(order=order, vocab_size=vocab_size, tables=tuple(tables))
+
+    def context_ranks(self, ids: np.ndarray) -> list[np.ndarray]:
+        """ranks[m][j]: rank of the training m-gram equal to ids[j:j+m], UNSEEN if training never had it."""
+        ids = np.asarray(ids, dtype=np.int64)
+        ranks = [np.zeros(len(ids) + 1, dtype=np.int64)]
+        for m in range(1, self.order):
+            n = max(len(ids) - m + 1, 0)
+            prev = ranks[m - 1][:n]
+            ranks.append(self._lookup(m, prev, ids[m - 1 : m - 1 + n]))
+        return ranks
+
+    def _lookup(self, k: int, context: np.ndarray, chars: np.ndarray) -> np.ndarray:
+        """Rank among the training k-grams of (context rank, char) pairs; UNSEEN where there is none."""
+        keys = self.tables[k - 1].keys
+        key = context * self.vocab_size + chars
+        pos = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+        found = (context != UNSEEN) & (keys[pos] == key)
+        return np.where(found, pos, UNSEEN)
+
+    def char_probabilities(self, ids: np.ndarray, start: int, end: int | None = None) -> np.ndarray:
+        """P(ids[t] | ids[:t]) for every t in [start, end): each character once, with all the context before it.
+
+        `ids[:start]` is context only (for example the end of the training text before the validation slice).
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        end = len(ids) if end is None else end
+        if not 0 <= start <= end <= len(ids):
+            raise ValueError(f"need 0 <= start <= end <= {len(ids)}, got start={start}, end={end}")
+        lo = max(start - self.order + 1, 0)  # only the last order-1 characters of context matter
+        window = ids[lo:end]
+        ranks = self.context_ranks(window)
+        positions = np.arange(start - lo, end - lo)
+        probs = np.full(len(positions), 1.0 / self.vocab_size)
+        for k, table in enumerate(self.tables, start=1):
+            begin = positions - (k - 1)  # where the k-1 characters of context start
+            usable = begin >= 0
+            context = np.where(usable, ranks[k - 1][np.maximum(begin, 0)], UNSEEN)
+            probs = _interpolate(table, context, self._gram_counts(k, context, window[positions]), probs)
+        return probs
+
+    def _gram_counts(self, k: int, context: np.ndarray, chars: np.ndarray) -> np.ndarray:
+        rank = self._lookup(k, context, chars)
+        return np.where(rank != UNSEEN, self.tables[k - 1].counts[np.maximum(rank, 0)], 0.0)
+
+    def distribution(self, context: np.ndarray) -> np.ndarray:
+        """The full next-character distribution after `context` (ids): sums to 1, positive everywhere."""
+        context = np.asarray(context, dtype=np.int64)
+        context = context[max(len(context) - self.order + 1, 0) :]  # older characters never matter
+        ranks = self.context_ranks(context)
+        probs = np.full(self.vocab_size, 1.0 / self.vocab_size)
+        chars = np.arange(self.vocab_size, dtype=np.int64)
+        for k, table in enumerate(self.tables, start=1):
+            if k - 1 > len(context):
+                break
+            rank = ranks[k - 1][len(context) - (k - 1)]
+            ctx = np.full(self.vocab_size, rank)
+            probs = _interpolate(table, ctx, self._gram_counts(k, ctx, chars), probs)
+        return probs
+
+    def bits_per_char(self, ids: np.ndarray, start: int, end: int | None = None) -> float:
+        return bits_per_char(self.char_probabilities(ids, start, end))
+
+
+def _order_table(keys: np.ndarray, counts: np.ndarray, n_contexts: int, vocab_size: int) -> _Order:
+    discount = _discount(counts)
+    context = keys // vocab_size
+    totals = np.bincount(context, weights=counts, minlength=n_contexts)
+    distinct = np.bincount(context, minlength=n_contexts)
+    backoff = np.divide(discount * distinct, totals, out=np.zeros(n_contexts), where=totals > 0)
+    return _Order(keys=keys, counts=counts, totals=totals, backoff=backoff, discount=discount)
+
+
+def _interpolate(table: _Order, context: np.ndarray, counts: np.ndarray, lower: np.ndarray) -> np.ndarray:
+    """One step of the recursion; where the context is unseen (or has no followers) keep the lower order."""
+    safe = np.maximum(context, 0)
+    total = np.where(context != UNSEEN, table.totals[safe], 0.0)
+    seen = total > 0
+    own = np.divide(np.maximum(counts - table.discount, 0.0), total, out=np.zeros_like(lower), where=seen)
+    return np.where(seen, own + table.backoff[safe] * lower, lower)
+
+
+def bits_per_char(probs: np.ndarray) -> float:
+    """Mean -log2 P over the scored characters: the cross-entropy every model here is compared on."""
+    return float(-np.mean(np.log2(probs)))
+
+
+def perplexity(probs: np.ndarray) -> float:
+    """e to the cross-entropy in nats, the same figure as 2 ** bits_per_char."""
+    return math.exp(float(-np.mean(np.log(probs))))

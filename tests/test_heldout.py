@@ -1,0 +1,113 @@
+"""Honest held-out scoring: every character once, with its context; the hybrid's lam never sees the scored text."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from char_rnn.heldout import average_rnns, fit_lambda, mix, rnn_char_probabilities, score_hybrid, score_rnn
+from char_rnn.ngram import KneserNey, bits_per_char
+from char_rnn.params import ModelParams
+
+VOCAB_SIZE = 40
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """A freshly initialised model: its predictions are close to uniform, but not exactly."""
+    import keras
+
+    from char_rnn.model import build_model
+
+    keras.utils.set_random_seed(7)
+    params = ModelParams(cell="gru", units=16, layers=1, dropout=0.0, input="one_hot", embedding_dim=8)
+    return build_model(params, VOCAB_SIZE)
+
+
+@pytest.fixture(scope="module")
+def text() -> np.ndarray:
+    """Random text with some repetition, so that the n-gram and the RNN disagree in interesting ways."""
+    rng = np.random.default_rng(3)
+    words = [rng.integers(0, VOCAB_SIZE, size=rng.integers(2, 6)) for _ in range(12)]
+    return np.concatenate([words[i] for i in rng.integers(0, 12, size=120)]).astype(np.int32)[:400]
+
+
+def test_with_enough_warmup_chunks_equal_one_pass_over_the_whole_text(untrained, text):
+    start = 250
+    one_pass = np.asarray(untrained.predict_on_batch(text[None, :-1]))[0]
+    expected = one_pass[np.arange(start - 1, len(text) - 1), text[start:]]
+    chunked = rnn_char_probabilities(untrained, text, start, warmup=len(text), chunk=60)
+    assert len(chunked) == len(text) - start
+    np.testing.assert_allclose(chunked, expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "warmup", "chunk"), [(1, 400, 30, 64), (300, 333, 500, 500), (399, 400, 5, 1)]
+)
+def test_every_char_of_the_slice_is_scored_exactly_once(untrained, text, start, end, warmup, chunk):
+    probs = rnn_char_probabilities(untrained, text, start, end, warmup=warmup, chunk=chunk)
+    assert len(probs) == end - start
+    assert np.all((probs > 0) & (probs < 1))
+
+
+def test_short_warmup_scores_from_the_last_warmup_chars_only(untrained, text):
+    """With warmup w and chunk 1, character t is predicted from exactly text[t - w : t]."""
+    start, warmup = 380, 12
+    probs = rnn_char_probabilities(untrained, text, start, warmup=warmup, chunk=1)
+    windows = np.stack([text[t - warmup : t] for t in range(start, len(text))])
+    last = np.asarray(untrained.predict_on_batch(windows))[:, -1, :]
+    np.testing.assert_allclose(probs, last[np.arange(len(windows)), text[start:]], rtol=1e-5)
+
+
+def test_the_first_char_of_a_text_cannot_be_scored(untrained, text):
+    with pytest.raises(ValueError, match="start"):
+        rnn_char_probabilities(untrained, text, 0)
+
+
+def test_an_untrained_model_scores_about_log2_of_the_vocabulary(untrained, text):
+    score = score_rnn(untrained, text, 200)
+    assert score.chars == 200
+    assert score.bits_per_char == pytest.approx(math.log2(VOCAB_SIZE), rel=0.10)
+    assert score.perplexity == pytest.approx(2**score.bits_per_char)
+
+
+def test_fitted_lambda_maximises_the_tuning_likelihood_and_never_loses():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.uniform(1e-4, 1, size=(2, 50)) ** rng.uniform(0.5, 4, size=2)[:, None]
+        lam = fit_lambda(a, b)
+        grid = np.linspace(0, 1, 2001)
+        best = grid[np.argmin([bits_per_char(mix(a, b, g)) for g in grid])]
+        assert 0.0 <= lam <= 1.0 and abs(lam - best) <= 1e-3
+        assert bits_per_char(mix(a, b, lam)) <= min(bits_per_char(a), bits_per_char(b)) + 1e-12
+    a = rng.uniform(0.5, 1, size=30)
+    assert fit_lambda(a, a / 4) == 1.0 and fit_lambda(a / 4, a) == 0.0
+
+
+def test_hybrid_lambda_is_fitted_without_the_scored_text(untrained, text):
+    train_end, tune_end = 300, 350
+    ngram = KneserNey.fit(text[:train_end], VOCAB_SIZE, 3)
+    # Noise in the tuning slice, which the n-gram finds surprising, makes the best lam an inner one.
+    noisy = text.copy()
+    noisy[train_end:tune_end:3] = np.random.default_rng(2).integers(0, VOCAB_SIZE, size=17)
+    first = score_hybrid([untrained], ngram, noisy, tune=(train_end, tune_end), scored=(tune_end, len(text)))
+    other = noisy.copy()
+    other[tune_end:] = np.random.default_rng(1).integers(0, VOCAB_SIZE, size=len(text) - tune_end)
+    second = score_hybrid([untrained], ngram, other, tune=(train_end, tune_end), scored=(tune_end, len(text)))
+    assert 0.0 < first.lam < 1.0 and first.lam == second.lam
+    assert first.hybrid.bits_per_char != second.hybrid.bits_per_char
+    assert first.hybrid.chars == first.rnn.chars == first.ngram.chars == len(text) - tune_end
+    np.testing.assert_allclose(first.hybrid.probs, mix(first.rnn.probs, first.ngram.probs, first.lam))
+
+
+def test_tuning_and_scored_slices_must_not_overlap(untrained, text):
+    ngram = KneserNey.fit(text[:300], VOCAB_SIZE, 3)
+    with pytest.raises(ValueError, match="overlap"):
+        score_hybrid([untrained], ngram, text, tune=(300, 360), scored=(350, 400))
+
+
+def test_several_rnns_are_averaged(untrained, text):
+    single = rnn_char_probabilities(untrained, text, 390)
+    np.testing.assert_allclose(average_rnns([untrained, untrained], text, 390), single)

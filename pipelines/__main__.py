@@ -1,0 +1,85 @@
+"""`python -m pipelines run|serve`: the Prefect driver's command line (run from the repository root).
+
+Prefect reads its settings once, on import: the defaults below are set before it is imported. The
+temporary server that a run starts when no PREFECT_API_URL is configured needs more than the default
+20 s to start on a small machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+
+from pipelines.worker import CODE_DIR
+
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Every flow run that `serve` starts re-imports this package in a fresh process, from any directory.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_DIR), os.environ.get("PYTHONPATH")]))
+
+app = typer.Typer(help="Run the char-rnn pipeline as a Prefect flow, or serve its nightly deployment.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+RootOption = typer.Option(None, help="project root (default: the folder with params.yaml around the working directory)")
+TimeoutOption = typer.Option(3600.0, help="training's own time budget in seconds; the training process is stopped after it")
+
+
+def _overrides(assignments: list[str]) -> dict[str, Any]:
+    """`train.epochs=5` → {"train.epochs": 5}: values are read as YAML, as in params.yaml."""
+    pairs = [item.partition("=") for item in assignments]
+    bad = [item for item, (_, sep, _) in zip(assignments, pairs) if not sep]
+    if bad:
+        raise typer.BadParameter(f"expected KEY=VALUE, got {', '.join(bad)}", param_hint="--set")
+    return {key: yaml.safe_load(value) for key, _, value in pairs}
+
+
+@app.command()
+def run(
+    root: Optional[Path] = RootOption,
+    set_: list[str] = typer.Option([], "--set", help="override a param, e.g. --set train.epochs=5 (repeatable)"),
+    skip_if_unchanged: bool = typer.Option(False, help="end 'up to date' without training when nothing changed"),
+    train_timeout_s: float = TimeoutOption,
+    push: bool = typer.Option(True, help="dvc push after the run when a default remote is configured"),
+) -> None:
+    """Run the flow once, now, in this process (on PREFECT_API_URL's server, else a temporary one)."""
+    from pipelines.flow import char_rnn_pipeline
+
+    state = char_rnn_pipeline(
+        overrides=_overrides(set_), root=str(root) if root else None, skip_if_unchanged=skip_if_unchanged,
+        train_timeout_s=train_timeout_s, push=push, return_state=True,
+    )
+    typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
+    if state.is_completed():
+        typer.echo(json.dumps(state.result(raise_on_failure=False), ensure_ascii=False, indent=1, default=str))
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
+@app.command()
+def serve(
+    root: Optional[Path] = RootOption,
+    cron: str = typer.Option("0 2 * * *", help="cron schedule, UTC (default: nightly at 02:00)"),
+    name: str = typer.Option("nightly", help="deployment name"),
+    skip_if_unchanged: bool = typer.Option(True, help="scheduled runs end 'up to date' when nothing changed"),
+    train_timeout_s: float = TimeoutOption,
+) -> None:
+    """Serve the scheduled deployment until Ctrl-C; needs PREFECT_API_URL (a `prefect server start`)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from char_rnn.layout import find_root
+    from pipelines.serve import serve as serve_deployment
+
+    if not PREFECT_API_URL.value():
+        typer.secho("error: set PREFECT_API_URL=http://127.0.0.1:4200/api (start the server with "
+                    "`prefect server start --host 127.0.0.1`)", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    serve_deployment((root or find_root()).resolve(), cron, name, skip_if_unchanged, train_timeout_s)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

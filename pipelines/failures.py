@@ -1,0 +1,56 @@
+"""Which failures a task may retry: only transient ones (I/O hiccups, a busy database or DVC lock).
+
+A `PipelineError` (bad params, failed validation, NaN loss, refused registration, exhausted time
+budget) would fail the same way again, so it is never retried; neither is a missing file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from char_rnn.errors import PipelineError
+
+# Messages of errors that go away when retried a little later, whatever exception class carries them
+# (MLflow wraps SQLite's lock error in its own exception; DVC reports its lock only on stderr).
+TRANSIENT_MESSAGES = ("database is locked", "unable to acquire lock", "connection reset", "temporarily unavailable")
+PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+class StageFailed(Exception):
+    """Raised by the flow so that its Failed state names the stage that failed and why."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        super().__init__(f"stage {stage!r} failed: {type(cause).__name__}: {cause}")
+        self.stage = stage
+
+
+class TransientError(Exception):
+    """A transient failure reported by another process (the model worker, DVC): worth a retry."""
+
+
+class WorkerFailed(Exception):
+    """The model worker raised something that is neither a user error nor transient: a bug."""
+
+
+class RemotePipelineError(PipelineError):
+    """A `PipelineError` raised in the model worker; the message keeps its original class name."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TransientError):
+        return True
+    if isinstance(exc, (PipelineError, *PERMANENT_OS_ERRORS)):
+        return False
+    if isinstance(exc, OSError):  # ConnectionError, TimeoutError, EIO and friends
+        return True
+    message = str(exc).lower()
+    return any(text in message for text in TRANSIENT_MESSAGES)
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect's `retry_condition_fn`: retry a failed task run only when its exception is transient."""
+    try:
+        state.result()
+    except Exception as exc:  # noqa: BLE001 - the state's own exception, re-raised to inspect it
+        return is_transient(exc)
+    return False

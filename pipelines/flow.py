@@ -1,0 +1,114 @@
+"""The Prefect flow: the six stages of `char_rnn.stages` as tasks, then DVC bookkeeping.
+
+No `from __future__ import annotations` here: Prefect builds the flow's parameter model from the
+annotations and cannot resolve `Params` from a string when it loads this module by file path.
+
+Tasks pass paths (the project root) and typed params, never models or datasets, and caching is
+off (`NO_CACHE`): every stage writes files, and DVC, not Prefect, decides what is up to date.
+Retries happen only for transient errors (see `pipelines.failures`).
+"""
+
+from pathlib import Path
+from typing import Any, Callable
+
+from char_rnn import stages
+from char_rnn.layout import Layout
+from char_rnn.params import Params, load_params, with_overrides
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, State
+
+from pipelines.failures import StageFailed, retry_if_transient
+from pipelines.versioning import is_up_to_date, record_run, require_dvc_project
+from pipelines.worker import ModelWorker
+
+IN_FLOW_PROCESS = ("ingest", "window", "validate")  # light: no TensorFlow, no MLflow
+IN_WORKER = ("train", "evaluate", "register")  # run in the model worker, which can be stopped
+STAGE_TIMEOUT_S = 900.0  # evaluate and register: minutes at most, even on the full corpus
+UP_TO_DATE = "up to date: corpus, params and code unchanged since the last successful run"
+
+TASK_OPTIONS: dict[str, Any] = {
+    "cache_policy": NO_CACHE,
+    "retries": 2,
+    "retry_delay_seconds": 5,
+    "retry_condition_fn": retry_if_transient,
+}
+
+
+@task(name="check-unchanged", **TASK_OPTIONS)
+def check_unchanged(root: str, params: Params) -> bool:
+    return is_up_to_date(Layout(Path(root)), params)
+
+
+@task(**TASK_OPTIONS)
+def run_stage(stage: str, root: str, params: Params) -> dict[str, Any]:
+    return stages.STAGES[stage](params, Layout(Path(root)))
+
+
+@task(**TASK_OPTIONS)
+def run_in_worker(
+    stage: str, worker: ModelWorker, params: Params, timeout_s: float, tags: dict[str, str] | None
+) -> dict[str, Any]:
+    return worker.call(stage, params, timeout_s, tags)
+
+
+@task(name="dvc-commit", **TASK_OPTIONS)
+def record(root: str, params: Params, push: bool) -> dict[str, Any]:
+    return record_run(Layout(Path(root)), params, push)
+
+
+def lineage_tags() -> dict[str, str]:
+    """Tags for the MLflow run, next to the git commit and DVC hashes that the train stage adds."""
+    return {
+        "prefect.flow_run_id": str(flow_run.id),
+        "prefect.flow_run_name": str(flow_run.name),
+        "prefect.deployment": deployment.name or "none (ad-hoc run)",
+    }
+
+
+def resolve_params(layout: Layout, params: Params | None, overrides: dict[str, Any] | None) -> Params:
+    """params.yaml unless given, then dotted overrides, validated exactly as the file is."""
+    return with_overrides(params if params is not None else load_params(layout.params), overrides or {})
+
+
+def _stage(name: str, call: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return call(*args)
+    except Exception as exc:
+        raise StageFailed(name, exc) from exc
+
+
+@flow(name="char-rnn", description="ingest → window → validate → train → evaluate → register, recorded by DVC")
+def char_rnn_pipeline(
+    params: Params | None = None,
+    overrides: dict[str, Any] | None = None,
+    root: str | None = None,
+    skip_if_unchanged: bool = False,
+    train_timeout_s: float = 3600.0,
+    push: bool = True,
+) -> dict[str, Any] | State:
+    """Run every stage on the project at `root` (default: the one around the working directory).
+
+    params: the full typed params (default: params.yaml at run time); overrides: dotted keys such
+    as {"train.epochs": 5} applied on top; skip_if_unchanged: end Completed "up to date" without
+    training when nothing changed since the last successful run; train_timeout_s: training's own
+    time budget, after which the training process is stopped; push: `dvc push` when a remote is set.
+    """
+    layout = Layout(Path(root).resolve()) if root else Layout.discover()
+    _stage("setup", require_dvc_project, layout)
+    run_params = _stage("params", resolve_params, layout, params, overrides)
+    where = str(layout.root)
+    if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params):
+        return Completed(message=UP_TO_DATE)
+    results: dict[str, Any] = {}
+    with ModelWorker(layout.root) as worker:  # starts importing TensorFlow while the light stages run
+        for stage in IN_FLOW_PROCESS:
+            results[stage] = _stage(stage, run_stage.with_options(name=stage), stage, where, run_params)
+        for stage in IN_WORKER:
+            budget = train_timeout_s if stage == "train" else STAGE_TIMEOUT_S
+            tags = lineage_tags() if stage == "train" else None
+            call = run_in_worker.with_options(name=stage)
+            results[stage] = _stage(stage, call, stage, worker, run_params, budget, tags)
+    results["dvc"] = _stage("dvc-commit", record, where, run_params, push)
+    return results

@@ -1,0 +1,28 @@
+"""The scheduled deployment: the flow served from this process on a cron schedule.
+
+Concurrency limit 1 with the ENQUEUE strategy: a run that comes due while another is running waits
+(state AwaitingConcurrencySlot) instead of running alongside it, since both would write the same
+files and DVC cannot run twice in one workspace.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+
+from pipelines.flow import char_rnn_pipeline
+
+def serve(root: Path, cron: str, name: str, skip_if_unchanged: bool, train_timeout_s: float) -> None:
+    """Register the deployment and run its flow runs until interrupted (Ctrl-C pauses the schedule)."""
+    char_rnn_pipeline.serve(
+        name=name,
+        cron=cron,
+        global_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        parameters={
+            "root": str(root.resolve()),
+            "skip_if_unchanged": skip_if_unchanged,
+            "train_timeout_s": train_timeout_s,
+        },
+        tags=["char-rnn"],
+    )

@@ -1,0 +1,91 @@
+"""DVC bookkeeping for flow runs: after a successful run, the repository looks as `dvc repro` left it.
+
+The tasks run the stage functions themselves (the same ones `dvc repro` runs through the CLI);
+then one `dvc commit --force` records every stage's deps, params and outputs in dvc.lock, and
+`dvc push` uploads the outputs when a default remote is configured. DVC commands run one after
+another, never concurrently: DVC fails with "Unable to acquire lock" instead of waiting, which
+`TransientError` turns into a retry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from char_rnn.errors import PipelineError
+from char_rnn.layout import Layout
+from char_rnn.params import Params, load_params
+
+from pipelines.failures import TransientError
+
+
+class NotADvcProject(PipelineError):
+    """The flow's root has no dvc.yaml or no .dvc folder: nothing could record the run."""
+
+
+class DvcFailed(Exception):
+    """A DVC command failed for a reason other than its lock; the message carries DVC's own."""
+
+
+def dvc(layout: Layout, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=layout.root, capture_output=True, text=True,
+        env={**os.environ, "DVC_NO_ANALYTICS": "1"},
+    )
+    if result.returncode == 0:
+        return result.stdout
+    message = f"dvc {' '.join(args)}: {(result.stderr or result.stdout).strip()}"
+    raise TransientError(message) if "unable to acquire lock" in message.lower() else DvcFailed(message)
+
+
+def require_dvc_project(layout: Layout) -> None:
+    """Checked first, so a run that could never be recorded fails in milliseconds, not after training."""
+    if not (layout.root / "dvc.yaml").is_file() or not (layout.root / ".dvc").is_dir():
+        raise NotADvcProject(f"{layout.root} is not a DVC project (needs dvc.yaml and `dvc init`)")
+
+
+def is_up_to_date(layout: Layout, params: Params) -> bool:
+    """Corpus, params and code unchanged since the last successful run.
+
+    Only a successful run (or `dvc repro`) writes dvc.lock, so "unchanged" is: the run's params are
+    params.yaml's and `dvc status` finds every stage's deps (corpus, code, params) and outputs as
+    dvc.lock recorded them.
+    """
+    if params != load_params(layout.params):
+        return False
+    return json.loads(dvc(layout, "status", "--json") or "{}") == {}
+
+
+def write_params(layout: Layout, params: Params) -> list[str]:
+    """Write the run's values into params.yaml (comments kept), as `dvc exp run --set-param` does.
+
+    dvc.lock records params as read from params.yaml, so a run with overrides must leave them
+    there to be recorded truthfully. Called only after every stage succeeded.
+    """
+    current = load_params(layout.params).flat()
+    changed = {key: value for key, value in params.flat().items() if current.get(key) != value}
+    if changed:
+        from ruamel.yaml import YAML  # DVC's own YAML library: round-trips comments and quotes
+
+        yaml = YAML()
+        yaml.preserve_quotes = True
+        document = yaml.load(layout.params.read_text(encoding="utf-8"))
+        for dotted, value in changed.items():
+            section, key = dotted.split(".", 1)
+            document[section][key] = value
+        with layout.params.open("w", encoding="utf-8") as handle:
+            yaml.dump(document, handle)
+    return sorted(changed)
+
+
+def record_run(layout: Layout, params: Params, push: bool) -> dict[str, Any]:
+    """params.yaml, then dvc.lock, then the remote: in that order, one DVC command at a time."""
+    changed = write_params(layout, params)
+    dvc(layout, "commit", "--force")
+    remote = dvc(layout, "config", "core.remote").strip()
+    if push and remote:
+        dvc(layout, "push")
+    return {"params_written": changed, "pushed_to": remote if push and remote else None}

@@ -1,0 +1,186 @@
+"""The scheduled deployment end to end, on a real `prefect server`, a real MLflow store and real DVC.
+
+One module-scoped setup (a server on a free loopback port with a temporary PREFECT_HOME, a git + DVC
+project with a local remote, `python -m pipelines serve`) and three triggered runs, shared by the
+tests: X, a full run; Y, triggered while X runs, with skip_if_unchanged; Z, a params change (a
+corpus with control characters) with skip_if_unchanged, which must run and fail validation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from conftest import REPO, TINY, free_port
+
+sys.path.insert(0, str(REPO))  # `pipelines` and `benchmarks` live at the repository root, outside src/
+
+from benchmarks.flow_overhead import QUIET, prefect_server, scaffold_project, stop_group  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+DEPLOYMENT = "char-rnn/nightly"
+NOISY = "data/raw/noisy.txt"
+
+
+def dvc(root: Path, *args: str) -> str:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
+                          check=True, env={**os.environ, **QUIET}).stdout
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> Iterator[dict[str, Any]]:
+    from char_rnn.layout import Layout
+    from char_rnn.params import load_params, with_overrides
+    from pipelines.versioning import write_params
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    base = tmp_path_factory.mktemp("flow")
+    root = base / "project"
+    root.mkdir()
+    (root / "data" / "raw").mkdir(parents=True)
+    (root / NOISY).write_text("알엔엔 으로 문장을 배운다. " * 8 + "\x07" * 30, encoding="utf-8")
+    scaffold_project(root)
+    layout = Layout(root)
+    write_params(layout, with_overrides(load_params(layout.params), TINY))
+    shutil.copy(migrated_store, root / "mlruns" / "mlflow.db")
+    dvc(root, "remote", "add", "-d", "local", str(base / "remote"))
+    home = base / "prefect"
+    home.mkdir()
+    slot_wait = {"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2"}
+    with prefect_server(free_port(), home, slot_wait) as url:
+        env = {**os.environ, **QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": url,
+               "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        log = (base / "serve.log").open("wb")
+        server = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "--root", str(root)], cwd=REPO,
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+                deployment = _wait_for(lambda: _deployment(client), timeout_s=120, what="the served deployment")
+                yield {"root": root, "client": client, "deployment": deployment, "log": base / "serve.log"}
+        finally:
+            stop_group(server)
+            log.close()
+
+
+def _deployment(client: Any) -> Any:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(DEPLOYMENT)
+    except ObjectNotFound:
+        return None
+
+
+def _wait_for(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(1)
+    raise TimeoutError(f"no {what} after {timeout_s} s")
+
+
+def _finished(client: Any, run_id: Any, timeout_s: float) -> Any:
+    return _wait_for(lambda: (run := client.read_flow_run(run_id)).state.is_final() and run, timeout_s, "final state")
+
+
+@pytest.fixture(scope="module")
+def runs(served: dict[str, Any]) -> dict[str, Any]:
+    """X and Y triggered together, then Z; each waited for. DVC's state is taken before Z."""
+    from prefect.deployments import run_deployment
+
+    client, root = served["client"], served["root"]
+    x = run_deployment(DEPLOYMENT, parameters={"skip_if_unchanged": False}, timeout=0)
+    y = run_deployment(DEPLOYMENT, parameters={"skip_if_unchanged": True}, timeout=0)
+    x, y = _finished(client, x.id, 300), _finished(client, y.id, 120)
+    status_after_x = json.loads(dvc(root, "status", "--json"))  # Z, failing, leaves the workspace changed
+    before_z = {name: (root / name).read_bytes() for name in ("dvc.lock", "params.yaml")}
+    z = run_deployment(DEPLOYMENT, parameters={"skip_if_unchanged": True, "overrides": {"corpus.source": NOISY}},
+                       timeout=0)
+    z = _finished(client, z.id, 180)
+    return {"x": x, "y": y, "z": z, "status_after_x": status_after_x, "before_z": before_z}
+
+
+def _task_runs(client: Any, flow_run: Any) -> dict[str, Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    found = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    return {run.name.rsplit("-", 1)[0]: run for run in found}
+
+
+def _mlflow(root: Path) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+
+
+def _training_runs(root: Path) -> list[Any]:
+    client = _mlflow(root)
+    return client.search_runs([client.get_experiment_by_name("char-rnn").experiment_id])
+
+
+def test_deployment_is_nightly_with_concurrency_limit_one(served: dict[str, Any]) -> None:
+    deployment = served["deployment"]
+    assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+    assert deployment.global_concurrency_limit.limit == 1
+    assert deployment.parameters["root"] == str(served["root"])
+
+
+def test_run_is_tracked_registered_and_recorded_by_dvc(served: dict[str, Any], runs: dict[str, Any]) -> None:
+    root, x = served["root"], runs["x"]
+    assert x.state.is_completed(), x.state.message
+    (run,) = _training_runs(root)
+    assert [m.step for m in _mlflow(root).get_metric_history(run.info.run_id, "loss")] == [0, 1, 2]
+    lock = __import__("yaml").safe_load((root / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["prefect.flow_run_id"] == str(x.id)
+    assert run.data.tags["prefect.deployment"] == "nightly"
+    assert run.data.tags["git_commit"] == head
+    assert run.data.tags["corpus_md5"] == lock["ingest"]["outs"][0]["md5"]
+    (version,) = _mlflow(root).search_model_versions("name='char-rnn-ko'")
+    assert version.run_id == run.info.run_id
+    assert runs["status_after_x"] == {}
+    assert lock["train"]["params"]["params.yaml"]["train"]["epochs"] == TINY["train.epochs"]
+    model_md5 = next(out["md5"] for out in lock["train"]["outs"] if out["path"] == "models/model.keras")
+    assert (root.parent / "remote" / "files" / "md5" / model_md5[:2] / model_md5[2:]).is_file()
+
+
+def test_overlapping_run_waits_for_the_running_one(served: dict[str, Any], runs: dict[str, Any]) -> None:
+    x, y = runs["x"], runs["y"]
+    states = [state.name for state in served["client"].read_flow_run_states(y.id)]
+    assert "AwaitingConcurrencySlot" in states
+    assert y.start_time >= x.end_time
+
+
+def test_unchanged_rerun_is_skipped_and_params_change_is_not(served: dict[str, Any], runs: dict[str, Any]) -> None:
+    from pipelines.flow import UP_TO_DATE
+
+    client, y, z = served["client"], runs["y"], runs["z"]
+    assert y.state.is_completed() and y.state.message == UP_TO_DATE
+    assert set(_task_runs(client, y)) == {"check-unchanged"}
+    assert len(_training_runs(served["root"])) == 1
+    assert {"check-unchanged", "ingest", "window", "validate"} <= set(_task_runs(client, z))
+
+
+def test_failed_validation_fails_the_flow_without_training_or_retry(
+    served: dict[str, Any], runs: dict[str, Any]
+) -> None:
+    root, z = served["root"], runs["z"]
+    assert z.state.is_failed()
+    assert "stage 'validate' failed" in z.state.message and "ValidationFailed" in z.state.message
+    tasks = _task_runs(served["client"], z)
+    assert tasks["validate"].state.is_failed() and tasks["validate"].run_count == 1
+    assert not {"train", "evaluate", "register", "dvc-commit"} & set(tasks)
+    assert len(_training_runs(root)) == 1
+    assert runs["before_z"] == {name: (root / name).read_bytes() for name in ("dvc.lock", "params.yaml")}

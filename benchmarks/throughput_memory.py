@@ -78,17 +78,17 @@ def run_ours(epochs: int, n_chars: int | None, steps: int | None) -> dict[str, f
     import keras
 
     from char_rnn.model import build_model, compile_model
-    from char_rnn.params import ModelParams
+    from char_rnn.params import load_params
     from char_rnn.train import seed_everything
     from char_rnn.windows import count_windows, window_dataset
 
     ids, vocab_size = kolaw_ids(n_chars)
     seed_everything(SEED)
-    params = ModelParams(cell="simple_rnn", units=UNITS, layers=1, dropout=0.0, input="one_hot", embedding_dim=64)
-    model = build_model(params, vocab_size)
-    compile_model(model, 0.001)
-    data = window_dataset(ids, LENGTH, 1, BATCH, shuffle_seed=SEED)
+    params = load_params(REPO / "params.yaml")  # the blog's model: SimpleRNN(100), one-hot, Adam 0.001
     windows = count_windows(len(ids), LENGTH, 1)
+    model = build_model(params.model, vocab_size)
+    compile_model(model, params.train, steps_per_epoch=-(-windows // BATCH))
+    data = window_dataset(ids, LENGTH, 1, BATCH, shuffle_seed=SEED)
     if steps is not None:
         data, windows = data.take(steps), min(windows, steps * BATCH)
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""`python -m pipelines run|serve`: the Prefect driver's command line (run from the repository root).
+"""`python -m pipelines run|sweep|serve`: the Prefect driver's command line (run from the repository root).
 
 Prefect reads its settings once, on import: the defaults below are set before it is imported. The
 temporary server that a run starts when no PREFECT_API_URL is configured needs more than the default
@@ -54,6 +54,33 @@ def run(
         overrides=_overrides(set_), root=str(root) if root else None, skip_if_unchanged=skip_if_unchanged,
         train_timeout_s=train_timeout_s, push=push, return_state=True,
     )
+    typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
+    if state.is_completed():
+        typer.echo(json.dumps(state.result(raise_on_failure=False), ensure_ascii=False, indent=1, default=str))
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
+@app.command()
+def sweep(
+    spec: Path = typer.Option(..., "--spec", help="sweep spec YAML: max_parallel, grid of dotted overrides, "
+                              "optional random and seed (or a params file with a sweep: section)"),
+    root: Optional[Path] = RootOption,
+    set_: list[str] = typer.Option([], "--set", help="override a base param for every trial (repeatable)"),
+    sweep_id: Optional[str] = typer.Option(None, help="folder name under sweeps/ (default: time + random suffix)"),
+    train_timeout_s: float = TimeoutOption,
+) -> None:
+    """Train every config of a sweep spec, several at once, and register the best (champion or challenger)."""
+    from char_rnn.params import ParamsError
+    from pipelines.sweep import run_sweep
+    from pipelines.sweep_spec import load_spec
+
+    try:
+        sweep_spec = load_spec(spec)
+    except ParamsError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2) from None
+    state = run_sweep(sweep_spec, overrides=_overrides(set_), root=str(root) if root else None,
+                      sweep_id=sweep_id, train_timeout_s=train_timeout_s, return_state=True)
     typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
     if state.is_completed():
         typer.echo(json.dumps(state.result(raise_on_failure=False), ensure_ascii=False, indent=1, default=str))

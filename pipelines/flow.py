@@ -23,7 +23,7 @@ from pipelines.failures import StageFailed, retry_if_transient
 from pipelines.versioning import is_up_to_date, record_run, require_dvc_project
 from pipelines.worker import ModelWorker
 
-IN_FLOW_PROCESS = ("ingest", "window", "validate")  # light: no TensorFlow, no MLflow
+IN_FLOW_PROCESS = ("ingest", "window", "validate", "baseline")  # light: no TensorFlow, no MLflow
 IN_WORKER = ("train", "evaluate", "register")  # run in the model worker, which can be stopped
 STAGE_TIMEOUT_S = 900.0  # evaluate and register: minutes at most, even on the full corpus
 UP_TO_DATE = "up to date: corpus, params and code unchanged since the last successful run"
@@ -79,7 +79,10 @@ def _stage(name: str, call: Callable[..., Any], *args: Any) -> Any:
         raise StageFailed(name, exc) from exc
 
 
-@flow(name="char-rnn", description="ingest → window → validate → train → evaluate → register, recorded by DVC")
+@flow(
+    name="char-rnn",
+    description="ingest → window → validate → baseline → train → evaluate → register, recorded by DVC",
+)
 def char_rnn_pipeline(
     params: Params | None = None,
     overrides: dict[str, Any] | None = None,

@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from char_rnn.errors import PipelineError
+from char_rnn.layout import Layout
 from char_rnn.params import Params
 
 from pipelines.failures import RemotePipelineError, TransientError, WorkerFailed, is_transient
@@ -45,14 +46,15 @@ class StageTimedOut(PipelineError):
 class ModelWorker:
     """Parent side: starts the worker, sends it stage requests, and stops it whatever happens."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, run_dir: Path | None = None) -> None:
+        """`run_dir`: where this worker's model and reports go (a sweep trial's folder); default `root`."""
         env = {
             **os.environ,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_DIR), os.environ.get("PYTHONPATH")])),
             "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.worker", str(root), str(os.getpid())],
+            [sys.executable, "-m", "pipelines.worker", str(root), str(run_dir or root), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=root, env=env, text=True, encoding="utf-8",
         )
 
@@ -135,13 +137,12 @@ def _die_with_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _handle(request: dict[str, Any], root: Path) -> dict[str, Any]:
+def _handle(request: dict[str, Any], layout: Layout) -> dict[str, Any]:
     from char_rnn import stages
-    from char_rnn.layout import Layout
     from char_rnn.params import parse_params
 
     try:
-        params, layout = parse_params(request["params"]), Layout(root)
+        params = parse_params(request["params"])
         if request["stage"] == "train":
             return {"result": stages.train(params, layout, tags=request["tags"])}
         return {"result": stages.STAGES[request["stage"]](params, layout)}
@@ -158,7 +159,8 @@ def _handle(request: dict[str, Any], root: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    root, parent = Path(sys.argv[1]), int(sys.argv[2])
+    root, run_dir, parent = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    layout = Layout(root).for_run(run_dir)
     replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
@@ -168,7 +170,7 @@ def main() -> None:
     import mlflow.keras  # noqa: F401
 
     for line in sys.stdin:
-        replies.write(json.dumps(_handle(json.loads(line), root), ensure_ascii=False, default=str) + "\n")
+        replies.write(json.dumps(_handle(json.loads(line), layout), ensure_ascii=False, default=str) + "\n")
         replies.flush()
 
 

@@ -50,11 +50,10 @@ def tiny_params(repo_params: Params) -> Params:
 @pytest.fixture(scope="session")
 def migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Creating an MLflow sqlite store runs its migrations (~4 s): do it once, copy the file per test."""
-    import mlflow
+    from mlflow import MlflowClient
 
     db = tmp_path_factory.mktemp("store") / "mlflow.db"
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    mlflow.search_experiments()
+    MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()  # no global URI: tests pick their own
     return db
 
 

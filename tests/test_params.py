@@ -29,7 +29,7 @@ def test_repo_params_reproduce_the_blog(repo_params):
         ("model.cell", "transformer", "'simple_rnn', 'lstm' or 'gru'"),
         ("model.units", "many", "valid integer"),
         ("split.val_fraction", 1.5, "less than 1"),
-        ("registry.metric", "f1", "'bits_per_char', 'loss', 'perplexity' or 'accuracy'"),
+        ("registry.metric", "f1", "'bits_per_char', 'hybrid_bits_per_char', 'loss', 'perplexity' or 'accuracy'"),
     ],
 )
 def test_bad_value_names_key_and_what_is_allowed(repo_params, key, value, allowed):

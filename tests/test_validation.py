@@ -18,7 +18,7 @@ CHECKS = ValidationParams(max_control_share=0.01)
 
 
 def _prepared(tmp_path: Path, text: str = SEED, length: int = 20):
-    make_windows(text, WindowParams(length=length, stride=1), SplitParams(val_fraction=0.0),
+    make_windows(text, WindowParams(length=length, stride=1), SplitParams(val_fraction=0.0, tune_fraction=0.0),
                  tmp_path / "vocab.json", tmp_path / "windows")
     spec, train, val = load_windows(tmp_path / "windows")
     return text, load_vocab(tmp_path / "vocab.json"), spec, train, val

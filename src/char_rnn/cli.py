@@ -49,6 +49,7 @@ for _name, _help in {
     "ingest": "Read corpus.source strictly as UTF-8, normalise it (no BOM, LF, NFC), write data/corpus.txt.",
     "window": "Build the vocabulary and the integer-id train/validation splits that windows are cut from.",
     "validate": "Run the Great Expectations suites on the corpus and the windows; fail on any unmet expectation.",
+    "baseline": "Fit the Kneser-Ney character n-gram and score it on the text the RNN is scored on.",
     "train": "Train the Keras model from params (seeded, deterministic), log it to MLflow, write models/model.keras.",
     "evaluate": "Score the model, plot loss and accuracy per epoch, write a sample; log all to the train run.",
     "register": "Register the trained model in MLflow and set alias champion (if better) or challenger.",
@@ -85,3 +86,49 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1")) -> None:
     ]
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)")
     raise typer.Exit(subprocess.call(command, env=env))
+
+
+@app.command("generate")
+def generate(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="models:/<name>@<alias>, models:/<name>/<version> or a local .keras file"
+        " (default: models:/<registry.model_name>@champion)",
+    ),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue; characters outside the"
+                               " vocabulary are dropped with a warning"),
+    length: int = typer.Option(100, help="characters to generate per sample"),
+    temperature: float = typer.Option(1.0, help="0 = greedy; below 1 sharper, above 1 more random"),
+    top_k: int = typer.Option(0, "--top-k", help="sample among the k most likely characters (0 = all)"),
+    seed: Optional[int] = typer.Option(None, help="same seed, same text (default: fresh randomness)"),
+    num_samples: int = typer.Option(1, "--num-samples", "-n", help="samples to write, one after another"),
+    vocab: Optional[Path] = typer.Option(None, help="vocabulary of a local .keras model (default: data/vocab.json)"),
+    params: Optional[Path] = ParamsOption,
+) -> None:
+    """Write text from a prompt with the registered champion (sha256-checked) or a local .keras model."""
+    from char_rnn.generate import Sampling, load_generator
+
+    layout = Layout.discover()
+    try:
+        sampling = Sampling(length, temperature, top_k, seed)
+        if model is not None and not model.startswith("models:/"):
+            generator = load_generator(Path(model), vocab or layout.vocab)
+        else:
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: warnings only
+            import mlflow
+
+            from char_rnn.serving import load_registered
+            from char_rnn.tracking import tracking_uri
+
+            mlflow.set_tracking_uri(tracking_uri(layout.mlruns))
+            if model is None:
+                model = f"models:/{load_params(params or layout.params).registry.model_name}@champion"
+            generator = load_registered(model)
+        result = generator.generate(prompt, sampling, num_samples)
+    except (PipelineError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from None
+    if result.dropped:
+        typer.secho(f"warning: prompt characters not in the vocabulary were dropped: {result.dropped!r}",
+                    fg=typer.colors.YELLOW, err=True)
+    for text in result.texts:
+        typer.echo(result.prompt + text)

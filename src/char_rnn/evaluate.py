@@ -1,8 +1,13 @@
 """Evaluation: the numbers `dvc metrics show` prints, the blog's twin-axis plot and a generated sample.
 
-Metrics are computed on the validation windows when there is a split, else on the training windows
-exactly like the blog's `model.evaluate(xdata, ydata)`. Bits per character is the cross-entropy in
-base 2; perplexity is e to the cross-entropy in nats.
+`loss` and `accuracy` are Keras' averages over windows: on the validation windows when there is a
+split, else on the training windows exactly like the blog's `model.evaluate(xdata, ydata)`.
+
+With a validation split, `bits_per_char` and `perplexity` are held-out figures scored honestly:
+every validation character exactly once, predicted from at least `evaluate.context` characters
+before it (see `char_rnn.heldout`), next to the Kneser-Ney n-gram on the same characters and, with
+a tuning slice, the RNN + n-gram hybrid. Without a split they come from the window loss (the blog's
+memorisation setting): bits per character = loss / ln 2, perplexity = e^loss.
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from char_rnn.params import EvaluateParams
+from char_rnn.params import Params
 from char_rnn.windows import WindowSpec, window_dataset
+
+
+HELDOUT_METHOD = "every validation character once, predicted from at least evaluate.context characters before it"
 
 
 def score(model: Any, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dict[str, float]:
@@ -28,6 +36,57 @@ def score(model: Any, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dic
         "bits_per_char": float(loss) / math.log(2),
         "perplexity": math.exp(min(float(loss), 700.0)),
     }
+
+
+def ngram_probabilities(ids: np.ndarray, spec: WindowSpec, order: int) -> np.ndarray:
+    """P(true char) under a Kneser-Ney n-gram fitted on all text before the validation tail.
+
+    Without a split it is fitted on and scored on the training text, like the blog's evaluation.
+    """
+    from char_rnn.ngram import KneserNey
+
+    start = validation_start(spec)
+    model = KneserNey.fit(ids[:start], spec.vocab_size, order)
+    return model.char_probabilities(ids, start) if spec.val_chars else model.char_probabilities(ids, 1, start)
+
+
+def validation_start(spec: WindowSpec) -> int:
+    return spec.train_chars + spec.tune_chars
+
+
+def heldout_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, order: int, context: int) -> dict[str, float]:
+    """RNN, n-gram and (with a tuning slice) hybrid on the validation text of the whole-corpus `ids`.
+
+    The hybrid's weight is fitted on the tuning slice with an n-gram that has not seen it either;
+    the n-gram that is scored, like the baseline, is fitted on all text before the validation tail.
+    """
+    from char_rnn.heldout import fit_lambda, mix, rnn_char_probabilities
+    from char_rnn.ngram import KneserNey, bits_per_char, perplexity
+
+    start = validation_start(spec)
+    p_rnn = rnn_char_probabilities(model, ids, start, warmup=context)
+    p_kn = ngram_probabilities(ids, spec, order)
+    metrics = {
+        "heldout_chars": len(p_rnn),
+        "bits_per_char": bits_per_char(p_rnn),
+        "perplexity": perplexity(p_rnn),
+        "ngram_bits_per_char": bits_per_char(p_kn),
+        "rnn_vs_ngram": bits_per_char(p_rnn) / bits_per_char(p_kn) - 1,
+    }
+    if spec.tune_chars:
+        tune_end = spec.train_chars
+        kn_train = KneserNey.fit(ids[:tune_end], spec.vocab_size, order)
+        lam = fit_lambda(
+            rnn_char_probabilities(model, ids, tune_end, start, warmup=context),
+            kn_train.char_probabilities(ids, tune_end, start),
+        )
+        hybrid = mix(p_rnn, p_kn, lam)
+        metrics |= {
+            "hybrid_lambda": lam,
+            "hybrid_bits_per_char": bits_per_char(hybrid),
+            "hybrid_vs_ngram": bits_per_char(hybrid) / bits_per_char(p_kn) - 1,
+        }
+    return metrics
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
@@ -66,23 +125,25 @@ def evaluate(
     model: Any,
     chars: list[str],
     spec: WindowSpec,
-    train_ids: np.ndarray,
-    val_ids: np.ndarray,
+    ids: np.ndarray,
     history: dict[str, list[float]],
-    params: EvaluateParams,
-    batch_size: int,
-    seed: int,
+    params: Params,
 ) -> tuple[dict[str, Any], str]:
-    """Returns (metrics, sample); the stage writes and logs them."""
+    """Returns (metrics, sample) for the whole-corpus `ids`; the stage writes and logs them."""
     from char_rnn.generate import generate
 
-    on_val = spec.val_windows > 0
-    metrics: dict[str, Any] = score(model, val_ids if on_val else train_ids, spec, batch_size)
+    on_val = spec.val_chars > 0
+    windows = ids[validation_start(spec) :] if on_val else ids[: spec.train_chars]
+    metrics: dict[str, Any] = score(model, windows, spec, params.train.batch_size)
     metrics["scored_on"] = "validation windows" if on_val else "training windows (no split, as in the blog)"
+    if on_val:
+        metrics |= heldout_metrics(model, ids, spec, params.baseline.order, params.evaluate.context)
+        metrics["bits_per_char_method"] = HELDOUT_METHOD
     metrics["train_loss"] = history["loss"][-1]
     metrics["train_accuracy"] = history["accuracy"][-1]
     metrics["epochs"] = len(history["loss"])
-    sample = generate(model, chars, params.prompt, params.sample_length, params.temperature, seed)
+    evaluate = params.evaluate
+    sample = generate(model, chars, evaluate.prompt, evaluate.sample_length, evaluate.temperature, params.train.seed)
     return metrics, sample
 
 

@@ -20,7 +20,18 @@ def find_root(start: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Layout:
+    """`root` holds the data, the shared reports and the MLflow store; `run_dir` (default: `root`)
+    holds what one training produces, so that a sweep can train several models side by side."""
+
     root: Path
+    run_dir: Path | None = None
+
+    @property
+    def _run(self) -> Path:
+        return self.run_dir or self.root
+
+    def for_run(self, run_dir: Path) -> "Layout":
+        return Layout(self.root, run_dir)
 
     @classmethod
     def discover(cls) -> "Layout":
@@ -51,33 +62,37 @@ class Layout:
         return self.root / "reports" / "validation.json"
 
     @property
+    def baseline(self) -> Path:
+        return self.root / "reports" / "baseline.json"
+
+    @property
     def model(self) -> Path:
-        return self.root / "models" / "model.keras"
+        return self._run / "models" / "model.keras"
 
     @property
     def train_run(self) -> Path:
         """Links the train stage's MLflow run to evaluate and register, which log into the same run."""
-        return self.root / "models" / "run.json"
+        return self._run / "models" / "run.json"
 
     @property
     def history(self) -> Path:
-        return self.root / "reports" / "history.csv"
+        return self._run / "reports" / "history.csv"
 
     @property
     def metrics(self) -> Path:
-        return self.root / "reports" / "metrics.json"
+        return self._run / "reports" / "metrics.json"
 
     @property
     def plot(self) -> Path:
-        return self.root / "reports" / "loss_accuracy.png"
+        return self._run / "reports" / "loss_accuracy.png"
 
     @property
     def sample(self) -> Path:
-        return self.root / "reports" / "sample.txt"
+        return self._run / "reports" / "sample.txt"
 
     @property
     def registration(self) -> Path:
-        return self.root / "reports" / "registration.json"
+        return self._run / "reports" / "registration.json"
 
     @property
     def mlruns(self) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 
 import keras
 
-from char_rnn.params import Cell, InputEncoding, ModelParams
+from char_rnn.params import Cell, InputEncoding, ModelParams, Schedule, TrainParams
 
 CELLS = {Cell.simple_rnn: keras.layers.SimpleRNN, Cell.lstm: keras.layers.LSTM, Cell.gru: keras.layers.GRU}
 
@@ -42,7 +42,12 @@ def build_model(params: ModelParams, vocab_size: int) -> keras.Model:
     else:
         x = keras.layers.Embedding(vocab_size, params.embedding_dim, name="embedding")(ids)
     for i in range(params.layers):
-        x = CELLS[params.cell](params.units, return_sequences=True, name=f"{params.cell.value}_{i + 1}")(x)
+        x = CELLS[params.cell](
+            params.units,
+            return_sequences=True,
+            recurrent_dropout=params.recurrent_dropout,
+            name=f"{params.cell.value}_{i + 1}",
+        )(x)
         if params.dropout:
             x = keras.layers.Dropout(params.dropout, name=f"dropout_{i + 1}")(x)
     # Dense on a 3-D tensor applies to every time step: the blog's TimeDistributed(Dense) in one layer.
@@ -50,10 +55,13 @@ def build_model(params: ModelParams, vocab_size: int) -> keras.Model:
     return keras.Model(ids, probs, name=f"char_{params.cell.value}")
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
     """Sparse targets with sparse cross-entropy: the blog's categorical cross-entropy without one-hot targets."""
+    rate: float | keras.optimizers.schedules.LearningRateSchedule = params.learning_rate
+    if params.lr_schedule is Schedule.cosine:
+        rate = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=params.epochs * steps_per_epoch)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(rate, clipnorm=params.clipnorm or None),
         loss=keras.losses.SparseCategoricalCrossentropy(),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 from char_rnn.errors import PipelineError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 BUILTIN_CORPORA = ("seed", "kolaw", "kobill", "kolaw+kobill")
 
@@ -47,8 +47,16 @@ class WindowParams(_Section):
 
 
 class SplitParams(_Section):
-    val_fraction: float = Field(ge=0.0, lt=1.0, description="contiguous tail of the corpus held out for validation"
+    val_fraction: float = Field(ge=0.0, lt=1.0, description="contiguous tail of the corpus held out for validation")
+    tune_fraction: float = Field(
+        ge=0.0, lt=1.0, description="slice just before the validation tail, held out from training to fit the hybrid"
     )
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> "SplitParams":
+        if self.val_fraction + self.tune_fraction >= 1.0:
+            raise ValueError("val_fraction + tune_fraction must leave text to train on (sum < 1)")
+        return self
 
 
 class Cell(str, Enum):
@@ -67,15 +75,30 @@ class ModelParams(_Section):
     units: int = Field(ge=1, le=8192)
     layers: int = Field(ge=1, le=8)
     dropout: float = Field(ge=0.0, lt=1.0, description="dropout on each recurrent layer's output")
+    recurrent_dropout: float = Field(ge=0.0, lt=1.0, description="dropout on the recurrent state (about 40 % slower on CPU)")
     input: InputEncoding
     embedding_dim: int = Field(ge=1, le=4096, description="used only when input is 'embedding'")
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
 
 
 class TrainParams(_Section):
     epochs: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     learning_rate: float = Field(gt=0.0, le=1.0)
+    lr_schedule: Schedule = Field(description="constant, or cosine decay to zero over all epochs")
+    clipnorm: float = Field(ge=0.0, description="gradient norm clip; 0 turns it off")
+    early_stopping_patience: int = Field(
+        ge=0, description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off"
+    )
     seed: int = Field(ge=0)
+
+
+class BaselineParams(_Section):
+    order: int = Field(ge=1, le=10, description="n of the Kneser-Ney character n-gram")
 
 
 class ValidationParams(_Section):
@@ -87,10 +110,12 @@ class EvaluateParams(_Section):
     prompt: str = Field(min_length=1, description="fixed prompt for the generated sample")
     sample_length: int = Field(ge=1, le=10_000)
     temperature: float = Field(ge=0.0, description="0 picks the most likely character (greedy)")
+    context: int = Field(ge=1, description="characters of preceding text every held-out character is scored with")
 
 
 class Metric(str, Enum):
     bits_per_char = "bits_per_char"
+    hybrid_bits_per_char = "hybrid_bits_per_char"
     loss = "loss"
     perplexity = "perplexity"
     accuracy = "accuracy"
@@ -112,8 +137,20 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     validation: ValidationParams
+    baseline: BaselineParams
     evaluate: EvaluateParams
     registry: RegistryParams
+
+    @model_validator(mode="after")
+    def _needs_held_out_text(self) -> "Params":
+        """Options that read held-out text are refused when the split provides none."""
+        if self.train.early_stopping_patience and not self.split.val_fraction:
+            raise ValueError("train.early_stopping_patience needs split.val_fraction > 0 (it watches val_loss)")
+        if self.registry.metric is Metric.hybrid_bits_per_char and not (
+            self.split.val_fraction and self.split.tune_fraction
+        ):
+            raise ValueError("registry.metric hybrid_bits_per_char needs split.val_fraction and split.tune_fraction > 0")
+        return self
 
     def digest(self) -> str:
         """A stable hash of every value, tagged on registered models to tell configurations apart."""
@@ -141,9 +178,10 @@ def parse_params(raw: Any, origin: str = "params") -> Params:
 
 
 def _describe(err: Any) -> str:
-    key = ".".join(str(part) for part in err["loc"])
-    given = "" if err["type"] == "missing" else f" (got {err['input']!r})"
-    return f"  {key}: {err['msg']}{given}"
+    key = ".".join(str(part) for part in err["loc"]) or "params"
+    # A whole section's value says nothing the message does not: show only scalar inputs.
+    given = "" if err["type"] == "missing" or isinstance(err["input"], dict) else f" (got {err['input']!r})"
+    return f"  {key}: {err['msg'].removeprefix('Value error, ')}{given}"
 
 
 def load_params(path: Path | str) -> Params:

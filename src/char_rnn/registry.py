@@ -2,13 +2,18 @@
 
 A version becomes `champion` when there is none yet or when it beats the champion on the chosen
 metric; otherwise it becomes `challenger`. A run that failed or has no finite metric is refused
-before anything is registered, so a failed run never moves an alias.
+before anything is logged or registered, so a failed run never moves an alias.
+
+What a version holds is the generator pyfunc (`char_rnn.serving`: the `.keras` file and the
+vocabulary), logged into the train run next to the plain Keras model. The sha256 of both files is
+tagged on the version (`model_sha256`, `vocab_sha256`) and checked before either is loaded again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,14 @@ class RegistrationRefused(PipelineError):
     """The run is not fit to register; no version was created and no alias moved."""
 
 
+class ModelIntegrityError(PipelineError):
+    """A model file differs from the sha256 recorded for it, or none was recorded: it is not loaded."""
+
+
+class ModelNotFound(PipelineError):
+    """The registry has no version behind this URI."""
+
+
 @dataclass(frozen=True)
 class Registration:
     model_name: str
@@ -38,11 +51,25 @@ class Registration:
 
 def file_md5(path: Path) -> str:
     """DVC 3 records a file by the md5 of its bytes: this is the hash `dvc.lock` shows for it."""
-    digest = hashlib.md5()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def verify_sha256(path: Path, expected: str | None) -> None:
+    """Refuse a file whose bytes are not the ones registered: checked before Keras reads a byte of it."""
+    if not expected:
+        raise ModelIntegrityError(f"{path.name}: no sha256 was recorded for it; register the model again")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"{path.name}: sha256 {actual} does not match the registered {expected}; the file was changed"
+            " after registration and is not loaded"
+        )
 
 
 def git_commit(root: Path) -> str:
@@ -66,20 +93,37 @@ def _champion(client: Any, name: str) -> Any | None:
 
 
 def register(
-    run_id: str, model_uri: str, model_name: str, metric: Metric, metrics: dict[str, Any], tags: dict[str, str]
+    run_id: str,
+    files: dict[str, Path],
+    example_prompt: str,
+    model_name: str,
+    metric: Metric,
+    metrics: dict[str, Any],
+    tags: dict[str, str],
 ) -> Registration:
-    """Register the run's model and set its alias; call with MLflow already pointed at the store."""
+    """Log the generator pyfunc of `files` into the run, register it and set its alias.
+
+    `files` maps the bundle's names (`model`, `vocab`) to paths; call with MLflow pointed at the store.
+    """
     import mlflow
     from mlflow import MlflowClient
+
+    from char_rnn.serving import log_generator
 
     client = MlflowClient()
     status = client.get_run(run_id).info.status
     value = metrics.get(metric.value)
     if status != "FINISHED" or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RegistrationRefused(f"run {run_id} is {status} with {metric.value}={value!r}; nothing registered")
+    digests = {name: file_sha256(path) for name, path in files.items()}
+    with mlflow.start_run(run_id=run_id):
+        model_uri = log_generator(files, digests, example_prompt)
     champion = _champion(client, model_name)
     previous = float(champion.tags[metric.value]) if champion and metric.value in champion.tags else None
-    version = mlflow.register_model(model_uri, model_name, tags={**tags, metric.value: repr(float(value))})
+    digest_tags = {f"{name}_sha256": digest for name, digest in digests.items()}
+    version = mlflow.register_model(
+        model_uri, model_name, tags={**tags, **digest_tags, metric.value: repr(float(value))}
+    )
     wins = champion is None or previous is None or is_better(metric, float(value), previous)
     alias = CHAMPION if wins else CHALLENGER
     client.set_registered_model_alias(model_name, alias, version.version)
@@ -92,3 +136,19 @@ def register(
         previous_champion=str(champion.version) if champion else None,
         previous_value=previous,
     )
+
+
+def resolve_version(uri: str) -> Any:
+    """`models:/name@alias` or `models:/name/version` -> that ModelVersion (tags included)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/@]+)|/(\d+))", uri)
+    if match is None:
+        raise ModelNotFound(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    name, alias, number = match.groups()
+    client = MlflowClient()
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
+    except MlflowException as exc:
+        raise ModelNotFound(f"{uri}: not in the registry at {client.tracking_uri} ({exc.message})") from None

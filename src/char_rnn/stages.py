@@ -15,7 +15,7 @@ from char_rnn.corpus import ingest as ingest_corpus
 from char_rnn.corpus import read_corpus
 from char_rnn.layout import Layout
 from char_rnn.params import Params
-from char_rnn.windows import load_vocab, load_windows, make_windows
+from char_rnn.windows import load_text_ids, load_vocab, load_windows, make_windows
 
 def ingest(params: Params, layout: Layout) -> dict[str, Any]:
     characters = ingest_corpus(params.corpus, layout.root, layout.corpus)
@@ -35,6 +35,25 @@ def validate(params: Params, layout: Layout) -> dict[str, Any]:
     text, chars = read_corpus(layout.corpus), load_vocab(layout.vocab)
     report = run_validation(text, chars, spec, train_ids, val_ids, params.validation, layout.validation_report)
     return {"success": report["success"], "report": str(layout.validation_report)}
+
+
+def baseline(params: Params, layout: Layout) -> dict[str, Any]:
+    """The Kneser-Ney n-gram on the same characters the RNN is scored on: the number to beat."""
+    from char_rnn.evaluate import ngram_probabilities
+    from char_rnn.ngram import bits_per_char, perplexity
+
+    spec, _, _ = load_windows(layout.windows)
+    probs = ngram_probabilities(load_text_ids(layout.windows), spec, params.baseline.order)
+    result = {
+        "ngram_order": params.baseline.order,
+        "ngram_bits_per_char": bits_per_char(probs),
+        "ngram_perplexity": perplexity(probs),
+        "scored_chars": len(probs),
+        "scored_on": "validation text" if spec.val_chars else "training text (no split: memorised, as in the blog)",
+    }
+    layout.baseline.parent.mkdir(parents=True, exist_ok=True)
+    layout.baseline.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return result
 
 
 def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) -> dict[str, Any]:
@@ -65,12 +84,11 @@ def evaluate(params: Params, layout: Layout) -> dict[str, Any]:
     from char_rnn.model import load_model
     from char_rnn.tracking import finite_metrics, load_run_link, resumed_run
 
-    spec, train_ids, val_ids = load_windows(layout.windows)
+    spec, _, _ = load_windows(layout.windows)
     history = read_history(layout.history)
     model = load_model(str(layout.model))
     metrics, sample = run_evaluation(
-        model, load_vocab(layout.vocab), spec, train_ids, val_ids, history,
-        params.evaluate, params.train.batch_size, params.train.seed,
+        model, load_vocab(layout.vocab), spec, load_text_ids(layout.windows), history, params
     )
     write_metrics(metrics, layout.metrics)
     plot_history(history, layout.plot)
@@ -83,6 +101,7 @@ def evaluate(params: Params, layout: Layout) -> dict[str, Any]:
 
 
 def register(params: Params, layout: Layout) -> dict[str, Any]:
+    """Log the generator pyfunc (model.keras + vocab.json) into the train run and register it."""
     from char_rnn.registry import file_md5, git_commit
     from char_rnn.registry import register as register_version
     from char_rnn.tracking import connect, load_run_link
@@ -96,10 +115,11 @@ def register(params: Params, layout: Layout) -> dict[str, Any]:
         "model_md5": file_md5(layout.model),
         "params_sha256": params.digest(),
         "run_id": link["run_id"],
+        "keras_model_uri": link["model_uri"],
     }
     registration = asdict(
-        register_version(link["run_id"], link["model_uri"], params.registry.model_name,
-                         params.registry.metric, metrics, tags)
+        register_version(link["run_id"], {"model": layout.model, "vocab": layout.vocab}, params.evaluate.prompt,
+                         params.registry.model_name, params.registry.metric, metrics, tags)
     )
     layout.registration.parent.mkdir(parents=True, exist_ok=True)
     layout.registration.write_text(json.dumps(registration, indent=1) + "\n", encoding="utf-8")
@@ -110,6 +130,7 @@ STAGES: dict[str, Callable[[Params, Layout], dict[str, Any]]] = {
     "ingest": ingest,
     "window": window,
     "validate": validate,
+    "baseline": baseline,
     "train": train,
     "evaluate": evaluate,
     "register": register,

@@ -30,7 +30,14 @@ def connect(mlruns: Path) -> str:
     import mlflow
 
     mlruns.mkdir(parents=True, exist_ok=True)
+    users_choice = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(mlruns))
+    # MLflow also exports the URI to the environment, which would pin every later project in this
+    # process to this store: keep the variable meaning only what the user set.
+    if users_choice is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = users_choice
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id

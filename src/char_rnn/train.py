@@ -89,7 +89,7 @@ def fit(
 
     seed_everything(params.train.seed)
     model = build_model(params.model, spec.vocab_size)
-    compile_model(model, params.train.learning_rate)
+    compile_model(model, params.train, steps_per_epoch=-(-spec.train_windows // params.train.batch_size))
     batches = {"batch_size": params.train.batch_size, "length": spec.length, "stride": spec.stride}
     train_data = window_dataset(train_ids, shuffle_seed=params.train.seed, **batches)
     val_data = window_dataset(val_ids, shuffle_seed=None, **batches) if spec.val_windows else None
@@ -97,7 +97,7 @@ def fit(
         train_data,
         validation_data=val_data,
         epochs=params.train.epochs,
-        callbacks=[keras.callbacks.TerminateOnNaN(), mlflow_epoch_logger(), *callbacks],
+        callbacks=[keras.callbacks.TerminateOnNaN(), mlflow_epoch_logger(), *early_stopping(params), *callbacks],
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=0,
     ).history
@@ -107,6 +107,19 @@ def fit(
             f"training diverged at epoch {len(history['loss'])}: {last}; lower train.learning_rate"
         )
     return model, history
+
+
+def early_stopping(params: Params) -> list[Any]:
+    """Stop when val_loss stops improving and keep the best epoch's weights, not the last."""
+    import keras
+
+    if not params.train.early_stopping_patience:
+        return []
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=params.train.early_stopping_patience, restore_best_weights=True
+        )
+    ]
 
 
 def save_model_atomically(model: Any, path: Path) -> None:

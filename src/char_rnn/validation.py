@@ -44,7 +44,7 @@ def window_table(text: str, chars: list[str], spec: WindowSpec, train: np.ndarra
     """One row per window of each split, checked against the corpus text itself (not only the ids)."""
     corpus_ids = encode(text, chars) if set(text) <= set(chars) else None
     frames = []
-    for name, ids, offset in (("train", train, 0), ("val", val, spec.train_chars)):
+    for name, ids, offset in (("train", train, 0), ("val", val, spec.train_chars + spec.tune_chars)):
         inputs, targets = window_views(ids, spec.length, spec.stride)
         starts = np.arange(len(inputs)) * spec.stride
         matches = np.zeros(len(inputs), dtype=bool)

@@ -35,6 +35,7 @@ class WindowSpec:
     stride: int
     vocab_size: int
     train_chars: int
+    tune_chars: int
     val_chars: int
     train_windows: int
     val_windows: int
@@ -71,10 +72,15 @@ def window_starts(n_ids: int, length: int, stride: int) -> np.ndarray:
     return np.arange(0, max(0, n_ids - length), stride, dtype=np.int64)
 
 
-def split_ids(ids: np.ndarray, val_fraction: float, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous split: the validation text is the tail, never interleaved with training text."""
-    n_val = int(round(len(ids) * val_fraction))
-    train, val = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+def split_ids(ids: np.ndarray, split: SplitParams, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Contiguous (train, tune, val): validation is the tail, the tuning slice sits just before it.
+
+    Nothing is interleaved, so no validation character has been seen in training, even in a window.
+    """
+    n_val = int(round(len(ids) * split.val_fraction))
+    n_tune = int(round(len(ids) * split.tune_fraction))
+    n_train = len(ids) - n_val - n_tune
+    train, tune, val = ids[:n_train], ids[n_train : n_train + n_tune], ids[n_train + n_tune :]
     if count_windows(len(train), length, 1) == 0:
         raise WindowError(
             f"the training text has {len(train)} characters; window.length={length} needs at least"
@@ -82,10 +88,10 @@ def split_ids(ids: np.ndarray, val_fraction: float, length: int) -> tuple[np.nda
         )
     if n_val and count_windows(len(val), length, 1) == 0:
         raise WindowError(
-            f"split.val_fraction={val_fraction} leaves {len(val)} validation characters;"
+            f"split.val_fraction={split.val_fraction} leaves {len(val)} validation characters;"
             f" window.length={length} needs at least {length + 1}"
         )
-    return train, val
+    return train, tune, val
 
 
 def make_windows(
@@ -93,12 +99,13 @@ def make_windows(
 ) -> WindowSpec:
     """The window stage: vocabulary JSON plus one id file per split and the spec they satisfy."""
     chars = build_vocab(text)
-    train, val = split_ids(encode(text, chars), split.val_fraction, window.length)
+    train, tune, val = split_ids(encode(text, chars), split, window.length)
     spec = WindowSpec(
         length=window.length,
         stride=window.stride,
         vocab_size=len(chars),
         train_chars=len(train),
+        tune_chars=len(tune),
         val_chars=len(val),
         train_windows=count_windows(len(train), window.length, window.stride),
         val_windows=count_windows(len(val), window.length, window.stride),
@@ -107,14 +114,21 @@ def make_windows(
     vocab_path.parent.mkdir(parents=True, exist_ok=True)
     save_vocab(chars, vocab_path)
     np.save(out_dir / "train.npy", train)
+    np.save(out_dir / "tune.npy", tune)
     np.save(out_dir / "val.npy", val)
     (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=1) + "\n", encoding="utf-8")
     return spec
 
 
 def load_windows(out_dir: Path) -> tuple[WindowSpec, np.ndarray, np.ndarray]:
+    """The spec with the ids training sees: its own split and the validation split."""
     spec = WindowSpec(**json.loads((out_dir / "spec.json").read_text(encoding="utf-8")))
     return spec, np.load(out_dir / "train.npy"), np.load(out_dir / "val.npy")
+
+
+def load_text_ids(out_dir: Path) -> np.ndarray:
+    """The whole corpus as ids (train, tune, val in order): held-out scoring reads context across splits."""
+    return np.concatenate([np.load(out_dir / f"{name}.npy") for name in ("train", "tune", "val")])
 
 
 def window_views(ids: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:

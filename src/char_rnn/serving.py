@@ -1,0 +1,140 @@
+"""The generator as an MLflow pyfunc: a table of prompts in, generated text out, servable by MLflow.
+
+What a registered version holds: the `.keras` file and the vocabulary as pyfunc artifacts, their
+sha256 in the model config (and, by `registry.register`, as version tags), a signature, an input
+example and pinned requirements. The model is logged *as code* (MLflow 3 refuses to unpickle models
+by default): the stored code is a two-line shim that imports `CharRNNGenerator` from the installed
+package, so nothing but this module's reviewed code runs at load time, and serving needs the
+project's environment (`mlflow models serve ... --env-manager local`).
+
+Request columns: `prompt` (required), `length`, `temperature`, `top_k`, `seed` (optional; missing
+or null means the defaults of `generate.Sampling`). Response columns: `text` (the continuation,
+without the prompt) and `dropped` (prompt characters outside the vocabulary, which were ignored).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import fields
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
+from char_rnn.registry import resolve_version
+
+BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
+SHIM = "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\nset_model(CharRNNGenerator())\n"
+
+
+class CharRNNGenerator(PythonModel):
+    """Loads the bundled files only if they hash to the recorded sha256; generates row by row."""
+
+    generator: Generator
+
+    def load_context(self, context: Any) -> None:
+        files = {name: Path(context.artifacts[name]) for name in BUNDLE}
+        recorded = (context.model_config or {}).get("sha256", {})
+        self.generator = load_generator(
+            files["model"], files["vocab"], {files[name]: recorded.get(name) for name in BUNDLE}
+        )
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        rows = []
+        for row in model_input.to_dict(orient="records"):
+            try:
+                result = self.generator.generate(str(row["prompt"]), sampling_of(row))
+            except GenerationError as exc:  # the caller's mistake: HTTP 400, not 500
+                raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            rows.append({"text": result.texts[0], "dropped": result.dropped})
+        return pd.DataFrame(rows, columns=["text", "dropped"])
+
+
+def sampling_of(row: dict[str, Any]) -> Sampling:
+    """A request row's optional columns; absent, None or NaN (pandas' missing) take the default.
+
+    The signature types them `Any`: MLflow's `long` refuses a request whose rows do not all give the
+    column (pandas turns the gaps into NaN) and its `double` refuses JSON integers; values are checked here.
+    """
+    given: dict[str, Any] = {}
+    for field in fields(Sampling):
+        raw = row.get(field.name)
+        try:
+            value = float(raw) if raw is not None else math.nan
+        except (TypeError, ValueError):
+            raise GenerationError(f"{field.name} must be a number, got {raw!r}") from None
+        if math.isnan(value):
+            continue
+        if field.name != "temperature" and not value.is_integer():
+            raise GenerationError(f"{field.name} must be a whole number, got {value}")
+        given[field.name] = value if field.name == "temperature" else int(value)
+    return Sampling(**given)
+
+
+def signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([
+            ColSpec("string", "prompt"),
+            *(ColSpec(AnyType(), field.name, required=False) for field in fields(Sampling)),
+        ]),
+        outputs=Schema([ColSpec("string", "text"), ColSpec("string", "dropped")]),
+    )
+
+
+def pip_requirements() -> list[str]:
+    """The training pins plus what the pyfunc itself imports; explicit, so logging asks no network."""
+    from char_rnn.train import pip_requirements as training_requirements
+
+    return [*training_requirements(), *(f"{name}=={metadata.version(name)}" for name in ("mlflow", "pandas"))]
+
+
+def log_generator(files: dict[str, Path], digests: dict[str, str], example_prompt: str) -> str:
+    """Log the pyfunc into the active run as `generator`; returns its model URI for registration."""
+    example = pd.DataFrame(
+        {"prompt": [example_prompt], "length": [20], "temperature": [0.0], "top_k": [0], "seed": [0]}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        shim = Path(tmp) / "char_rnn_generator.py"
+        shim.write_text(SHIM, encoding="utf-8")
+        info = mlflow.pyfunc.log_model(
+            name="generator",
+            python_model=str(shim),
+            artifacts={name: str(files[name]) for name in BUNDLE},
+            model_config={"sha256": digests},
+            signature=signature(),
+            input_example=example,
+            pip_requirements=pip_requirements(),
+        )
+    return info.model_uri
+
+
+def load_registered(uri: str) -> Generator:
+    """The generator of a registered version, its files checked against the version's sha256 tags.
+
+    Only the `.keras` file and the vocabulary are read (safe mode), never the stored pyfunc code.
+    """
+    from mlflow.models import Model
+
+    version = resolve_version(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp
+        ))
+        bundled = Model.load(str(local)).flavors["python_function"].get("artifacts", {})
+        if set(bundled) != set(BUNDLE):
+            raise GenerationError(f"{uri} (version {version.version}) is not a char-rnn generator bundle")
+        files = {name: local / bundled[name]["path"] for name in BUNDLE}
+        return load_generator(
+            files["model"], files["vocab"], {files[name]: version.tags.get(f"{name}_sha256") for name in BUNDLE}
+        )

@@ -1,0 +1,61 @@
+"""Evaluation: the blog's figures without a split, honest held-out figures and the n-gram with one."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from char_rnn import stages
+from char_rnn.params import with_overrides
+
+from test_corpus import SEED
+
+
+@pytest.fixture
+def held_out(layout, tiny_params):
+    """A corpus long enough for a validation tail and a tuning slice: the seed sentence, varied."""
+    (layout.root / "data" / "raw").mkdir(parents=True)
+    text = "\n".join(SEED[i:] + SEED[:i] for i in range(0, 71, 7))
+    (layout.root / "data" / "raw" / "text.txt").write_text(text, encoding="utf-8")
+    params = with_overrides(tiny_params, {"corpus.source": "data/raw/text.txt", "split.val_fraction": 0.2,
+                                          "split.tune_fraction": 0.1, "train.epochs": 30,
+                                          "train.early_stopping_patience": 2, "train.learning_rate": 0.01})
+    for stage in ("ingest", "window", "validate", "baseline"):
+        stages.STAGES[stage](params, layout)
+    return layout, params
+
+
+def test_without_split_metrics_are_the_blogs(layout, tiny_params):
+    results = stages.run_all(tiny_params, layout)
+    metrics = results["evaluate"]
+    assert metrics["scored_on"].startswith("training windows")
+    assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2))
+    assert "ngram_bits_per_char" not in metrics
+    assert layout.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert layout.sample.read_text(encoding="utf-8").startswith(tiny_params.evaluate.prompt)
+
+
+def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
+    layout, params = held_out
+    stages.train(params, layout)
+    metrics = stages.evaluate(params, layout)
+    spec = json.loads((layout.windows / "spec.json").read_text(encoding="utf-8"))
+    baseline = json.loads(layout.baseline.read_text(encoding="utf-8"))
+    assert metrics["heldout_chars"] == spec["val_chars"] == baseline["scored_chars"]
+    assert metrics["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"])
+    assert 0.0 <= metrics["hybrid_lambda"] <= 1.0
+    assert metrics["hybrid_bits_per_char"] <= max(metrics["bits_per_char"], metrics["ngram_bits_per_char"])
+    assert metrics["bits_per_char"] == pytest.approx(math.log2(metrics["perplexity"]))
+
+
+def test_early_stopping_restores_the_best_epoch(held_out):
+    import mlflow
+
+    layout, params = held_out
+    run_id = stages.train(params, layout)["run_id"]
+    val_loss = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
+    assert len(val_loss) < params.train.epochs, "the run should have stopped early"
+    metrics = stages.evaluate(params, layout)
+    assert metrics["loss"] == pytest.approx(min(val_loss), rel=1e-4)

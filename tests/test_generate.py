@@ -1,0 +1,142 @@
+"""The step generator: same text as the full model, seeded, greedy at temperature 0, vocabulary only."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, run_cli
+
+from char_rnn.generate import GenerationError, Generator, Sampling, StepModel
+from char_rnn.layout import Layout
+from char_rnn.params import Params, with_overrides
+
+CHARS = list(" 가나다라마바사아자차카타파하")
+BLOG = (REPO / "src" / "char_rnn" / "seed.txt").read_text(encoding="utf-8").strip()
+PROMPT = "알엔엔 으로"
+
+
+def untrained(params: Params, overrides: dict[str, object] | None = None) -> object:
+    """Random weights are enough where only the mechanics matter: no training, milliseconds."""
+    from char_rnn.model import build_model
+
+    import keras
+
+    keras.utils.set_random_seed(1)
+    return build_model(with_overrides(params, overrides or {}).model, len(CHARS))
+
+
+@pytest.fixture(scope="module")
+def generator(repo_params: Params) -> Generator:
+    return Generator(untrained(repo_params), CHARS)
+
+
+@pytest.fixture(scope="session")
+def seed_project(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, repo_params: Params) -> Layout:
+    """The blog's model, trained once per session with the default params (100 epochs) and registered."""
+    from char_rnn import stages
+
+    layout = Layout(tmp_path_factory.mktemp("seed-project"))
+    shutil.copy(REPO / "params.yaml", layout.params)
+    layout.mlruns.mkdir()
+    shutil.copy(migrated_store, layout.mlruns / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+        stages.run_all(repo_params, layout)
+    return layout
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"model.cell": "lstm", "model.layers": 2, "model.dropout": 0.2},
+        {"model.cell": "gru", "model.input": "embedding", "model.embedding_dim": 8},
+        {"model.cell": "lstm", "model.recurrent_dropout": 0.2},
+    ],
+    ids=["simple_rnn", "lstm-2-layers-dropout", "gru-embedding", "lstm-recurrent-dropout"],
+)
+def test_step_generator_equals_the_full_model(repo_params: Params, overrides: dict[str, object]) -> None:
+    model = untrained(repo_params, {"model.units": 16, **overrides})
+    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32)
+    full = np.asarray(model(ids[None], training=False))[0]
+    steps = StepModel(model)
+    states, stepped = steps.initial_state(1), []
+    for i in ids:
+        probs, states = steps.step(np.array([i], dtype=np.int32), states)
+        stepped.append(np.asarray(probs)[0])
+    np.testing.assert_allclose(np.array(stepped), full, atol=1e-5)
+    # The compiled loop, greedy, against the full model's argmax re-run over the growing text.
+    text = list(ids)
+    for _ in range(6):
+        text.append(int(np.argmax(np.asarray(model(np.array([text], dtype=np.int32), training=False))[0, -1])))
+    generated = Generator(model, CHARS).generate("".join(CHARS[i] for i in ids), Sampling(6, 0.0)).texts[0]
+    assert generated == "".join(CHARS[i] for i in text[len(ids):])
+
+
+def test_same_seed_same_text_and_another_seed_another(generator: Generator) -> None:
+    sampling = Sampling(length=80, temperature=1.0, seed=7)
+    first = generator.generate("가나", sampling, num_samples=3).texts
+    assert generator.generate("가나", sampling, num_samples=3).texts == first
+    assert len(set(first)) == 3  # the samples of one batch differ from each other
+    assert generator.generate("가나", Sampling(length=80, temperature=1.0, seed=8), num_samples=3).texts != first
+
+
+def test_output_is_vocabulary_only_and_of_the_requested_length(generator: Generator) -> None:
+    texts = generator.generate("가", Sampling(length=200, temperature=2.0, top_k=5, seed=0), num_samples=2).texts
+    assert [len(t) for t in texts] == [200, 200]
+    assert set("".join(texts)) <= set(CHARS)
+
+
+def test_near_zero_temperature_and_top_1_are_greedy(generator: Generator) -> None:
+    greedy = generator.generate("다라", Sampling(length=50, temperature=0.0)).texts
+    assert generator.generate("다라", Sampling(length=50, temperature=1e-6, seed=3)).texts == greedy
+    assert generator.generate("다라", Sampling(length=50, temperature=5.0, top_k=1, seed=3)).texts == greedy
+    assert generator.generate("다라", Sampling(length=50, temperature=5.0, seed=3)).texts != greedy
+
+
+def test_unknown_prompt_characters_are_dropped_and_reported(generator: Generator) -> None:
+    result = generator.generate("가x나!가", Sampling(length=30, temperature=0.0))
+    assert (result.prompt, result.dropped) == ("가나가", "!x")
+    assert result.texts == generator.generate("가나가", Sampling(length=30, temperature=0.0)).texts
+    with pytest.raises(GenerationError, match="no character of the prompt"):
+        generator.generate("xyz", Sampling(length=5))
+
+
+@pytest.mark.parametrize(
+    "bad", [{"length": 0}, {"length": 10_001}, {"temperature": -1.0}, {"temperature": float("nan")},
+            {"top_k": -1}, {"seed": -1}],
+)
+def test_bad_sampling_values_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(GenerationError):
+        Sampling(**bad)
+
+
+def test_greedy_continues_the_blog_sentence_from_the_champion(
+    seed_project: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the default 100 epochs the model has memorised the sentence, as in the blog."""
+    import mlflow
+
+    from char_rnn.serving import load_registered
+    from char_rnn.tracking import tracking_uri
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # else tracking_uri() returns another store
+    rest = BLOG[len(PROMPT):]
+    # The evaluate stage's sample (60 characters, greedy) comes from the same generator.
+    assert seed_project.sample.read_text(encoding="utf-8") == PROMPT + rest[:60] + "\n"
+    mlflow.set_tracking_uri(tracking_uri(seed_project.mlruns))
+    champion = load_registered("models:/char-rnn-ko@champion")
+    result = champion.generate(PROMPT, Sampling(length=len(rest), temperature=1e-4, seed=1))
+    assert result.texts == [rest]
+
+
+def test_cli_generates_from_the_champion(seed_project: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the CLI finds the store from its cwd
+    result = run_cli("generate", "--prompt", PROMPT + "#", "--length", "20", "--temperature", "0",
+                     "--num-samples", "2", cwd=seed_project.root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [BLOG[: len(PROMPT) + 20]] * 2
+    assert "dropped: '#'" in result.stderr

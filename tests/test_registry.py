@@ -1,0 +1,107 @@
+"""Registration against a real MLflow store: aliases, refusals, and sha256-checked loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from char_rnn.layout import Layout
+from char_rnn.params import Metric, Params
+from char_rnn.registry import (
+    CHALLENGER, CHAMPION, ModelIntegrityError, RegistrationRefused, file_sha256, register,
+)
+
+NAME = "char-rnn-test"
+CHARS = list(" 가나다")
+
+
+@pytest.fixture
+def files(layout: Layout, tiny_params: Params) -> dict[str, Path]:
+    """An untrained model file and its vocabulary: registration only needs real files, not a good model."""
+    import keras
+    import mlflow
+
+    from char_rnn.model import build_model
+    from char_rnn.tracking import connect
+    from char_rnn.windows import save_vocab
+
+    mlflow.set_experiment(experiment_id=connect(layout.mlruns))  # artifacts under the layout's mlruns/
+    layout.model.parent.mkdir(parents=True)
+    keras.utils.set_random_seed(0)
+    build_model(tiny_params.model, len(CHARS)).save(layout.model)
+    layout.vocab.parent.mkdir(parents=True)
+    save_vocab(CHARS, layout.vocab)
+    return {"model": layout.model, "vocab": layout.vocab}
+
+
+def run(status: str = "FINISHED") -> str:
+    import mlflow
+
+    with mlflow.start_run() as active:
+        pass
+    mlflow.MlflowClient().set_terminated(active.info.run_id, status)
+    return active.info.run_id
+
+
+def register_run(files: dict[str, Path], bits: float, status: str = "FINISHED"):
+    return register(run(status), files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
+
+
+def aliases() -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return {alias: str(version) for alias, version in MlflowClient().get_registered_model(NAME).aliases.items()}
+
+
+def test_first_version_becomes_champion_with_its_sha256(files: dict[str, Path]) -> None:
+    from mlflow import MlflowClient
+
+    first = register_run(files, 2.0)
+    assert (first.version, first.alias, first.previous_champion) == ("1", CHAMPION, None)
+    assert aliases() == {CHAMPION: "1"}
+    tags = MlflowClient().get_model_version(NAME, "1").tags
+    assert tags["model_sha256"] == file_sha256(files["model"])
+    assert tags["vocab_sha256"] == file_sha256(files["vocab"])
+
+
+def test_not_better_becomes_challenger_and_better_takes_champion(files: dict[str, Path]) -> None:
+    register_run(files, 2.0)
+    worse = register_run(files, 2.5)
+    assert (worse.alias, worse.previous_champion, worse.previous_value) == (CHALLENGER, "1", 2.0)
+    tie = register_run(files, 2.0)
+    assert tie.alias == CHALLENGER
+    assert aliases() == {CHAMPION: "1", CHALLENGER: "3"}
+    better = register_run(files, 1.5)
+    assert (better.version, better.alias) == ("4", CHAMPION)
+    assert aliases() == {CHAMPION: "4", CHALLENGER: "3"}
+
+
+@pytest.mark.parametrize("status, bits", [("FAILED", 1.0), ("FINISHED", float("nan"))])
+def test_failed_run_is_refused_and_no_alias_moves(files: dict[str, Path], status: str, bits: float) -> None:
+    from mlflow import MlflowClient
+
+    register_run(files, 2.0)
+    refused = run(status)
+    with pytest.raises(RegistrationRefused, match="nothing registered"):
+        register(refused, files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
+    assert aliases() == {CHAMPION: "1"}
+    assert [str(v.version) for v in MlflowClient().search_model_versions(f"name='{NAME}'")] == ["1"]
+    experiment = MlflowClient().get_run(refused).info.experiment_id
+    assert list(MlflowClient().search_logged_models([experiment], filter_string=f"source_run_id='{refused}'")) == []
+
+
+def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout) -> None:
+    import mlflow
+
+    from char_rnn.serving import load_registered
+
+    register_run(files, 2.0)
+    uri = f"models:/{NAME}@{CHAMPION}"
+    assert load_registered(uri).chars == CHARS  # intact: loads
+    (stored,) = layout.mlruns.glob("artifacts/models/*/artifacts/artifacts/model.keras")
+    stored.write_bytes(stored.read_bytes() + b"\0")
+    with pytest.raises(ModelIntegrityError, match="does not match the registered"):
+        load_registered(uri)
+    with pytest.raises(ModelIntegrityError, match="does not match the registered"):
+        mlflow.pyfunc.load_model(uri)  # what `mlflow models serve` does first

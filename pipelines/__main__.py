@@ -62,20 +62,22 @@ def run(
 
 @app.command()
 def sweep(
-    spec: Path = typer.Option(..., "--spec", help="sweep spec YAML: max_parallel, grid of dotted overrides, "
-                              "optional random and seed (or a params file with a sweep: section)"),
+    spec: Optional[Path] = typer.Option(None, "--spec", help="sweep spec YAML: max_parallel, grid of dotted"
+                                        " overrides, optional random and seed, or a params file with a sweep:"
+                                        " section (default: the project's params.yaml)"),
     root: Optional[Path] = RootOption,
     set_: list[str] = typer.Option([], "--set", help="override a base param for every trial (repeatable)"),
     sweep_id: Optional[str] = typer.Option(None, help="folder name under sweeps/ (default: time + random suffix)"),
     train_timeout_s: float = TimeoutOption,
 ) -> None:
     """Train every config of a sweep spec, several at once, and register the best (champion or challenger)."""
+    from char_rnn.layout import Layout
     from char_rnn.params import ParamsError
     from pipelines.sweep import run_sweep
     from pipelines.sweep_spec import load_spec
 
     try:
-        sweep_spec = load_spec(spec)
+        sweep_spec = load_spec(spec or (Layout(root.resolve()) if root else Layout.discover()).params)
     except ParamsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None

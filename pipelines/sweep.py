@@ -47,7 +47,8 @@ from pipelines.flow import (
     resolve_params,
     run_stage,
 )
-from pipelines.sweep_spec import SweepSpec, Trial, plan_trials
+from char_rnn.params import SweepParams
+from pipelines.sweep_spec import Trial, plan_trials
 from pipelines.worker import ModelWorker
 
 SUMMARY_ARTIFACT = "sweep/trials.json"
@@ -83,7 +84,7 @@ def register_best(trial: Trial, root: str, run_dir: str) -> dict[str, Any]:
 # ---- MLflow parent run ---------------------------------------------------------------------------
 
 
-def open_parent_run(layout: Layout, sweep_id: str, spec: SweepSpec, trials: list[Trial]) -> str:
+def open_parent_run(layout: Layout, sweep_id: str, spec: SweepParams, trials: list[Trial]) -> str:
     """The parent run that every trial's training run nests under; returns its id."""
     from mlflow import MlflowClient
 
@@ -173,7 +174,7 @@ def new_sweep_id() -> str:
     task_runner=ThreadPoolTaskRunner(max_workers=2),
 )
 def char_rnn_sweep(
-    spec: SweepSpec,
+    spec: SweepParams,
     params: Params | None = None,
     overrides: dict[str, Any] | None = None,
     root: str | None = None,
@@ -225,7 +226,7 @@ def char_rnn_sweep(
             "trials": rows, "best": best, "register": registration}
 
 
-def run_sweep(spec: SweepSpec, task_runner: TaskRunner | None = None, **kwargs: Any) -> Any:
+def run_sweep(spec: SweepParams, task_runner: TaskRunner | None = None, **kwargs: Any) -> Any:
     """Run `char_rnn_sweep` with at most `spec.max_parallel` trials at once (or on `task_runner`).
 
     kwargs go to the flow (params, overrides, root, sweep_id, train_timeout_s, return_state).

@@ -7,7 +7,9 @@ import, so a typo in params.yaml costs milliseconds, not a TensorFlow start-up.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import random as _random
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -130,6 +132,43 @@ class RegistryParams(_Section):
     metric: Metric = Field(description="metric that decides champion vs challenger")
 
 
+SWEEPABLE = ("model", "train")
+
+
+class SweepParams(_Section):
+    """A grid (or a random sample of it) of dotted overrides, and how many trials train at once.
+
+    Only model.* and train.* vary: the data, split, evaluation and registry metric are shared, so
+    every trial of a sweep is scored on the same text with the same metric.
+    """
+
+    max_parallel: int = Field(default=2, ge=1, le=64, description="trials training at once")
+    grid: dict[str, list[Any]] = Field(min_length=1, description="dotted key -> values; cartesian product")
+    random: int | None = Field(default=None, ge=1, description="sample this many configs of the grid")
+    seed: int = Field(default=0, ge=0, description="seed of the random sample")
+
+    @field_validator("grid")
+    @classmethod
+    def _only_sweepable_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if key.partition(".")[0] not in SWEEPABLE or not key.partition(".")[2]:
+                raise ValueError(
+                    f"{key}: only model.* and train.* keys can vary; data, evaluation and registry are shared"
+                )
+            if not values:
+                raise ValueError(f"{key}: needs at least one value")
+        return grid
+
+    def configs(self) -> list[dict[str, Any]]:
+        """The grid's combinations in the spec's key order, or a seeded sample of them (order kept)."""
+        keys = list(self.grid)
+        combos = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+        if self.random is None or self.random >= len(combos):
+            return combos
+        picked = sorted(_random.Random(self.seed).sample(range(len(combos)), self.random))
+        return [combos[i] for i in picked]
+
+
 class Params(_Section):
     corpus: CorpusParams
     window: WindowParams
@@ -140,6 +179,7 @@ class Params(_Section):
     baseline: BaselineParams
     evaluate: EvaluateParams
     registry: RegistryParams
+    sweep: SweepParams
 
     @model_validator(mode="after")
     def _needs_held_out_text(self) -> "Params":

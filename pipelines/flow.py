@@ -1,4 +1,4 @@
-"""The Prefect flow: the six stages of `char_rnn.stages` as tasks, then DVC bookkeeping.
+"""The Prefect flow: the stages of `char_rnn.stages` as tasks, then DVC bookkeeping.
 
 No `from __future__ import annotations` here: Prefect builds the flow's parameter model from the
 annotations and cannot resolve `Params` from a string when it loads this module by file path.

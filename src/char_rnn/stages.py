@@ -1,4 +1,4 @@
-"""The pipeline's six stages, each `stage(params, layout)`: files in, files out.
+"""The pipeline's stages, each `stage(params, layout)`: files in, files out.
 
 This is the one module the drivers call: the CLI (and so `dvc.yaml`) and the Prefect tasks in
 `pipelines/`. Each stage reads the outputs of the one before it from the paths in `Layout`, so the
@@ -16,6 +16,7 @@ from char_rnn.corpus import read_corpus
 from char_rnn.layout import Layout
 from char_rnn.params import Params
 from char_rnn.windows import load_text_ids, load_vocab, load_windows, make_windows
+
 
 def ingest(params: Params, layout: Layout) -> dict[str, Any]:
     characters = ingest_corpus(params.corpus, layout.root, layout.corpus)

@@ -13,5 +13,6 @@ for _key, _value in {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the registry's downloads drew bars on stderr
 }.items():
     os.environ.setdefault(_key, _value)

@@ -113,7 +113,6 @@ def generate(
         if model is not None and not model.startswith("models:/"):
             generator = load_generator(Path(model), vocab or layout.vocab)
         else:
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr: warnings only
             import mlflow
 
             from char_rnn.serving import load_registered

@@ -105,7 +105,7 @@ def char_rnn_pipeline(
     if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params):
         return Completed(message=UP_TO_DATE)
     results: dict[str, Any] = {}
-    with ModelWorker(layout.root) as worker:  # starts importing TensorFlow while the light stages run
+    with ModelWorker.claim(layout.root) as worker:  # starts importing TensorFlow while the light stages run
         for stage in IN_FLOW_PROCESS:
             results[stage] = _stage(stage, run_stage.with_options(name=stage), stage, where, run_params)
         for stage in IN_WORKER:

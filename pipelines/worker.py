@@ -46,6 +46,20 @@ class StageTimedOut(PipelineError):
 class ModelWorker:
     """Parent side: starts the worker, sends it stage requests, and stops it whatever happens."""
 
+    _prestarted: dict[Path, "ModelWorker"] = {}
+
+    @classmethod
+    def prestart(cls, root: Path) -> "ModelWorker":
+        """Start the worker before Prefect is even imported, so TensorFlow loads while Prefect starts
+        (a command-line run); the flow then `claim`s it instead of starting its own."""
+        worker = cls._prestarted[root] = cls(root)
+        return worker
+
+    @classmethod
+    def claim(cls, root: Path) -> "ModelWorker":
+        """The worker prestarted for `root` in this process, else a new one."""
+        return cls._prestarted.pop(root, None) or cls(root)
+
     def __init__(self, root: Path, run_dir: Path | None = None) -> None:
         """`run_dir`: where this worker's model and reports go (a sweep trial's folder); default `root`."""
         env = {

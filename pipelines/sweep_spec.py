@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from char_rnn.params import Params, ParamsError, SweepParams, with_overrides
+from char_rnn.params import Params, ParamsError, SweepParams, read_yaml, with_overrides
 
 class SweepSpecError(ParamsError):
     """A spec that cannot run; the message names every bad key (or config) and why."""
@@ -55,13 +54,7 @@ def parse_spec(raw: Any, origin: str = "sweep spec") -> SweepParams:
 
 def load_spec(path: Path | str) -> SweepParams:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SweepSpecError(f"{path}: no such sweep spec") from None
-    except yaml.YAMLError as exc:
-        raise SweepSpecError(f"{path}: not valid YAML: {exc}") from None
-    return parse_spec(raw, origin=str(path))
+    return parse_spec(read_yaml(path, "sweep spec", SweepSpecError), origin=str(path))
 
 
 def trial_name(index: int, overrides: dict[str, Any]) -> str:

@@ -224,14 +224,19 @@ def _describe(err: Any) -> str:
     return f"  {key}: {err['msg'].removeprefix('Value error, ')}{given}"
 
 
+def read_yaml(path: Path, what: str, error: type[ParamsError] = ParamsError) -> Any:
+    """A YAML file's content, or `error` naming the file when it is missing or not YAML."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_params(path: Path | str) -> Params:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file") from None
-    except yaml.YAMLError as exc:
-        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path, "params file")
     return parse_params(raw if raw is not None else {}, origin=str(path))
 
 

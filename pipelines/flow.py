@@ -20,7 +20,7 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
 from pipelines.failures import StageFailed, retry_if_transient
-from pipelines.versioning import is_up_to_date, record_run, require_dvc_project
+from pipelines.versioning import is_up_to_date, record_run, require_dvc_project, warm_up
 from pipelines.worker import ModelWorker
 
 IN_FLOW_PROCESS = ("ingest", "window", "validate", "baseline")  # light: no TensorFlow, no MLflow
@@ -105,6 +105,7 @@ def char_rnn_pipeline(
     if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params):
         return Completed(message=UP_TO_DATE)
     results: dict[str, Any] = {}
+    dvc_ready = warm_up(layout)  # while the stages run; joined before the first DVC command
     with ModelWorker.claim(layout.root) as worker:  # starts importing TensorFlow while the light stages run
         for stage in IN_FLOW_PROCESS:
             results[stage] = _stage(stage, run_stage.with_options(name=stage), stage, where, run_params)
@@ -113,5 +114,6 @@ def char_rnn_pipeline(
             tags = lineage_tags() if stage == "train" else None
             call = run_in_worker.with_options(name=stage)
             results[stage] = _stage(stage, call, stage, worker, run_params, budget, tags)
+    dvc_ready.join()
     results["dvc"] = _stage("dvc-commit", record, where, run_params, push)
     return results

@@ -59,3 +59,34 @@ def test_early_stopping_restores_the_best_epoch(held_out):
     assert len(val_loss) < params.train.epochs, "the run should have stopped early"
     metrics = stages.evaluate(params, layout)
     assert metrics["loss"] == pytest.approx(min(val_loss), rel=1e-4)
+
+
+def test_refit_reads_the_tuning_slice_after_the_weight_is_fitted_without_it(held_out):
+    import mlflow
+    import numpy as np
+
+    layout, params = held_out
+    stages.train(params, layout)
+    plain = json.loads(layout.hybrid.read_text(encoding="utf-8"))
+    plain_model = layout.model.read_bytes()
+    refit = with_overrides(params, {"train.refit_with_tune": True})
+    run_id = stages.train(refit, layout)["run_id"]
+    hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
+    # The first fit is the plain run again (seeded): lam comes from it, before the tuning slice is read.
+    assert hybrid["lambda"] == plain["lambda"] and 0.0 <= hybrid["lambda"] <= 1.0
+    assert hybrid["refit_with_tune"] and not plain["refit_with_tune"]
+    client = mlflow.MlflowClient()
+    val_loss = [m.value for m in client.get_metric_history(run_id, "val_loss")]
+    assert hybrid["refit_epochs"] == [int(np.argmin(val_loss)) + 1]
+    assert len(client.get_metric_history(run_id, "refit_loss")) == hybrid["refit_epochs"][0]
+    assert layout.model.read_bytes() != plain_model
+    metrics = stages.evaluate(refit, layout)
+    assert metrics["hybrid_lambda"] == hybrid["lambda"]
+    assert metrics["epochs"] == hybrid["refit_epochs"][0]
+
+
+def test_refit_needs_a_tuning_slice(tiny_params):
+    from char_rnn.params import ParamsError
+
+    with pytest.raises(ParamsError, match="train.refit_with_tune needs split.tune_fraction"):
+        with_overrides(tiny_params, {"train.refit_with_tune": True})

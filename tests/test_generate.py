@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO, run_cli
 
-from char_rnn.generate import GenerationError, Generator, Sampling, StepModel
+from char_rnn.generate import GenerationError, Generator, Mixture, Sampling, StepModel
 from char_rnn.layout import Layout
 from char_rnn.params import Params, with_overrides
 
@@ -20,12 +20,13 @@ PROMPT = "알엔엔 으로"
 
 def untrained(params: Params, overrides: dict[str, object] | None = None) -> object:
     """Random weights are enough where only the mechanics matter: no training, milliseconds."""
-    from char_rnn.model import build_model
+    from char_rnn.model import average, build_model
 
     import keras
 
     keras.utils.set_random_seed(1)
-    return build_model(with_overrides(params, overrides or {}).model, len(CHARS))
+    model_params = with_overrides(params, overrides or {}).model
+    return average([build_model(model_params, len(CHARS), f"member_{i}") for i in range(model_params.ensemble)])
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,9 @@ def seed_project(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path,
         {"model.cell": "lstm", "model.layers": 2, "model.dropout": 0.2},
         {"model.cell": "gru", "model.input": "embedding", "model.embedding_dim": 8},
         {"model.cell": "lstm", "model.recurrent_dropout": 0.2},
+        {"model.cell": "gru", "model.input": "embedding", "model.embedding_dim": 8, "model.ensemble": 3},
     ],
-    ids=["simple_rnn", "lstm-2-layers-dropout", "gru-embedding", "lstm-recurrent-dropout"],
+    ids=["simple_rnn", "lstm-2-layers-dropout", "gru-embedding", "lstm-recurrent-dropout", "gru-ensemble-of-3"],
 )
 def test_step_generator_equals_the_full_model(repo_params: Params, overrides: dict[str, object]) -> None:
     model = untrained(repo_params, {"model.units": 16, **overrides})
@@ -103,6 +105,47 @@ def test_unknown_prompt_characters_are_dropped_and_reported(generator: Generator
     assert result.texts == generator.generate("가나가", Sampling(length=30, temperature=0.0)).texts
     with pytest.raises(GenerationError, match="no character of the prompt"):
         generator.generate("xyz", Sampling(length=5))
+
+
+@pytest.fixture(scope="module")
+def ngram():
+    """An n-gram that has counted a text the random RNN knows nothing about."""
+    from char_rnn.ngram import KneserNey
+
+    text = "가나다라 마바사 가나다 아자차 가나다라 카타파하 " * 4
+    return KneserNey.fit(np.array([CHARS.index(c) for c in text]), len(CHARS), 3)
+
+
+def test_the_mixture_at_its_ends_is_the_rnn_alone_or_the_ngram_alone(repo_params: Params, ngram) -> None:
+    model = untrained(repo_params)
+    greedy = Sampling(length=40, temperature=0.0)
+    rnn_only = Generator(model, CHARS, Mixture(ngram, 1.0)).generate("가나", greedy).texts
+    assert rnn_only == Generator(model, CHARS).generate("가나", greedy).texts  # the compiled loop's text
+    text = [CHARS.index(c) for c in "가나"]
+    for _ in range(40):  # the n-gram's own greedy chain, written out
+        text.append(int(np.argmax(ngram.distribution(np.array(text)))))
+    ngram_only = Generator(model, CHARS, Mixture(ngram, 0.0)).generate("가나", greedy).texts[0]
+    assert ngram_only == "".join(CHARS[i] for i in text[2:])
+    assert ngram_only != rnn_only[0]
+
+
+def test_mixture_samples_are_seeded_and_from_the_vocabulary(repo_params: Params, ngram) -> None:
+    hybrid = Generator(untrained(repo_params), CHARS, Mixture(ngram, 0.4))
+    sampling = Sampling(length=60, temperature=1.0, top_k=5, seed=11)
+    first = hybrid.generate("다라", sampling, num_samples=2).texts
+    assert hybrid.generate("다라", sampling, num_samples=2).texts == first
+    assert [len(t) for t in first] == [60, 60] and set("".join(first)) <= set(CHARS) and first[0] != first[1]
+    assert hybrid.generate("다라", Sampling(length=60, temperature=1.0, top_k=5, seed=12), 2).texts != first
+
+
+def test_a_mixture_that_does_not_fit_is_refused(repo_params: Params, ngram) -> None:
+    from char_rnn.ngram import KneserNey
+
+    with pytest.raises(GenerationError, match="weight must lie in"):
+        Mixture(ngram, 1.5)
+    other = KneserNey.fit(np.arange(20) % 5, 5, 2)
+    with pytest.raises(GenerationError, match="n-gram knows 5 characters"):
+        Generator(untrained(repo_params), CHARS, Mixture(other, 0.5))
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from char_rnn.heldout import average_rnns, fit_lambda, mix, rnn_char_probabilities, score_hybrid, score_rnn
-from char_rnn.ngram import KneserNey, bits_per_char
+from char_rnn.heldout import average_rnns, fit_hybrid_weight, fit_lambda, mix, rnn_char_probabilities, score_rnn
+from char_rnn.ngram import bits_per_char
 from char_rnn.params import ModelParams
 
 VOCAB_SIZE = 40
@@ -23,7 +23,7 @@ def untrained():
 
     keras.utils.set_random_seed(7)
     params = ModelParams(cell="gru", units=16, layers=1, dropout=0.0, recurrent_dropout=0.0, input="one_hot",
-                         embedding_dim=8)
+                         embedding_dim=8, ensemble=1)
     return build_model(params, VOCAB_SIZE)
 
 
@@ -89,24 +89,23 @@ def test_fitted_lambda_maximises_the_tuning_likelihood_and_never_loses():
 
 def test_hybrid_lambda_is_fitted_without_the_scored_text(untrained, text):
     train_end, tune_end = 300, 350
-    ngram = KneserNey.fit(text[:train_end], VOCAB_SIZE, 3)
     # Noise in the tuning slice, which the n-gram finds surprising, makes the best lam an inner one.
     noisy = text.copy()
     noisy[train_end:tune_end:3] = np.random.default_rng(2).integers(0, VOCAB_SIZE, size=17)
-    first = score_hybrid([untrained], ngram, noisy, tune=(train_end, tune_end), scored=(tune_end, len(text)))
+    lam = fit_hybrid_weight([untrained], noisy, (train_end, tune_end), order=3, context=100)
     other = noisy.copy()
     other[tune_end:] = np.random.default_rng(1).integers(0, VOCAB_SIZE, size=len(text) - tune_end)
-    second = score_hybrid([untrained], ngram, other, tune=(train_end, tune_end), scored=(tune_end, len(text)))
-    assert 0.0 < first.lam < 1.0 and first.lam == second.lam
-    assert first.hybrid.bits_per_char != second.hybrid.bits_per_char
-    assert first.hybrid.chars == first.rnn.chars == first.ngram.chars == len(text) - tune_end
-    np.testing.assert_allclose(first.hybrid.probs, mix(first.rnn.probs, first.ngram.probs, first.lam))
+    assert 0.0 < lam < 1.0
+    assert fit_hybrid_weight([untrained], other, (train_end, tune_end), order=3, context=100) == lam
+    # The n-gram it weighs against has not counted the tuning slice either: changing it changes lam.
+    again = noisy.copy()
+    again[train_end:tune_end] = noisy[train_end - 50 : train_end]
+    assert fit_hybrid_weight([untrained], again, (train_end, tune_end), order=3, context=100) != lam
 
 
-def test_tuning_and_scored_slices_must_not_overlap(untrained, text):
-    ngram = KneserNey.fit(text[:300], VOCAB_SIZE, 3)
-    with pytest.raises(ValueError, match="overlap"):
-        score_hybrid([untrained], ngram, text, tune=(300, 360), scored=(350, 400))
+def test_the_tuning_slice_must_be_real(untrained, text):
+    with pytest.raises(ValueError, match="tuning slice"):
+        fit_hybrid_weight([untrained], text, (300, 300), order=3, context=100)
 
 
 def test_several_rnns_are_averaged(untrained, text):

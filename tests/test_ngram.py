@@ -125,3 +125,15 @@ def test_bad_arguments_are_refused():
         KneserNey.fit(TRAIN, 3, 2)
     with pytest.raises(ValueError, match="start"):
         KneserNey.fit(TRAIN, len(VOCAB), 2).char_probabilities(TRAIN, 5, 3)
+
+
+def test_a_saved_model_loads_back_identical_without_pickle(tmp_path: Path) -> None:
+    text = "가나다라 가나다 가나 라다나가 " * 5
+    vocab = "".join(build_vocab(text))
+    ids = ids_of(text, vocab)
+    model = KneserNey.fit(ids[:60], len(vocab), 4)
+    model.save(tmp_path / "ngram.npz")
+    loaded = KneserNey.load(tmp_path / "ngram.npz")
+    assert loaded.order == 4 and loaded.vocab_size == len(vocab)
+    np.testing.assert_array_equal(loaded.char_probabilities(ids, 60), model.char_probabilities(ids, 60))
+    np.testing.assert_array_equal(loaded.distribution(ids[50:60]), model.distribution(ids[50:60]))

@@ -105,3 +105,29 @@ def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout) 
         load_registered(uri)
     with pytest.raises(ModelIntegrityError, match="does not match the registered"):
         mlflow.pyfunc.load_model(uri)  # what `mlflow models serve` does first
+
+
+def test_the_hybrid_is_registered_with_its_ngram_and_weight(files: dict[str, Path], layout: Layout) -> None:
+    import json
+
+    import mlflow
+    import numpy as np
+
+    from char_rnn.ngram import KneserNey
+    from char_rnn.serving import load_registered
+
+    KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).save(layout.ngram)
+    layout.hybrid.write_text(json.dumps({"lambda": 0.25}), encoding="utf-8")
+    hybrid = {**files, "ngram": layout.ngram, "hybrid": layout.hybrid}
+    version = register(run(), hybrid, "가나", NAME, Metric.hybrid_bits_per_char, {"hybrid_bits_per_char": 3.0}, {})
+    assert version.alias == CHAMPION
+    tags = mlflow.MlflowClient().get_model_version(NAME, version.version).tags
+    assert tags["ngram_sha256"] == file_sha256(layout.ngram) and tags["hybrid_sha256"] == file_sha256(layout.hybrid)
+    generator = load_registered(f"models:/{NAME}@{CHAMPION}")
+    assert generator.mixture is not None and generator.mixture.lam == 0.25
+    served = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
+    assert len(served.predict({"prompt": ["가나"], "length": [7], "temperature": [0.0]})["text"][0]) == 7
+    (stored,) = layout.mlruns.glob("artifacts/models/*/artifacts/artifacts/ngram.npz")
+    stored.write_bytes(stored.read_bytes() + b"\0")
+    with pytest.raises(ModelIntegrityError, match="ngram.npz: sha256"):
+        load_registered(f"models:/{NAME}@{CHAMPION}")

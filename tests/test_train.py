@@ -14,6 +14,7 @@ def windowed(layout, tiny_params):
     stages.ingest(tiny_params, layout)
     stages.window(tiny_params, layout)
     stages.validate(tiny_params, layout)
+    stages.baseline(tiny_params, layout)
     return layout
 
 
@@ -65,12 +66,34 @@ def test_loss_goes_down_and_every_epoch_is_logged(windowed, tiny_params):
     assert run.data.tags["params_sha256"] == params.digest()
 
 
+def test_an_ensemble_averages_members_trained_with_their_own_seeds(windowed, tiny_params):
+    import keras
+    import mlflow
+
+    from char_rnn.model import load_model
+
+    params = with_overrides(tiny_params, {"model.ensemble": 2, "train.epochs": 4})
+    run_id = stages.train(params, windowed)["run_id"]
+    model = load_model(str(windowed.model))
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    assert [member.name for member in members] == ["member_1", "member_2"]
+    ids = (np.arange(12, dtype=np.int32) % model.output_shape[-1])[None]
+    np.testing.assert_allclose(np.asarray(model(ids)), np.mean([np.asarray(m(ids)) for m in members], axis=0),
+                               atol=1e-6)
+    assert not np.array_equal(members[0].get_weights()[0], members[1].get_weights()[0])
+    client = mlflow.MlflowClient()
+    first, second = ([m.value for m in client.get_metric_history(run_id, key)] for key in ("loss", "member2_loss"))
+    assert len(first) == len(second) == 4 and first != second
+    metrics = stages.evaluate(params, windowed)  # the blog's metrics, from the averaged model
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["epochs"] == 4
+
+
 def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_params):
     import keras
     import mlflow
 
     from char_rnn.train import TrainingDiverged, train
-    from char_rnn.windows import load_windows
+    from char_rnn.windows import load_text_ids, load_windows
 
     stages.train(tiny_params, windowed)
     before = windowed.model.read_bytes()
@@ -82,10 +105,10 @@ def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_para
             weights = self.model.get_weights()
             self.model.set_weights([np.full_like(w, np.nan) for w in weights])
 
-    spec, train_ids, val_ids = load_windows(windowed.windows)
+    spec, _, _ = load_windows(windowed.windows)
     with pytest.raises(TrainingDiverged, match="training diverged at epoch 2"):
-        train(tiny_params, spec, train_ids, val_ids, windowed.mlruns, windowed.model, windowed.history,
-              extra_artifacts=[], callbacks=[Poison()])
+        train(tiny_params, spec, load_text_ids(windowed.windows), windowed.mlruns, windowed.model,
+              windowed.history, windowed.hybrid, extra_artifacts=[], callbacks=[Poison()])
     assert windowed.model.read_bytes() == before
     failed = mlflow.search_runs(experiment_names=["char-rnn"], filter_string="attributes.status = 'FAILED'")
     assert len(failed) == 1

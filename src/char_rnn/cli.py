@@ -111,7 +111,7 @@ def generate(
     try:
         sampling = Sampling(length, temperature, top_k, seed)
         if model is not None and not model.startswith("models:/"):
-            generator = load_generator(Path(model), vocab or layout.vocab)
+            generator = load_generator({"model": Path(model), "vocab": vocab or layout.vocab})
         else:
             import mlflow
 

@@ -38,34 +38,33 @@ def score(model: Any, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dic
     }
 
 
-def ngram_probabilities(ids: np.ndarray, spec: WindowSpec, order: int) -> np.ndarray:
-    """P(true char) under a Kneser-Ney n-gram fitted on all text before the validation tail.
-
-    Without a split it is fitted on and scored on the training text, like the blog's evaluation.
-    """
+def fit_ngram(ids: np.ndarray, spec: WindowSpec, order: int) -> Any:
+    """The Kneser-Ney n-gram on all text before the validation tail (the training text without a split)."""
     from char_rnn.ngram import KneserNey
 
+    return KneserNey.fit(ids[: validation_start(spec)], spec.vocab_size, order)
+
+
+def ngram_probabilities(ngram: Any, ids: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    """P(true char) under the n-gram for the validation text; without a split, for the training text,
+    like the blog's evaluation."""
     start = validation_start(spec)
-    model = KneserNey.fit(ids[:start], spec.vocab_size, order)
-    return model.char_probabilities(ids, start) if spec.val_chars else model.char_probabilities(ids, 1, start)
+    return ngram.char_probabilities(ids, start) if spec.val_chars else ngram.char_probabilities(ids, 1, start)
 
 
 def validation_start(spec: WindowSpec) -> int:
     return spec.train_chars + spec.tune_chars
 
 
-def heldout_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, order: int, context: int) -> dict[str, float]:
-    """RNN, n-gram and (with a tuning slice) hybrid on the validation text of the whole-corpus `ids`.
+def heldout_metrics(
+    model: Any, ngram: Any, lam: float | None, ids: np.ndarray, spec: WindowSpec, context: int
+) -> dict[str, float]:
+    """RNN, n-gram and (with lam, fitted by the train stage on the tuning slice) hybrid on the validation text."""
+    from char_rnn.heldout import mix, rnn_char_probabilities
+    from char_rnn.ngram import bits_per_char, perplexity
 
-    The hybrid's weight is fitted on the tuning slice with an n-gram that has not seen it either;
-    the n-gram that is scored, like the baseline, is fitted on all text before the validation tail.
-    """
-    from char_rnn.heldout import fit_lambda, mix, rnn_char_probabilities
-    from char_rnn.ngram import KneserNey, bits_per_char, perplexity
-
-    start = validation_start(spec)
-    p_rnn = rnn_char_probabilities(model, ids, start, warmup=context)
-    p_kn = ngram_probabilities(ids, spec, order)
+    p_rnn = rnn_char_probabilities(model, ids, validation_start(spec), warmup=context)
+    p_kn = ngram_probabilities(ngram, ids, spec)
     metrics = {
         "heldout_chars": len(p_rnn),
         "bits_per_char": bits_per_char(p_rnn),
@@ -73,13 +72,7 @@ def heldout_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, order: int, c
         "ngram_bits_per_char": bits_per_char(p_kn),
         "rnn_vs_ngram": bits_per_char(p_rnn) / bits_per_char(p_kn) - 1,
     }
-    if spec.tune_chars:
-        tune_end = spec.train_chars
-        kn_train = KneserNey.fit(ids[:tune_end], spec.vocab_size, order)
-        lam = fit_lambda(
-            rnn_char_probabilities(model, ids, tune_end, start, warmup=context),
-            kn_train.char_probabilities(ids, tune_end, start),
-        )
+    if lam is not None:
         hybrid = mix(p_rnn, p_kn, lam)
         metrics |= {
             "hybrid_lambda": lam,
@@ -122,28 +115,35 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
 
 
 def evaluate(
-    model: Any,
-    chars: list[str],
+    generator: Any,
+    ngram: Any,
+    hybrid: dict[str, Any],
     spec: WindowSpec,
     ids: np.ndarray,
     history: dict[str, list[float]],
     params: Params,
 ) -> tuple[dict[str, Any], str]:
-    """Returns (metrics, sample) for the whole-corpus `ids`; the stage writes and logs them."""
+    """Returns (metrics, sample) for the whole-corpus `ids`; the stage writes and logs them.
+
+    `generator` holds the model (and, when the hybrid is what gets registered, the mixture the sample
+    is drawn from); `ngram` is the baseline's; `hybrid` is the train stage's hybrid.json (lam, or None
+    without a tuning slice).
+    """
     from char_rnn.generate import generate
 
     on_val = spec.val_chars > 0
     windows = ids[validation_start(spec) :] if on_val else ids[: spec.train_chars]
+    model = generator.model
     metrics: dict[str, Any] = score(model, windows, spec, params.train.batch_size)
     metrics["scored_on"] = "validation windows" if on_val else "training windows (no split, as in the blog)"
     if on_val:
-        metrics |= heldout_metrics(model, ids, spec, params.baseline.order, params.evaluate.context)
+        metrics |= heldout_metrics(model, ngram, hybrid["lambda"], ids, spec, params.evaluate.context)
         metrics["bits_per_char_method"] = HELDOUT_METHOD
     metrics["train_loss"] = history["loss"][-1]
     metrics["train_accuracy"] = history["accuracy"][-1]
     metrics["epochs"] = len(history["loss"])
     evaluate = params.evaluate
-    sample = generate(model, chars, evaluate.prompt, evaluate.sample_length, evaluate.temperature, params.train.seed)
+    sample = generate(generator, evaluate.prompt, evaluate.sample_length, evaluate.temperature, params.train.seed)
     return metrics, sample
 
 

@@ -6,21 +6,30 @@ trained layers themselves, their recurrent *cells* one character at a time, and 
 state from step to step: the same weights and arithmetic as the full model (the tests compare the
 probabilities), a few small ops per character, and the stored model stays the training one.
 
+With a `Mixture` (the registered hybrid), every character is drawn from
+`lam * p_rnn + (1 - lam) * p_kn`: the step model's distribution mixed with the Kneser-Ney n-gram's
+after the same text. The n-gram is NumPy, so that loop runs in Python, one step-model call per
+character; the RNN alone keeps the compiled loop.
+
 Prompt policy: characters outside the vocabulary are dropped and reported, never guessed; a prompt
 with no known character is refused. Output ids index the vocabulary, so output is vocabulary only.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from char_rnn.errors import PipelineError
+
+if TYPE_CHECKING:
+    from char_rnn.ngram import KneserNey
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,37 @@ class Generation:
     texts: list[str]  # one continuation per sample, without the prompt
 
 
+@dataclass(frozen=True)
+class Mixture:
+    """The hybrid's n-gram and the RNN's weight `lam` in it, as the train stage fitted it."""
+
+    ngram: KneserNey
+    lam: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lam <= 1.0:
+            raise GenerationError(f"the hybrid's weight must lie in [0, 1], got {self.lam}")
+
+    def mix(self, p_rnn: np.ndarray, contexts: np.ndarray) -> np.ndarray:
+        """(batch, vocab) mixture after each row of `contexts` (the ids generated so far)."""
+        p_kn = np.stack([self.ngram.distribution(row) for row in contexts])
+        return self.lam * p_rnn.astype(np.float64) + (1.0 - self.lam) * p_kn
+
+
+def pick(probs: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
+    """NumPy twin of `StepModel._pick`: greedy at temperature 0, else a draw among the top k."""
+    if sampling.temperature == 0:
+        return probs.argmax(axis=-1).astype(np.int32)
+    logits = np.log(np.maximum(probs, 1e-30))
+    scaled = (logits - logits.max(axis=-1, keepdims=True)) / sampling.temperature
+    if 0 < sampling.top_k < probs.shape[-1]:
+        kth = np.sort(scaled, axis=-1)[:, -sampling.top_k][:, None]
+        scaled = np.where(scaled >= kth, scaled, -np.inf)
+    weights = np.exp(scaled)
+    weights /= weights.sum(axis=-1, keepdims=True)
+    return np.array([rng.choice(len(row), p=row) for row in weights], dtype=np.int32)
+
+
 def known_prompt(prompt: str, chars: list[str]) -> tuple[str, str]:
     """The policy for prompt characters outside the vocabulary: dropped and reported, never guessed."""
     vocab = set(chars)
@@ -70,15 +110,19 @@ class StepModel:
 
     The whole generation (prompt, then sampling) is one compiled TensorFlow loop, so a character
     costs a few small ops, not a Python round trip into TensorFlow; it is traced once per model.
+    An ensemble (`model.average`) steps each member and averages their probabilities, as it scores.
     """
 
     def __init__(self, model: Any) -> None:
         import keras
         import tensorflow as tf
 
-        self._layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-        self._cells = [layer.cell for layer in self._layers if isinstance(layer, keras.layers.RNN)]
+        members = [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]
+        self._members = [
+            [layer for layer in member.layers if not isinstance(layer, keras.layers.InputLayer)] for member in members
+        ]
         self.vocab_size = int(model.output_shape[-1])
+        self._step: Any = None  # compiled on first use: only the mixture loop steps from Python
         scalar = tf.TensorSpec([], tf.int32)
         self._run = tf.function(
             self._generate,
@@ -86,23 +130,31 @@ class StepModel:
                              tf.TensorSpec([], tf.float32), scalar, tf.TensorSpec([], tf.int64)],
         )
 
-    def initial_state(self, batch: Any) -> list[Any]:
-        """Zeros, as the RNN layers start every sequence during training."""
-        return [cell.get_initial_state(batch) for cell in self._cells]
+    def initial_state(self, batch: Any) -> list[list[Any]]:
+        """Zeros for every cell of every member, as the RNN layers start every sequence in training."""
+        import keras
 
-    def step(self, ids: Any, states: list[Any]) -> tuple[Any, list[Any]]:
+        return [
+            [layer.cell.get_initial_state(batch) for layer in layers if isinstance(layer, keras.layers.RNN)]
+            for layers in self._members
+        ]
+
+    def step(self, ids: Any, states: list[list[Any]]) -> tuple[Any, list[list[Any]]]:
         """ids (batch,) and the cells' states -> next-character probabilities (batch, vocab), new states."""
         import keras
 
-        x, new_states, cells = ids, [], iter(zip(self._cells, states))
-        for layer in self._layers:
-            if isinstance(layer, keras.layers.RNN):
-                cell, state = next(cells)
-                x, state = cell(x, state, training=False)
-                new_states.append(state)
-            else:  # the encoder, Dropout (identity at inference) and Dense work on one step as on a sequence
-                x = layer(x, training=False)
-        return x, new_states
+        outputs, new_states = [], []
+        for layers, member_states in zip(self._members, states):
+            x, cells, updated = ids, iter(member_states), []
+            for layer in layers:
+                if isinstance(layer, keras.layers.RNN):
+                    x, state = layer.cell(x, next(cells), training=False)
+                    updated.append(state)
+                else:  # the encoder, Dropout (identity at inference) and Dense work on one step as on a sequence
+                    x = layer(x, training=False)
+            outputs.append(x)
+            new_states.append(updated)
+        return (outputs[0] if len(outputs) == 1 else keras.ops.mean(keras.ops.stack(outputs), axis=0)), new_states
 
     def _pick(self, probs: Any, temperature: Any, top_k: Any, seed: Any) -> Any:
         """Greedy at temperature 0; else a draw from the k most likely ids (all when top_k is 0)."""
@@ -135,20 +187,45 @@ class StepModel:
 
     def run(self, prompt_ids: list[int], batch: int, sampling: Sampling) -> np.ndarray:
         """(batch, length) ids continuing `prompt_ids`; the same seed gives the same ids."""
-        seed = secrets.randbelow(2**62) if sampling.seed is None else sampling.seed
         ids = self._run(np.asarray(prompt_ids, dtype=np.int32), batch, sampling.length,
-                        sampling.temperature, sampling.top_k, seed)
+                        sampling.temperature, sampling.top_k, seed_of(sampling))
         return ids.numpy()
+
+    def run_mixture(self, prompt_ids: list[int], batch: int, sampling: Sampling, mixture: Mixture) -> np.ndarray:
+        """As `run`, each character drawn from the mixture with the n-gram instead of the RNN alone."""
+        import tensorflow as tf
+
+        if self._step is None:
+            self._step = tf.function(self.step)
+        rng = np.random.default_rng(seed_of(sampling))
+        text = np.tile(np.asarray(prompt_ids, dtype=np.int32), (batch, 1))
+        states = self.initial_state(batch)
+        for t in range(text.shape[1]):
+            probs, states = self._step(tf.constant(text[:, t]), states)
+        for _ in range(sampling.length):
+            ids = pick(mixture.mix(probs.numpy(), text), sampling, rng)
+            text = np.concatenate([text, ids[:, None]], axis=1)
+            probs, states = self._step(tf.constant(ids), states)
+        return text[:, len(prompt_ids) :]
+
+
+def seed_of(sampling: Sampling) -> int:
+    return secrets.randbelow(2**62) if sampling.seed is None else sampling.seed
 
 
 class Generator:
-    """A model and its vocabulary: what the CLI, the evaluate stage and the served pyfunc generate with."""
+    """A model and its vocabulary (and, for the hybrid, the mixture): what the CLI, the evaluate stage
+    and the served pyfunc generate with."""
 
-    def __init__(self, model: Any, chars: list[str]) -> None:
+    def __init__(self, model: Any, chars: list[str], mixture: Mixture | None = None) -> None:
         outputs = model.output_shape[-1]
         if outputs != len(chars):
             raise GenerationError(f"the vocabulary has {len(chars)} characters but the model predicts {outputs}")
+        if mixture is not None and mixture.ngram.vocab_size != len(chars):
+            raise GenerationError(f"the n-gram knows {mixture.ngram.vocab_size} characters, the vocabulary {len(chars)}")
+        self.model = model
         self.chars = chars
+        self.mixture = mixture
         self._index = {c: i for i, c in enumerate(chars)}
         self._steps = StepModel(model)
 
@@ -159,25 +236,42 @@ class Generator:
         kept, dropped = known_prompt(prompt, self.chars)
         if not kept:
             raise GenerationError(f"no character of the prompt {prompt!r} is in the model's vocabulary")
-        out = self._steps.run([self._index[c] for c in kept], num_samples, sampling)
+        prompt_ids = [self._index[c] for c in kept]
+        if self.mixture is None:
+            out = self._steps.run(prompt_ids, num_samples, sampling)
+        else:
+            out = self._steps.run_mixture(prompt_ids, num_samples, sampling, self.mixture)
         texts = ["".join(self.chars[i] for i in row) for row in out]
         return Generation(prompt=kept, dropped=dropped, texts=texts)
 
 
-def generate(model: Any, chars: list[str], prompt: str, length: int, temperature: float, seed: int) -> str:
+def generate(generator: Generator, prompt: str, length: int, temperature: float, seed: int) -> str:
     """One continuation of `prompt` (without it), as the evaluate stage writes its sample."""
-    result = Generator(model, chars).generate(prompt, Sampling(length, temperature, seed=seed))
+    result = generator.generate(prompt, Sampling(length, temperature, seed=seed))
     if result.dropped:
         log.warning("prompt characters not in the vocabulary were dropped: %s", result.dropped)
     return result.texts[0]
 
 
-def load_generator(model_path: Path, vocab_path: Path, digests: dict[Path, str] | None = None) -> Generator:
-    """Check each file against its recorded sha256 first, then load the model in Keras' safe mode."""
+def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
+    """The n-gram file and the train stage's hybrid.json; refused when no weight was fitted."""
+    from char_rnn.ngram import KneserNey
+
+    lam = json.loads(hybrid_path.read_text(encoding="utf-8")).get("lambda")
+    if lam is None:
+        raise GenerationError(f"{hybrid_path}: no hybrid weight was fitted (the split has no tuning slice)")
+    return Mixture(KneserNey.load(ngram_path), float(lam))
+
+
+def load_generator(files: dict[str, Path], digests: dict[str, str | None] | None = None) -> Generator:
+    """`files`: model and vocab, plus ngram and hybrid for the mixture. Each file is checked against its
+    recorded sha256 first (when `digests` is given), then the model is loaded in Keras' safe mode."""
     from char_rnn.model import load_model
     from char_rnn.registry import verify_sha256
     from char_rnn.windows import load_vocab
 
-    for path, expected in (digests or {}).items():
-        verify_sha256(path, expected)
-    return Generator(load_model(str(model_path)), load_vocab(vocab_path))
+    if digests is not None:
+        for name, path in files.items():
+            verify_sha256(path, digests.get(name))
+    mixture = load_mixture(files["ngram"], files["hybrid"]) if "ngram" in files else None
+    return Generator(load_model(str(files["model"])), load_vocab(files["vocab"]), mixture)

@@ -9,8 +9,8 @@ included), keeping only the predictions for the chunk itself. Every character th
 `warmup + chunk - 1`; memory is bounded by one batch of chunks, never length x vocabulary of the text.
 
 The hybrid `p = lam * p_rnn + (1 - lam) * p_kn` fits `lam` on a tuning slice that neither model was
-trained on and that is not the scored text (for example the end of the training split, held out from
-training), then scores the validation text with that fixed `lam`.
+trained on and that is not the scored text (the end of the training split, held out from training);
+the validation text is then scored with that fixed `lam`.
 """
 
 from __future__ import annotations
@@ -132,41 +132,16 @@ def fit_lambda(p_rnn: np.ndarray, p_kn: np.ndarray, tolerance: float = 1e-9) -> 
     return (lo + hi) / 2
 
 
-@dataclass(frozen=True)
-class HybridScore:
-    """The scored text under the RNN(s), the n-gram and their mixture, with lam fitted on the tuning slice."""
+def fit_hybrid_weight(
+    models: Sequence[Any], ids: np.ndarray, tune: tuple[int, int], order: int, context: int
+) -> float:
+    """lam on ids[t0:t1] for RNNs trained on ids[:t0] only, against an n-gram fitted on ids[:t0] too.
 
-    lam: float
-    tune_chars: int
-    rnn: HeldoutScore
-    ngram: HeldoutScore
-    hybrid: HeldoutScore
-
-
-def score_hybrid(
-    models: Sequence[Any],
-    ngram: KneserNey,
-    ids: np.ndarray,
-    tune: tuple[int, int],
-    scored: tuple[int, int],
-    **kwargs: Any,
-) -> HybridScore:
-    """Fit lam on ids[tune[0]:tune[1]], then score ids[scored[0]:scored[1]] with it.
-
-    Both slices are read from the same id array so each character keeps its real preceding context.
-    The caller guarantees that neither the models nor the n-gram were trained on the tuning slice;
-    the slices must not overlap, so the scored text never influences lam.
+    Neither model has read the tuning slice, so lam weighs them as they do on unseen text; nothing
+    after t1 (the scored text) is read. Several RNNs count as one, their probabilities averaged.
     """
-    (t0, t1), (s0, s1) = tune, scored
-    if not (t0 < t1 and s0 < s1) or max(t0, s0) < min(t1, s1):
-        raise ValueError(f"tune {tune} and scored {scored} must be non-empty and must not overlap")
-    lam = fit_lambda(average_rnns(models, ids, t0, t1, **kwargs), ngram.char_probabilities(ids, t0, t1))
-    p_rnn = average_rnns(models, ids, s0, s1, **kwargs)
-    p_kn = ngram.char_probabilities(ids, s0, s1)
-    return HybridScore(
-        lam=lam,
-        tune_chars=t1 - t0,
-        rnn=HeldoutScore(p_rnn),
-        ngram=HeldoutScore(p_kn),
-        hybrid=HeldoutScore(mix(p_rnn, p_kn, lam)),
-    )
+    t0, t1 = tune
+    if not 1 <= t0 < t1 <= len(ids):
+        raise ValueError(f"need a non-empty tuning slice after the first character, got {tune}")
+    ngram = KneserNey.fit(ids[:t0], int(models[0].output_shape[-1]), order)
+    return fit_lambda(average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1))

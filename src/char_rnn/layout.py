@@ -70,6 +70,16 @@ class Layout:
         return self._run / "models" / "model.keras"
 
     @property
+    def hybrid(self) -> Path:
+        """The hybrid's weight of the RNN, fitted by the train stage on the tuning slice."""
+        return self._run / "models" / "hybrid.json"
+
+    @property
+    def ngram(self) -> Path:
+        """The Kneser-Ney model of the baseline stage: the n-gram that is scored and mixed in."""
+        return self.root / "models" / "ngram.npz"
+
+    @property
     def train_run(self) -> Path:
         """Links the train stage's MLflow run to evaluate and register, which log into the same run."""
         return self._run / "models" / "run.json"

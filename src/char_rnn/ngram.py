@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -74,7 +75,7 @@ class KneserNey:
     tables: tuple[_Order, ...]  # tables[k - 1] holds order k
 
     @classmethod
-    def fit(cls, ids: np.ndarray, vocab_size: int, order: int = 5) -> "KneserNey":
+    def fit(cls, ids: np.ndarray, vocab_size: int, order: int = 5) -> KneserNey:
         """Count every n-gram of `ids` (ints in [0, vocab_size)) up to `order`; seconds for a million ids."""
         ids = np.asarray(ids, dtype=np.int64)
         if order < 1:
@@ -153,6 +154,27 @@ class KneserNey:
 
     def bits_per_char(self, ids: np.ndarray, start: int, end: int | None = None) -> float:
         return bits_per_char(self.char_probabilities(ids, start, end))
+
+    def save(self, path: Path) -> None:
+        """Plain arrays in one `.npz` (no pickle), so the file is safe to load from a model bundle."""
+        arrays = {"order": np.array(self.order), "vocab_size": np.array(self.vocab_size)}
+        for k, table in enumerate(self.tables, start=1):
+            arrays |= {f"{name}_{k}": np.asarray(getattr(table, name)) for name in _Order.__dataclass_fields__}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:  # np.savez would append ".npz" to a name without it
+            np.savez(handle, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> KneserNey:
+        with np.load(path, allow_pickle=False) as data:
+            order = int(data["order"])
+            tables = tuple(_load_order(data, k) for k in range(1, order + 1))
+            return cls(order=order, vocab_size=int(data["vocab_size"]), tables=tables)
+
+
+def _load_order(data: np.lib.npyio.NpzFile, k: int) -> _Order:
+    arrays = {name: data[f"{name}_{k}"] for name in _Order.__dataclass_fields__}
+    return _Order(**{**arrays, "discount": float(arrays["discount"])})
 
 
 def _order_table(keys: np.ndarray, counts: np.ndarray, n_contexts: int, vocab_size: int) -> _Order:

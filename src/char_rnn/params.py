@@ -80,6 +80,8 @@ class ModelParams(_Section):
     recurrent_dropout: float = Field(ge=0.0, lt=1.0, description="dropout on the recurrent state (about 40 % slower on CPU)")
     input: InputEncoding
     embedding_dim: int = Field(ge=1, le=4096, description="used only when input is 'embedding'")
+    ensemble: int = Field(ge=1, le=16, description="RNNs of this shape, trained with seeds train.seed, "
+        "train.seed + 1, ...; the model averages their probabilities")
 
 
 class Schedule(str, Enum):
@@ -96,6 +98,8 @@ class TrainParams(_Section):
     early_stopping_patience: int = Field(
         ge=0, description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off"
     )
+    refit_with_tune: bool = Field(description="after fitting the hybrid's weight, train again on training + tuning "
+        "text for the epochs the first fit kept, so the scored RNN reads the text the scored n-gram counts")
     seed: int = Field(ge=0)
 
 
@@ -190,6 +194,8 @@ class Params(_Section):
             self.split.val_fraction and self.split.tune_fraction
         ):
             raise ValueError("registry.metric hybrid_bits_per_char needs split.val_fraction and split.tune_fraction > 0")
+        if self.train.refit_with_tune and not self.split.tune_fraction:
+            raise ValueError("train.refit_with_tune needs split.tune_fraction > 0 (there is nothing to refit on)")
         return self
 
     def digest(self) -> str:

@@ -1,6 +1,7 @@
 """The generator as an MLflow pyfunc: a table of prompts in, generated text out, servable by MLflow.
 
-What a registered version holds: the `.keras` file and the vocabulary as pyfunc artifacts, their
+What a registered version holds: the `.keras` file and the vocabulary as pyfunc artifacts (for the
+hybrid also the n-gram and hybrid.json with the RNN's weight, so that it samples from the mixture), their
 sha256 in the model config (and, by `registry.register`, as version tags), a signature, an input
 example and pinned requirements. The model is logged *as code* (MLflow 3 refuses to unpickle models
 by default): the stored code is a two-line shim that imports `CharRNNGenerator` from the installed
@@ -28,7 +29,8 @@ from mlflow.pyfunc import PythonModel
 from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
 from char_rnn.registry import resolve_version
 
-BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
+RNN_BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
+HYBRID_BUNDLE = (*RNN_BUNDLE, "ngram", "hybrid")
 SHIM = "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\nset_model(CharRNNGenerator())\n"
 
 
@@ -38,11 +40,8 @@ class CharRNNGenerator(PythonModel):
     generator: Generator
 
     def load_context(self, context: Any) -> None:
-        files = {name: Path(context.artifacts[name]) for name in BUNDLE}
-        recorded = (context.model_config or {}).get("sha256", {})
-        self.generator = load_generator(
-            files["model"], files["vocab"], {files[name]: recorded.get(name) for name in BUNDLE}
-        )
+        files = bundle_files(context.artifacts, Path("."))
+        self.generator = load_generator(files, (context.model_config or {}).get("sha256", {}))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -110,7 +109,7 @@ def log_generator(files: dict[str, Path], digests: dict[str, str], example_promp
         info = mlflow.pyfunc.log_model(
             name="generator",
             python_model=str(shim),
-            artifacts={name: str(files[name]) for name in BUNDLE},
+            artifacts={name: str(path) for name, path in files.items()},
             model_config={"sha256": digests},
             signature=signature(),
             input_example=example,
@@ -132,9 +131,15 @@ def load_registered(uri: str) -> Generator:
             artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp
         ))
         bundled = Model.load(str(local)).flavors["python_function"].get("artifacts", {})
-        if set(bundled) != set(BUNDLE):
-            raise GenerationError(f"{uri} (version {version.version}) is not a char-rnn generator bundle")
-        files = {name: local / bundled[name]["path"] for name in BUNDLE}
-        return load_generator(
-            files["model"], files["vocab"], {files[name]: version.tags.get(f"{name}_sha256") for name in BUNDLE}
-        )
+        try:
+            files = bundle_files({name: entry["path"] for name, entry in bundled.items()}, local)
+        except GenerationError as exc:
+            raise GenerationError(f"{uri} (version {version.version}): {exc}") from None
+        return load_generator(files, {name: version.tags.get(f"{name}_sha256") for name in files})
+
+
+def bundle_files(artifacts: dict[str, str], folder: Path) -> dict[str, Path]:
+    """The bundle's files by name: exactly the RNN's or the hybrid's, nothing else."""
+    if set(artifacts) not in (set(RNN_BUNDLE), set(HYBRID_BUNDLE)):
+        raise GenerationError(f"not a char-rnn generator bundle (artifacts: {', '.join(sorted(artifacts))})")
+    return {name: folder / path for name, path in artifacts.items()}

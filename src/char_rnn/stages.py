@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable
 
 from char_rnn.corpus import ingest as ingest_corpus
 from char_rnn.corpus import read_corpus
 from char_rnn.layout import Layout
-from char_rnn.params import Params
+from char_rnn.params import Metric, Params
 from char_rnn.windows import load_text_ids, load_vocab, load_windows, make_windows
 
 
@@ -39,12 +40,18 @@ def validate(params: Params, layout: Layout) -> dict[str, Any]:
 
 
 def baseline(params: Params, layout: Layout) -> dict[str, Any]:
-    """The Kneser-Ney n-gram on the same characters the RNN is scored on: the number to beat."""
-    from char_rnn.evaluate import ngram_probabilities
+    """The Kneser-Ney n-gram on the same characters the RNN is scored on: the number to beat.
+
+    Its model file is what evaluate scores and what the hybrid mixes in.
+    """
+    from char_rnn.evaluate import fit_ngram, ngram_probabilities
     from char_rnn.ngram import bits_per_char, perplexity
 
     spec, _, _ = load_windows(layout.windows)
-    probs = ngram_probabilities(load_text_ids(layout.windows), spec, params.baseline.order)
+    ids = load_text_ids(layout.windows)
+    ngram = fit_ngram(ids, spec, params.baseline.order)
+    ngram.save(layout.ngram)
+    probs = ngram_probabilities(ngram, ids, spec)
     result = {
         "ngram_order": params.baseline.order,
         "ngram_bits_per_char": bits_per_char(probs),
@@ -62,7 +69,7 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
     from char_rnn.train import train as run_training
     from char_rnn.tracking import save_run_link
 
-    spec, train_ids, val_ids = load_windows(layout.windows)
+    spec, _, _ = load_windows(layout.windows)
     lineage = {
         "git_commit": git_commit(layout.root),
         "corpus_md5": file_md5(layout.corpus),
@@ -70,7 +77,7 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         **(tags or {}),
     }
     result = run_training(
-        params, spec, train_ids, val_ids, layout.mlruns, layout.model, layout.history,
+        params, spec, load_text_ids(layout.windows), layout.mlruns, layout.model, layout.history, layout.hybrid,
         extra_artifacts=[layout.validation_report, layout.vocab], tags=lineage,
     )
     save_run_link(layout.train_run, result.run_id, result.model_uri)
@@ -82,15 +89,16 @@ def evaluate(params: Params, layout: Layout) -> dict[str, Any]:
 
     from char_rnn.evaluate import evaluate as run_evaluation
     from char_rnn.evaluate import plot_history, read_history, write_metrics
-    from char_rnn.model import load_model
+    from char_rnn.generate import load_generator
+    from char_rnn.ngram import KneserNey
     from char_rnn.tracking import finite_metrics, load_run_link, resumed_run
 
     spec, _, _ = load_windows(layout.windows)
     history = read_history(layout.history)
-    model = load_model(str(layout.model))
-    metrics, sample = run_evaluation(
-        model, load_vocab(layout.vocab), spec, load_text_ids(layout.windows), history, params
-    )
+    generator = load_generator(bundle(params, layout))
+    hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
+    ngram = KneserNey.load(layout.ngram)
+    metrics, sample = run_evaluation(generator, ngram, hybrid, spec, load_text_ids(layout.windows), history, params)
     write_metrics(metrics, layout.metrics)
     plot_history(history, layout.plot)
     layout.sample.write_text(f"{params.evaluate.prompt}{sample}\n", encoding="utf-8")
@@ -119,12 +127,20 @@ def register(params: Params, layout: Layout) -> dict[str, Any]:
         "keras_model_uri": link["model_uri"],
     }
     registration = asdict(
-        register_version(link["run_id"], {"model": layout.model, "vocab": layout.vocab}, params.evaluate.prompt,
+        register_version(link["run_id"], bundle(params, layout), params.evaluate.prompt,
                          params.registry.model_name, params.registry.metric, metrics, tags)
     )
     layout.registration.parent.mkdir(parents=True, exist_ok=True)
     layout.registration.write_text(json.dumps(registration, indent=1) + "\n", encoding="utf-8")
     return registration
+
+
+def bundle(params: Params, layout: Layout) -> dict[str, Path]:
+    """What generates and is registered: the RNN, or with the hybrid as metric, the RNN + n-gram mixture."""
+    files = {"model": layout.model, "vocab": layout.vocab}
+    if params.registry.metric is Metric.hybrid_bits_per_char:
+        files |= {"ngram": layout.ngram, "hybrid": layout.hybrid}
+    return files
 
 
 STAGES: dict[str, Callable[[Params, Layout], dict[str, Any]]] = {

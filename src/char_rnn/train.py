@@ -7,6 +7,7 @@ file, so the previous model (and every registered version) stays as it was.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from dataclasses import asdict, dataclass
 from importlib import metadata
@@ -17,7 +18,7 @@ import numpy as np
 
 from char_rnn.errors import PipelineError
 from char_rnn.params import Params
-from char_rnn.windows import WindowSpec, window_dataset
+from char_rnn.windows import WindowSpec, count_windows, window_dataset
 
 
 class TrainingDiverged(PipelineError):
@@ -45,7 +46,7 @@ def pip_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in ("tensorflow-cpu", "keras", "numpy")]
 
 
-def mlflow_epoch_logger() -> Any:
+def mlflow_epoch_logger(prefix: str = "") -> Any:
     import keras
     import mlflow
 
@@ -53,7 +54,7 @@ def mlflow_epoch_logger() -> Any:
         """Logs every epoch as it ends, so a long run can be watched in the UI while it trains."""
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            finite = {k: float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
+            finite = {prefix + k: float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
             mlflow.log_metrics(finite, step=epoch)
 
     return EpochLogger()
@@ -80,24 +81,39 @@ def signature(vocab_size: int) -> Any:
 
 
 def fit(
-    params: Params, spec: WindowSpec, train_ids: np.ndarray, val_ids: np.ndarray, callbacks: Sequence[Any] = ()
+    params: Params,
+    spec: WindowSpec,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    callbacks: Sequence[Any] = (),
+    member: int = 0,
+    refit_epochs: int | None = None,
 ) -> tuple[Any, dict[str, list[float]]]:
-    """Build, compile and fit; `callbacks` come after the NaN guard and the MLflow epoch logger."""
+    """Build, compile and fit one RNN; `callbacks` come after the NaN guard and the MLflow epoch logger.
+
+    Member i of an ensemble is seeded `train.seed + i` and logs its epochs as `member<i+1>_<metric>`
+    (the first one under the plain names). A refit (`refit_epochs`) trains that many epochs without
+    early stopping, on the same learning rate schedule, and logs them as `refit_<metric>`.
+    """
     import keras
 
     from char_rnn.model import build_model, compile_model
 
-    seed_everything(params.train.seed)
-    model = build_model(params.model, spec.vocab_size)
-    compile_model(model, params.train, steps_per_epoch=-(-spec.train_windows // params.train.batch_size))
+    seed = params.train.seed + member
+    seed_everything(seed)
+    model = build_model(params.model, spec.vocab_size, f"member_{member + 1}" if params.model.ensemble > 1 else None)
+    windows = count_windows(len(train_ids), spec.length, spec.stride)
+    compile_model(model, params.train, steps_per_epoch=-(-windows // params.train.batch_size))
     batches = {"batch_size": params.train.batch_size, "length": spec.length, "stride": spec.stride}
-    train_data = window_dataset(train_ids, shuffle_seed=params.train.seed, **batches)
+    train_data = window_dataset(train_ids, shuffle_seed=seed, **batches)
     val_data = window_dataset(val_ids, shuffle_seed=None, **batches) if spec.val_windows else None
+    stopping = early_stopping(params) if refit_epochs is None else []
+    prefix = (f"member{member + 1}_" if member else "") + ("refit_" if refit_epochs else "")
     history = model.fit(
         train_data,
         validation_data=val_data,
-        epochs=params.train.epochs,
-        callbacks=[keras.callbacks.TerminateOnNaN(), mlflow_epoch_logger(), *early_stopping(params), *callbacks],
+        epochs=refit_epochs or params.train.epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), mlflow_epoch_logger(prefix), *stopping, *callbacks],
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=0,
     ).history
@@ -107,6 +123,45 @@ def fit(
             f"training diverged at epoch {len(history['loss'])}: {last}; lower train.learning_rate"
         )
     return model, history
+
+
+def best_epochs(params: Params, history: dict[str, list[float]]) -> int:
+    """Epochs up to the weights training kept: the best val_loss with early stopping, else all."""
+    if params.train.early_stopping_patience and "val_loss" in history:
+        return int(np.argmin(history["val_loss"])) + 1
+    return len(history["loss"])
+
+
+def fit_with_hybrid(
+    params: Params, spec: WindowSpec, ids: np.ndarray, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
+    """Fit the RNN(s) on the training text; with a tuning slice, fit the hybrid's weight, then maybe refit.
+
+    The weight is fitted with RNNs and an n-gram that have all read only the training text, so the
+    tuning slice is unseen by both. The scored n-gram then counts the tuning slice too (it is fitted
+    on all text before the validation tail); `train.refit_with_tune` gives the scored RNNs the same
+    text: fresh models, same seeds, trained on training + tuning text for the epochs that their
+    first fit kept. No fit reads the validation text except as Keras' val_loss. Returns the model
+    (the members averaged), the first member's history and the hybrid.json content.
+    """
+    from char_rnn.heldout import fit_hybrid_weight
+    from char_rnn.model import average
+
+    start = spec.train_chars + spec.tune_chars
+    val_ids = ids[start:]
+    fits = [fit(params, spec, ids[: spec.train_chars], val_ids, callbacks, i) for i in range(params.model.ensemble)]
+    hybrid: dict[str, Any] = {"lambda": None, "tune_chars": spec.tune_chars, "refit_with_tune": False}
+    if spec.tune_chars:
+        hybrid["lambda"] = fit_hybrid_weight(
+            [model for model, _ in fits], ids, (spec.train_chars, start), params.baseline.order,
+            params.evaluate.context,
+        )
+        hybrid |= {"ngram_order": params.baseline.order, "context": params.evaluate.context}
+    if spec.tune_chars and params.train.refit_with_tune:
+        epochs = [best_epochs(params, history) for _, history in fits]
+        fits = [fit(params, spec, ids[:start], val_ids, callbacks, i, e) for i, e in enumerate(epochs)]
+        hybrid |= {"refit_with_tune": True, "refit_epochs": epochs}
+    return average([model for model, _ in fits]), fits[0][1], hybrid
 
 
 def early_stopping(params: Params) -> list[Any]:
@@ -133,16 +188,16 @@ def save_model_atomically(model: Any, path: Path) -> None:
 def train(
     params: Params,
     spec: WindowSpec,
-    train_ids: np.ndarray,
-    val_ids: np.ndarray,
+    ids: np.ndarray,
     mlruns: Path,
     model_path: Path,
     history_path: Path,
+    hybrid_path: Path,
     extra_artifacts: list[Path],
     tags: dict[str, str] | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
-    """The train stage; the MLflow run it opens is closed here and resumed by evaluate."""
+    """The train stage on the whole-corpus `ids`; its MLflow run is closed here and resumed by evaluate."""
     import mlflow
     import mlflow.keras
 
@@ -153,10 +208,14 @@ def train(
         mlflow.log_params({**params.flat(), **{f"data.{k}": v for k, v in asdict(spec).items()}})
         for artifact in extra_artifacts:
             mlflow.log_artifact(str(artifact), artifact_path="data")
-        model, history = fit(params, spec, train_ids, val_ids, callbacks)
+        model, history, hybrid = fit_with_hybrid(params, spec, ids, callbacks)
         save_model_atomically(model, model_path)
         write_history(history, history_path)
-        mlflow.log_artifact(str(history_path), artifact_path="reports")
+        hybrid_path.write_text(json.dumps(hybrid, indent=1) + "\n", encoding="utf-8")
+        if hybrid["lambda"] is not None:
+            mlflow.log_metric("hybrid_lambda", hybrid["lambda"])
+        for artifact in (history_path, hybrid_path):
+            mlflow.log_artifact(str(artifact), artifact_path="reports")
         info = mlflow.keras.log_model(
             model, name="model", signature=signature(spec.vocab_size), pip_requirements=pip_requirements()
         )

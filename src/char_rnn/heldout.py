@@ -15,34 +15,14 @@ the validation text is then scored with that fixed `lam`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
-from char_rnn.ngram import KneserNey, bits_per_char, perplexity
+from char_rnn.ngram import KneserNey
 
 WARMUP = 500  # characters of context run through the model before the first scored one of a chunk
 CHUNK = 500  # characters scored per row of a batch
-
-
-@dataclass(frozen=True)
-class HeldoutScore:
-    """P(true char) for every scored character, and the figures the metrics file reports."""
-
-    probs: np.ndarray
-
-    @property
-    def chars(self) -> int:
-        return len(self.probs)
-
-    @property
-    def bits_per_char(self) -> float:
-        return bits_per_char(self.probs)
-
-    @property
-    def perplexity(self) -> float:
-        return perplexity(self.probs)
 
 
 def _rows(start: int, end: int, warmup: int, chunk: int) -> list[tuple[int, int, int]]:
@@ -88,10 +68,6 @@ def _batch_probabilities(model: Any, ids: np.ndarray, rows: list[tuple[int, int,
     out = np.asarray(model.predict_on_batch(np.stack([ids[s : e - 1] for s, _, e in rows])))
     # The output at input position t - 1 predicts character t: rows keep outputs a-1 .. e-2 for a .. e-1.
     return [o[a - 1 - s : e - 1 - s][np.arange(e - a), ids[a:e]] for o, (s, a, e) in zip(out, rows)]
-
-
-def score_rnn(model: Any, ids: np.ndarray, start: int, end: int | None = None, **kwargs: Any) -> HeldoutScore:
-    return HeldoutScore(rnn_char_probabilities(model, ids, start, end, **kwargs))
 
 
 def average_rnns(

@@ -21,9 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-GOALS = {  # issue 5: hybrid at least 5 % better than the n-gram; the RNN alone within 5 % on kolaw+kobill
-    "kolaw": {"hybrid_bits_per_char": 3.41},
-    "kolaw+kobill": {"hybrid_bits_per_char": 2.61, "bits_per_char": 2.89},
+# Issue 5, as factors of the n-gram's bits/char on the same split: the registered model (hybrid
+# allowed) at least 5 % better; the RNN alone within 5 % on kolaw+kobill. The issue rounds them to
+# 3.41 and 2.61 (0.95 x 3.589 = 3.4096, 0.95 x 2.752 = 2.6144) and 2.89 (1.05 x 2.752 = 2.8896).
+GOALS = {
+    "kolaw": {"hybrid_bits_per_char": 0.95},
+    "kolaw+kobill": {"hybrid_bits_per_char": 0.95, "bits_per_char": 1.05},
 }
 
 
@@ -63,9 +66,9 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float]) -> No
     goals = GOALS.get(params.corpus.source, {})
     for label, key in (("n-gram", "ngram_bits_per_char"), ("RNN", "bits_per_char"), ("hybrid", "hybrid_bits_per_char")):
         if key in metrics:
-            goal = goals.get(key)
-            verdict = "" if goal is None else f"<={goal} {'met' if metrics[key] <= goal else 'NOT met'}"
-            print(f"{label:<10} {metrics[key]:>9.3f} {metrics[key] / kn - 1:>+10.1%} {verdict}")
+            goal = goals[key] * kn if key in goals else None
+            verdict = "" if goal is None else f"<={goal:.4f} {'met' if metrics[key] <= goal else 'NOT met'}"
+            print(f"{label:<10} {metrics[key]:>9.4f} {metrics[key] / kn - 1:>+10.2%} {verdict}")
     if "hybrid_lambda" in metrics:
         print(f"hybrid weight of the RNN (fitted on the tuning slice): {metrics['hybrid_lambda']:.3f}")
     sys.stdout.flush()

@@ -59,10 +59,11 @@ def warm_up(layout: Layout) -> threading.Thread:
     """
 
     def open_once() -> None:
-        from dvc.repo import Repo
+        with suppress(Exception):
+            from dvc.repo import Repo
 
-        with suppress(Exception), Repo(str(layout.root)):
-            pass
+            with Repo(str(layout.root)):
+                pass
 
     thread = threading.Thread(target=open_once, name="dvc-warm-up", daemon=True)
     thread.start()

@@ -67,8 +67,10 @@ def test_refit_reads_the_tuning_slice_after_the_weight_is_fitted_without_it(held
 
     layout, params = held_out
     stages.train(params, layout)
+    from char_rnn.model import load_model
+
     plain = json.loads(layout.hybrid.read_text(encoding="utf-8"))
-    plain_model = layout.model.read_bytes()
+    plain_weights = load_model(str(layout.model)).get_weights()
     refit = with_overrides(params, {"train.refit_with_tune": True})
     run_id = stages.train(refit, layout)["run_id"]
     hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
@@ -79,14 +81,19 @@ def test_refit_reads_the_tuning_slice_after_the_weight_is_fitted_without_it(held
     val_loss = [m.value for m in client.get_metric_history(run_id, "val_loss")]
     assert hybrid["refit_epochs"] == [int(np.argmin(val_loss)) + 1]
     assert len(client.get_metric_history(run_id, "refit_loss")) == hybrid["refit_epochs"][0]
-    assert layout.model.read_bytes() != plain_model
+    refit_weights = load_model(str(layout.model)).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(plain_weights, refit_weights, strict=True))
     metrics = stages.evaluate(refit, layout)
     assert metrics["hybrid_lambda"] == hybrid["lambda"]
     assert metrics["epochs"] == hybrid["refit_epochs"][0]
 
 
-def test_refit_needs_a_tuning_slice(tiny_params):
+def test_refit_needs_a_tuning_slice_and_the_hybrid_metric_needs_the_refit(tiny_params):
     from char_rnn.params import ParamsError
 
     with pytest.raises(ParamsError, match="train.refit_with_tune needs split.tune_fraction"):
         with_overrides(tiny_params, {"train.refit_with_tune": True})
+    split = {"split.val_fraction": 0.2, "split.tune_fraction": 0.1, "registry.metric": "hybrid_bits_per_char"}
+    with pytest.raises(ParamsError, match="hybrid_bits_per_char needs train.refit_with_tune: true"):
+        with_overrides(tiny_params, split)
+    assert with_overrides(tiny_params, {**split, "train.refit_with_tune": True}).train.refit_with_tune

@@ -136,6 +136,10 @@ def test_mixture_samples_are_seeded_and_from_the_vocabulary(repo_params: Params,
     assert hybrid.generate("다라", sampling, num_samples=2).texts == first
     assert [len(t) for t in first] == [60, 60] and set("".join(first)) <= set(CHARS) and first[0] != first[1]
     assert hybrid.generate("다라", Sampling(length=60, temperature=1.0, top_k=5, seed=12), 2).texts != first
+    greedy = hybrid.generate("다라", Sampling(length=60, temperature=0.0)).texts
+    assert hybrid.generate("다라", Sampling(length=60, temperature=5.0, top_k=1, seed=3)).texts == greedy
+    assert hybrid.generate("다라", Sampling(length=60, temperature=1e-6, seed=3)).texts == greedy
+    assert hybrid.generate("다라", Sampling(length=60, temperature=5.0, seed=3)).texts != greedy
 
 
 def test_a_mixture_that_does_not_fit_is_refused(repo_params: Params, ngram) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from char_rnn.heldout import average_rnns, fit_hybrid_weight, fit_lambda, mix, rnn_char_probabilities
-from char_rnn.ngram import bits_per_char, perplexity
+from char_rnn.ngram import KneserNey, bits_per_char, perplexity
 from char_rnn.params import ModelParams
 
 VOCAB_SIZE = 40
@@ -97,10 +97,11 @@ def test_hybrid_lambda_is_fitted_without_the_scored_text(untrained, text):
     other[tune_end:] = np.random.default_rng(1).integers(0, VOCAB_SIZE, size=len(text) - tune_end)
     assert 0.0 < lam < 1.0
     assert fit_hybrid_weight([untrained], other, (train_end, tune_end), order=3, context=100) == lam
-    # The n-gram it weighs against has not counted the tuning slice either: changing it changes lam.
-    again = noisy.copy()
-    again[train_end:tune_end] = noisy[train_end - 50 : train_end]
-    assert fit_hybrid_weight([untrained], again, (train_end, tune_end), order=3, context=100) != lam
+    # The n-gram it weighs against has counted the training text only, not the tuning slice.
+    p_rnn = rnn_char_probabilities(untrained, noisy, train_end, tune_end, warmup=100)
+    unseen = KneserNey.fit(noisy[:train_end], VOCAB_SIZE, 3).char_probabilities(noisy, train_end, tune_end)
+    seen = KneserNey.fit(noisy[:tune_end], VOCAB_SIZE, 3).char_probabilities(noisy, train_end, tune_end)
+    assert lam == fit_lambda(p_rnn, unseen) != fit_lambda(p_rnn, seen)
 
 
 def test_the_tuning_slice_must_be_real(untrained, text):

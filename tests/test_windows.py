@@ -64,6 +64,12 @@ def test_validation_tail_shorter_than_a_window_is_refused(tmp_path: Path):
                      tmp_path / "vocab.json", tmp_path / "windows")
 
 
+def test_a_tuning_fraction_that_rounds_to_nothing_is_refused(tmp_path: Path):
+    with pytest.raises(WindowError, match="split.tune_fraction=0.005 leaves no tuning character in 71"):
+        make_windows(SEED, WindowParams(length=20, stride=1), SplitParams(val_fraction=0.0, tune_fraction=0.005),
+                     tmp_path / "vocab.json", tmp_path / "windows")
+
+
 def test_tf_dataset_yields_exactly_the_windows():
     ids = np.arange(200, dtype=np.int32) % 37
     inputs, targets = window_views(ids, 16, 2)

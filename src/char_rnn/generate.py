@@ -257,10 +257,16 @@ def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
     """The n-gram file and the train stage's hybrid.json; refused when no weight was fitted."""
     from char_rnn.ngram import KneserNey
 
-    lam = json.loads(hybrid_path.read_text(encoding="utf-8")).get("lambda")
-    if lam is None:
+    hybrid = json.loads(hybrid_path.read_text(encoding="utf-8"))
+    if hybrid.get("lambda") is None:
         raise GenerationError(f"{hybrid_path}: no hybrid weight was fitted (the split has no tuning slice)")
-    return Mixture(KneserNey.load(ngram_path), float(lam))
+    ngram = KneserNey.load(ngram_path)
+    if ngram.order != hybrid.get("ngram_order", ngram.order):
+        raise GenerationError(
+            f"{hybrid_path}: the weight was fitted against a {hybrid['ngram_order']}-gram but {ngram_path.name}"
+            f" is a {ngram.order}-gram; rerun the baseline and train stages"
+        )
+    return Mixture(ngram, float(hybrid["lambda"]))
 
 
 def load_generator(files: dict[str, Path], digests: dict[str, str | None] | None = None) -> Generator:

@@ -9,7 +9,7 @@ included), keeping only the predictions for the chunk itself. Every character th
 `warmup + chunk - 1`; memory is bounded by one batch of chunks, never length x vocabulary of the text.
 
 The hybrid `p = lam * p_rnn + (1 - lam) * p_kn` fits `lam` on a tuning slice that neither model was
-trained on and that is not the scored text (the end of the training split, held out from training);
+trained on and that is not the scored text (the end of the training split, held out from the first fit);
 the validation text is then scored with that fixed `lam`.
 """
 

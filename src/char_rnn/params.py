@@ -51,7 +51,7 @@ class WindowParams(_Section):
 class SplitParams(_Section):
     val_fraction: float = Field(ge=0.0, lt=1.0, description="contiguous tail of the corpus held out for validation")
     tune_fraction: float = Field(
-        ge=0.0, lt=1.0, description="slice just before the validation tail, held out from training to fit the hybrid"
+        ge=0.0, lt=1.0, description="slice just before the validation tail, held out from the first fit to fit the hybrid's weight"
     )
 
     @model_validator(mode="after")
@@ -194,6 +194,11 @@ class Params(_Section):
             self.split.val_fraction and self.split.tune_fraction
         ):
             raise ValueError("registry.metric hybrid_bits_per_char needs split.val_fraction and split.tune_fraction > 0")
+        if self.registry.metric is Metric.hybrid_bits_per_char and not self.train.refit_with_tune:
+            raise ValueError(
+                "registry.metric hybrid_bits_per_char needs train.refit_with_tune: true (else the scored n-gram"
+                " has read the tuning slice and the RNN has not, and lam was fitted with neither)"
+            )
         if self.train.refit_with_tune and not self.split.tune_fraction:
             raise ValueError("train.refit_with_tune needs split.tune_fraction > 0 (there is nothing to refit on)")
         return self

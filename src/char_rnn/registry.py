@@ -5,8 +5,9 @@ metric; otherwise it becomes `challenger`. A run that failed or has no finite me
 before anything is logged or registered, so a failed run never moves an alias.
 
 What a version holds is the generator pyfunc (`char_rnn.serving`: the `.keras` file and the
-vocabulary), logged into the train run next to the plain Keras model. The sha256 of both files is
-tagged on the version (`model_sha256`, `vocab_sha256`) and checked before either is loaded again.
+vocabulary, and for the hybrid also the n-gram and hybrid.json), logged into the train run next to
+the plain Keras model. The sha256 of every bundled file is tagged on the version (`model_sha256`,
+`vocab_sha256`, ...) and checked before any of them is loaded again.
 """
 
 from __future__ import annotations

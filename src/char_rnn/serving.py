@@ -121,7 +121,9 @@ def log_generator(files: dict[str, Path], digests: dict[str, str], example_promp
 def load_registered(uri: str) -> Generator:
     """The generator of a registered version, its files checked against the version's sha256 tags.
 
-    Only the `.keras` file and the vocabulary are read (safe mode), never the stored pyfunc code.
+    Only the bundled files are read (the `.keras` file in safe mode, the n-gram without pickle),
+    never the stored pyfunc code. The files must be exactly the ones the version's sha256 tags name,
+    so a hybrid whose artifact list lost its n-gram is refused, not served as the RNN alone.
     """
     from mlflow.models import Model
 
@@ -135,7 +137,13 @@ def load_registered(uri: str) -> Generator:
             files = bundle_files({name: entry["path"] for name, entry in bundled.items()}, local)
         except GenerationError as exc:
             raise GenerationError(f"{uri} (version {version.version}): {exc}") from None
-        return load_generator(files, {name: version.tags.get(f"{name}_sha256") for name in files})
+        tagged = {name for name in HYBRID_BUNDLE if f"{name}_sha256" in version.tags}
+        if tagged != set(files):
+            raise GenerationError(
+                f"{uri} (version {version.version}) bundles {', '.join(sorted(files))} but its sha256 tags"
+                f" name {', '.join(sorted(tagged))}"
+            )
+        return load_generator(files, {name: version.tags[f"{name}_sha256"] for name in files})
 
 
 def bundle_files(artifacts: dict[str, str], folder: Path) -> dict[str, Path]:

@@ -141,8 +141,10 @@ def fit_with_hybrid(
     tuning slice is unseen by both. The scored n-gram then counts the tuning slice too (it is fitted
     on all text before the validation tail); `train.refit_with_tune` gives the scored RNNs the same
     text: fresh models, same seeds, trained on training + tuning text for the epochs that their
-    first fit kept. No fit reads the validation text except as Keras' val_loss. Returns the model
-    (the members averaged), the first member's history and the hybrid.json content.
+    first fit kept. No fit reads the validation text except as Keras' val_loss, which early
+    stopping (and so the refit's epoch count) watches, as the issue asks: one integer chosen on the
+    scored text. Returns the model (the members averaged), the first member's final history (its
+    refit's, after a refit) and the hybrid.json content.
     """
     from char_rnn.heldout import fit_hybrid_weight
     from char_rnn.model import average

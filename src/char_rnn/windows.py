@@ -81,6 +81,10 @@ def split_ids(ids: np.ndarray, split: SplitParams, length: int) -> tuple[np.ndar
     n_tune = int(round(len(ids) * split.tune_fraction))
     n_train = len(ids) - n_val - n_tune
     train, tune, val = ids[:n_train], ids[n_train : n_train + n_tune], ids[n_train + n_tune :]
+    if split.tune_fraction and not n_tune:
+        raise WindowError(
+            f"split.tune_fraction={split.tune_fraction} leaves no tuning character in {len(ids)}; raise it or use 0"
+        )
     if count_windows(len(train), length, 1) == 0:
         raise WindowError(
             f"the training text has {len(train)} characters; window.length={length} needs at least"

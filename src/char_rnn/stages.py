@@ -97,7 +97,7 @@ def evaluate(params: Params, layout: Layout) -> dict[str, Any]:
     history = read_history(layout.history)
     generator = load_generator(bundle(params, layout))
     hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
-    ngram = KneserNey.load(layout.ngram)
+    ngram = generator.mixture.ngram if generator.mixture else KneserNey.load(layout.ngram)  # read once
     metrics, sample = run_evaluation(generator, ngram, hybrid, spec, load_text_ids(layout.windows), history, params)
     write_metrics(metrics, layout.metrics)
     plot_history(history, layout.plot)

@@ -69,8 +69,9 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float]) -> No
             goal = goals[key] * kn if key in goals else None
             verdict = "" if goal is None else f"<={goal:.4f} {'met' if metrics[key] <= goal else 'NOT met'}"
             print(f"{label:<10} {metrics[key]:>9.4f} {metrics[key] / kn - 1:>+10.2%} {verdict}")
-    if "hybrid_lambda" in metrics:
-        print(f"hybrid weight of the RNN (fitted on the tuning slice): {metrics['hybrid_lambda']:.3f}")
+    if "hybrid_weight_rnn" in metrics:
+        weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in ("rnn", "ngram", "cache"))
+        print(f"hybrid weights (fitted on the tuning slice): {weights}")
     sys.stdout.flush()
 
 

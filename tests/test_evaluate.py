@@ -21,7 +21,8 @@ def held_out(layout, tiny_params):
     (layout.root / "data" / "raw" / "text.txt").write_text(text, encoding="utf-8")
     params = with_overrides(tiny_params, {"corpus.source": "data/raw/text.txt", "split.val_fraction": 0.2,
                                           "split.tune_fraction": 0.1, "train.epochs": 30,
-                                          "train.early_stopping_patience": 2, "train.learning_rate": 0.01})
+                                          "train.early_stopping_patience": 2, "train.learning_rate": 0.01,
+                                          "baseline.cache_window": 30})
     for stage in ("ingest", "window", "validate", "baseline"):
         stages.STAGES[stage](params, layout)
     return layout, params
@@ -45,7 +46,8 @@ def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     baseline = json.loads(layout.baseline.read_text(encoding="utf-8"))
     assert metrics["heldout_chars"] == spec["val_chars"] == baseline["scored_chars"]
     assert metrics["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"])
-    assert 0.0 <= metrics["hybrid_lambda"] <= 1.0
+    weights = [metrics[f"hybrid_weight_{part}"] for part in ("rnn", "ngram", "cache")]
+    assert min(weights) >= 0.0 and sum(weights) == pytest.approx(1.0)
     assert metrics["hybrid_bits_per_char"] <= max(metrics["bits_per_char"], metrics["ngram_bits_per_char"])
     assert metrics["bits_per_char"] == pytest.approx(math.log2(metrics["perplexity"]))
 
@@ -74,8 +76,8 @@ def test_refit_reads_the_tuning_slice_after_the_weight_is_fitted_without_it(held
     refit = with_overrides(params, {"train.refit_with_tune": True})
     run_id = stages.train(refit, layout)["run_id"]
     hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
-    # The first fit is the plain run again (seeded): lam comes from it, before the tuning slice is read.
-    assert hybrid["lambda"] == plain["lambda"] and 0.0 <= hybrid["lambda"] <= 1.0
+    # The first fit is the plain run again (seeded): the weights come from it, before the tuning slice is read.
+    assert hybrid["weights"] == plain["weights"] and 0.0 <= hybrid["weights"]["rnn"] <= 1.0
     assert hybrid["refit_with_tune"] and not plain["refit_with_tune"]
     client = mlflow.MlflowClient()
     val_loss = [m.value for m in client.get_metric_history(run_id, "val_loss")]
@@ -84,7 +86,7 @@ def test_refit_reads_the_tuning_slice_after_the_weight_is_fitted_without_it(held
     refit_weights = load_model(str(layout.model)).get_weights()
     assert not all(np.array_equal(a, b) for a, b in zip(plain_weights, refit_weights, strict=True))
     metrics = stages.evaluate(refit, layout)
-    assert metrics["hybrid_lambda"] == hybrid["lambda"]
+    assert metrics["hybrid_weight_rnn"] == hybrid["weights"]["rnn"]
     assert metrics["epochs"] == hybrid["refit_epochs"][0]
 
 

@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from char_rnn.generate import GenerationError, Generator, Mixture, Sampling, StepModel
+from char_rnn.heldout import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params, with_overrides
 
@@ -119,18 +120,21 @@ def ngram():
 def test_the_mixture_at_its_ends_is_the_rnn_alone_or_the_ngram_alone(repo_params: Params, ngram) -> None:
     model = untrained(repo_params)
     greedy = Sampling(length=40, temperature=0.0)
-    rnn_only = Generator(model, CHARS, Mixture(ngram, 1.0)).generate("가나", greedy).texts
+    rnn_only = Generator(model, CHARS, Mixture(ngram, Weights(1.0, 0.0))).generate("가나", greedy).texts
     assert rnn_only == Generator(model, CHARS).generate("가나", greedy).texts  # the compiled loop's text
     text = [CHARS.index(c) for c in "가나"]
     for _ in range(40):  # the n-gram's own greedy chain, written out
         text.append(int(np.argmax(ngram.distribution(np.array(text)))))
-    ngram_only = Generator(model, CHARS, Mixture(ngram, 0.0)).generate("가나", greedy).texts[0]
+    ngram_only = Generator(model, CHARS, Mixture(ngram, Weights(0.0, 1.0))).generate("가나", greedy).texts[0]
     assert ngram_only == "".join(CHARS[i] for i in text[2:])
     assert ngram_only != rnn_only[0]
+    cache_only = Generator(model, CHARS, Mixture(ngram, Weights(0.0, 0.0, 1.0, cache_window=3)))
+    # The most frequent of the last three characters, the lowest id on ties: "가나다" -> 가, then 가 forever.
+    assert cache_only.generate("다가나다", greedy).texts == ["가" * 40]
 
 
 def test_mixture_samples_are_seeded_and_from_the_vocabulary(repo_params: Params, ngram) -> None:
-    hybrid = Generator(untrained(repo_params), CHARS, Mixture(ngram, 0.4))
+    hybrid = Generator(untrained(repo_params), CHARS, Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=8)))
     sampling = Sampling(length=60, temperature=1.0, top_k=5, seed=11)
     first = hybrid.generate("다라", sampling, num_samples=2).texts
     assert hybrid.generate("다라", sampling, num_samples=2).texts == first
@@ -145,11 +149,11 @@ def test_mixture_samples_are_seeded_and_from_the_vocabulary(repo_params: Params,
 def test_a_mixture_that_does_not_fit_is_refused(repo_params: Params, ngram) -> None:
     from char_rnn.ngram import KneserNey
 
-    with pytest.raises(GenerationError, match="weight must lie in"):
-        Mixture(ngram, 1.5)
+    with pytest.raises(ValueError, match="sum to 1"):
+        Mixture(ngram, Weights(1.5, -0.5))
     other = KneserNey.fit(np.arange(20) % 5, 5, 2)
     with pytest.raises(GenerationError, match="n-gram knows 5 characters"):
-        Generator(untrained(repo_params), CHARS, Mixture(other, 0.5))
+        Generator(untrained(repo_params), CHARS, Mixture(other, Weights(0.5, 0.5)))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Honest held-out scoring: every character once, with its context; the hybrid's lam never sees the scored text."""
+"""Honest held-out scoring: every character once, with its context; the hybrid's weights never see the scored text."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from char_rnn.heldout import average_rnns, fit_hybrid_weight, fit_lambda, mix, rnn_char_probabilities
+from char_rnn import cache
+from char_rnn.heldout import Weights, average_rnns, fit_hybrid_weights, fit_weights, rnn_char_probabilities
 from char_rnn.ngram import KneserNey, bits_per_char, perplexity
 from char_rnn.params import ModelParams
 
@@ -74,41 +75,87 @@ def test_an_untrained_model_scores_about_log2_of_the_vocabulary(untrained, text)
     assert perplexity(probs) == pytest.approx(2 ** bits_per_char(probs))
 
 
-def test_fitted_lambda_maximises_the_tuning_likelihood_and_never_loses():
+def mixed_bits(weights, parts) -> float:
+    return bits_per_char(np.tensordot(weights, np.asarray(parts), axes=1))
+
+
+def test_fitted_weights_maximise_the_tuning_likelihood_and_never_lose():
     rng = np.random.default_rng(0)
+    grid = np.linspace(0, 1, 2001)
     for _ in range(20):
         a, b = rng.uniform(1e-4, 1, size=(2, 50)) ** rng.uniform(0.5, 4, size=2)[:, None]
-        lam = fit_lambda(a, b)
-        grid = np.linspace(0, 1, 2001)
-        best = grid[np.argmin([bits_per_char(mix(a, b, g)) for g in grid])]
-        assert 0.0 <= lam <= 1.0 and abs(lam - best) <= 1e-3
-        assert bits_per_char(mix(a, b, lam)) <= min(bits_per_char(a), bits_per_char(b)) + 1e-12
+        weights = fit_weights([a, b])
+        best = grid[np.argmin([mixed_bits([g, 1 - g], [a, b]) for g in grid])]
+        assert weights.sum() == pytest.approx(1.0) and abs(weights[0] - best) <= 1e-3
+        assert mixed_bits(weights, [a, b]) <= min(bits_per_char(a), bits_per_char(b)) + 1e-9
     a = rng.uniform(0.5, 1, size=30)
-    assert fit_lambda(a, a / 4) == 1.0 and fit_lambda(a / 4, a) == 0.0
+    assert fit_weights([a, a / 4])[0] > 1 - 1e-9 and fit_weights([a / 4, a])[0] < 1e-9
 
 
-def test_hybrid_lambda_is_fitted_without_the_scored_text(untrained, text):
+def test_three_weights_beat_every_pair_and_any_nearby_point():
+    rng = np.random.default_rng(1)
+    parts = rng.uniform(1e-3, 1, size=(3, 200)) ** rng.uniform(0.5, 3, size=3)[:, None]
+    weights = fit_weights(parts)
+    best = mixed_bits(weights, parts)
+    for i in range(3):
+        pair = np.delete(parts, i, axis=0)
+        assert best <= mixed_bits(fit_weights(pair), pair) + 1e-9
+    for step in rng.normal(scale=0.02, size=(50, 3)):
+        moved = np.clip(weights + step - step.mean(), 0, None)
+        assert best <= mixed_bits(moved / moved.sum(), parts) + 1e-9
+
+
+def test_weights_must_be_a_distribution():
+    assert Weights(0.5, 0.3, 0.2, cache_window=10).mix(1.0, 0.5, 0.25) == pytest.approx(0.7)
+    for bad in ((0.5, 0.6), (-0.1, 1.1), (0.5, 0.3, 0.2)):  # the last: a cache weight without a window
+        with pytest.raises(ValueError, match="sum to 1"):
+            Weights(*bad)
+
+
+def test_hybrid_weights_are_fitted_without_the_scored_text(untrained, text):
     train_end, tune_end = 300, 350
-    # Noise in the tuning slice, which the n-gram finds surprising, makes the best lam an inner one.
+    # Noise in the tuning slice, which the n-gram finds surprising, makes the best weights inner ones.
     noisy = text.copy()
     noisy[train_end:tune_end:3] = np.random.default_rng(2).integers(0, VOCAB_SIZE, size=17)
-    lam = fit_hybrid_weight([untrained], noisy, (train_end, tune_end), order=3, context=100)
+    weights = fit_hybrid_weights([untrained], noisy, (train_end, tune_end), order=3, context=100, cache_window=0)
     other = noisy.copy()
     other[tune_end:] = np.random.default_rng(1).integers(0, VOCAB_SIZE, size=len(text) - tune_end)
-    assert 0.0 < lam < 1.0
-    assert fit_hybrid_weight([untrained], other, (train_end, tune_end), order=3, context=100) == lam
+    assert 0.0 < weights.rnn < 1.0 and weights.cache == 0.0
+    assert fit_hybrid_weights([untrained], other, (train_end, tune_end), order=3, context=100, cache_window=0) == weights
     # The n-gram it weighs against has counted the training text only, not the tuning slice.
     p_rnn = rnn_char_probabilities(untrained, noisy, train_end, tune_end, warmup=100)
     unseen = KneserNey.fit(noisy[:train_end], VOCAB_SIZE, 3).char_probabilities(noisy, train_end, tune_end)
     seen = KneserNey.fit(noisy[:tune_end], VOCAB_SIZE, 3).char_probabilities(noisy, train_end, tune_end)
-    assert lam == fit_lambda(p_rnn, unseen) != fit_lambda(p_rnn, seen)
+    assert weights.rnn == fit_weights([p_rnn, unseen])[0] != fit_weights([p_rnn, seen])[0]
+
+
+def test_a_cache_gets_weight_where_the_text_quotes_itself(untrained, text):
+    """Text that repeats its recent characters: the cache earns a share, fitted on the tuning slice only."""
+    train_end, tune_end = 300, 360
+    quoting = text.copy()
+    quoting[train_end:] = np.tile(np.random.default_rng(4).integers(0, VOCAB_SIZE, size=10), 10)
+    weights = fit_hybrid_weights([untrained], quoting, (train_end, tune_end), order=3, context=100, cache_window=20)
+    assert weights.cache > 0.1 and weights.cache_window == 20
+    other = quoting.copy()
+    other[tune_end:] = 0
+    assert fit_hybrid_weights([untrained], other, (train_end, tune_end), order=3, context=100, cache_window=20) == weights
 
 
 def test_the_tuning_slice_must_be_real(untrained, text):
     with pytest.raises(ValueError, match="tuning slice"):
-        fit_hybrid_weight([untrained], text, (300, 300), order=3, context=100)
+        fit_hybrid_weights([untrained], text, (300, 300), order=3, context=100, cache_window=0)
 
 
 def test_several_rnns_are_averaged(untrained, text):
     single = rnn_char_probabilities(untrained, text, 390)
     np.testing.assert_allclose(average_rnns([untrained, untrained], text, 390), single)
+
+
+@pytest.mark.parametrize(("start", "end", "window"), [(1, 400, 7), (200, 260, 30), (10, 11, 100), (399, 400, 1)])
+def test_the_cache_counts_each_char_among_the_last_window_before_it(text, start, end, window):
+    probs = cache.char_probabilities(text, start, end, window)
+    expected = [np.mean(text[max(t - window, 0) : t] == text[t]) for t in range(start, end)]
+    np.testing.assert_allclose(probs, expected)
+    dist = cache.distribution(text[:end], VOCAB_SIZE, window)
+    assert dist.sum() == pytest.approx(1.0) and dist[text[end - 1]] > 0
+    assert dist[text[end - 1]] == pytest.approx(np.mean(text[max(end - window, 0) : end] == text[end - 1]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -117,14 +118,15 @@ def test_the_hybrid_is_registered_with_its_ngram_and_weight(files: dict[str, Pat
     from char_rnn.serving import load_registered
 
     KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).save(layout.ngram)
-    layout.hybrid.write_text(json.dumps({"lambda": 0.25}), encoding="utf-8")
+    weights = {"rnn": 0.25, "ngram": 0.5, "cache": 0.25, "cache_window": 50}
+    layout.hybrid.write_text(json.dumps({"weights": weights}), encoding="utf-8")
     hybrid = {**files, "ngram": layout.ngram, "hybrid": layout.hybrid}
     version = register(run(), hybrid, "가나", NAME, Metric.hybrid_bits_per_char, {"hybrid_bits_per_char": 3.0}, {})
     assert version.alias == CHAMPION
     tags = mlflow.MlflowClient().get_model_version(NAME, version.version).tags
     assert tags["ngram_sha256"] == file_sha256(layout.ngram) and tags["hybrid_sha256"] == file_sha256(layout.hybrid)
     generator = load_registered(f"models:/{NAME}@{CHAMPION}")
-    assert generator.mixture is not None and generator.mixture.lam == 0.25
+    assert generator.mixture is not None and asdict(generator.mixture.weights) == weights
     served = mlflow.pyfunc.load_model(f"models:/{NAME}@{CHAMPION}")
     assert len(served.predict({"prompt": ["가나"], "length": [7], "temperature": [0.0]})["text"][0]) == 7
     (stored,) = layout.mlruns.glob("artifacts/models/*/artifacts/artifacts/ngram.npz")

@@ -6,7 +6,7 @@ split, else on the training windows exactly like the blog's `model.evaluate(xdat
 With a validation split, `bits_per_char` and `perplexity` are held-out figures scored honestly:
 every validation character exactly once, predicted from at least `evaluate.context` characters
 before it (see `char_rnn.heldout`), next to the Kneser-Ney n-gram on the same characters and, with
-a tuning slice, the RNN + n-gram hybrid. Without a split they come from the window loss (the blog's
+a tuning slice, the RNN + n-gram (+ cache) hybrid. Without a split they come from the window loss (the blog's
 memorisation setting): bits per character = loss / ln 2, perplexity = e^loss.
 """
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from char_rnn.heldout import Weights
 from char_rnn.params import Params
 from char_rnn.windows import WindowSpec, window_dataset
 
@@ -57,10 +58,11 @@ def validation_start(spec: WindowSpec) -> int:
 
 
 def heldout_metrics(
-    model: Any, ngram: Any, lam: float | None, ids: np.ndarray, spec: WindowSpec, context: int
+    model: Any, ngram: Any, weights: Weights | None, ids: np.ndarray, spec: WindowSpec, context: int
 ) -> dict[str, float]:
-    """RNN, n-gram and (with lam, fitted by the train stage on the tuning slice) hybrid on the validation text."""
-    from char_rnn.heldout import mix, rnn_char_probabilities
+    """RNN, n-gram and (with the weights the train stage fitted on the tuning slice) hybrid on the validation text."""
+    from char_rnn import cache
+    from char_rnn.heldout import rnn_char_probabilities
     from char_rnn.ngram import bits_per_char, perplexity
 
     p_rnn = rnn_char_probabilities(model, ids, validation_start(spec), warmup=context)
@@ -72,10 +74,11 @@ def heldout_metrics(
         "ngram_bits_per_char": bits_per_char(p_kn),
         "rnn_vs_ngram": bits_per_char(p_rnn) / bits_per_char(p_kn) - 1,
     }
-    if lam is not None:
-        hybrid = mix(p_rnn, p_kn, lam)
+    if weights is not None:
+        start, window = validation_start(spec), weights.cache_window
+        hybrid = weights.mix(p_rnn, p_kn, cache.char_probabilities(ids, start, None, window) if window else None)
         metrics |= {
-            "hybrid_lambda": lam,
+            **weights.metrics(),
             "hybrid_bits_per_char": bits_per_char(hybrid),
             "hybrid_vs_ngram": bits_per_char(hybrid) / bits_per_char(p_kn) - 1,
         }
@@ -126,8 +129,8 @@ def evaluate(
     """Returns (metrics, sample) for the whole-corpus `ids`; the stage writes and logs them.
 
     `generator` holds the model (and, when the hybrid is what gets registered, the mixture the sample
-    is drawn from); `ngram` is the baseline's; `hybrid` is the train stage's hybrid.json (lam, or None
-    without a tuning slice).
+    is drawn from); `ngram` is the baseline's; `hybrid` is the train stage's hybrid.json (its weights
+    are None without a tuning slice).
     """
     from char_rnn.generate import generate
 
@@ -137,7 +140,8 @@ def evaluate(
     metrics: dict[str, Any] = score(model, windows, spec, params.train.batch_size)
     metrics["scored_on"] = "validation windows" if on_val else "training windows (no split, as in the blog)"
     if on_val:
-        metrics |= heldout_metrics(model, ngram, hybrid["lambda"], ids, spec, params.evaluate.context)
+        weights = Weights(**hybrid["weights"]) if hybrid["weights"] else None
+        metrics |= heldout_metrics(model, ngram, weights, ids, spec, params.evaluate.context)
         metrics["bits_per_char_method"] = HELDOUT_METHOD
     metrics["train_loss"] = history["loss"][-1]
     metrics["train_accuracy"] = history["accuracy"][-1]

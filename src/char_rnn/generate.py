@@ -7,8 +7,8 @@ state from step to step: the same weights and arithmetic as the full model (the 
 probabilities), a few small ops per character, and the stored model stays the training one.
 
 With a `Mixture` (the registered hybrid), every character is drawn from
-`lam * p_rnn + (1 - lam) * p_kn`: the step model's distribution mixed with the Kneser-Ney n-gram's
-after the same text. The n-gram is NumPy, so that loop runs in Python, one step-model call per
+`w_rnn * p_rnn + w_kn * p_kn + w_cache * p_cache`: the step model's distribution mixed with the
+Kneser-Ney n-gram's and the cache's after the same text. The n-gram is NumPy, so that loop runs in Python, one step-model call per
 character; the RNN alone keeps the compiled loop.
 
 Prompt policy: characters outside the vocabulary are dropped and reported, never guessed; a prompt
@@ -29,6 +29,7 @@ import numpy as np
 from char_rnn.errors import PipelineError
 
 if TYPE_CHECKING:
+    from char_rnn.heldout import Weights
     from char_rnn.ngram import KneserNey
 
 log = logging.getLogger(__name__)
@@ -70,19 +71,19 @@ class Generation:
 
 @dataclass(frozen=True)
 class Mixture:
-    """The hybrid's n-gram and the RNN's weight `lam` in it, as the train stage fitted it."""
+    """The hybrid's n-gram and its weights (RNN, n-gram, cache), as the train stage fitted them."""
 
     ngram: KneserNey
-    lam: float
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.lam <= 1.0:
-            raise GenerationError(f"the hybrid's weight must lie in [0, 1], got {self.lam}")
+    weights: Weights
 
     def mix(self, p_rnn: np.ndarray, contexts: np.ndarray) -> np.ndarray:
         """(batch, vocab) mixture after each row of `contexts` (the ids generated so far)."""
+        from char_rnn import cache
+
         p_kn = np.stack([self.ngram.distribution(row) for row in contexts])
-        return self.lam * p_rnn.astype(np.float64) + (1.0 - self.lam) * p_kn
+        window, vocab = self.weights.cache_window, self.ngram.vocab_size
+        p_cache = np.stack([cache.distribution(row, vocab, window) for row in contexts]) if window else None
+        return self.weights.mix(p_rnn, p_kn, p_cache)
 
 
 def pick(probs: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> np.ndarray:
@@ -254,19 +255,24 @@ def generate(generator: Generator, prompt: str, length: int, temperature: float,
 
 
 def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
-    """The n-gram file and the train stage's hybrid.json; refused when no weight was fitted."""
+    """The n-gram file and the train stage's hybrid.json; refused when no weights were fitted."""
+    from char_rnn.heldout import Weights
     from char_rnn.ngram import KneserNey
 
     hybrid = json.loads(hybrid_path.read_text(encoding="utf-8"))
-    if hybrid.get("lambda") is None:
-        raise GenerationError(f"{hybrid_path}: no hybrid weight was fitted (the split has no tuning slice)")
+    if not hybrid.get("weights"):
+        raise GenerationError(f"{hybrid_path}: no hybrid weights were fitted (the split has no tuning slice)")
+    try:
+        weights = Weights(**hybrid["weights"])
+    except (TypeError, ValueError) as error:
+        raise GenerationError(f"{hybrid_path}: {error}") from error
     ngram = KneserNey.load(ngram_path)
     if ngram.order != hybrid.get("ngram_order", ngram.order):
         raise GenerationError(
             f"{hybrid_path}: the weight was fitted against a {hybrid['ngram_order']}-gram but {ngram_path.name}"
             f" is a {ngram.order}-gram; rerun the baseline and train stages"
         )
-    return Mixture(ngram, float(hybrid["lambda"]))
+    return Mixture(ngram, weights)
 
 
 def load_generator(files: dict[str, Path], digests: dict[str, str | None] | None = None) -> Generator:

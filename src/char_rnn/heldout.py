@@ -8,17 +8,19 @@ included), keeping only the predictions for the chunk itself. Every character th
 `warmup` characters of context (all of it when the text before it is shorter) and at most
 `warmup + chunk - 1`; memory is bounded by one batch of chunks, never length x vocabulary of the text.
 
-The hybrid `p = lam * p_rnn + (1 - lam) * p_kn` fits `lam` on a tuning slice that neither model was
-trained on and that is not the scored text (the end of the training split, held out from the first fit);
-the validation text is then scored with that fixed `lam`.
+The hybrid `p = w_rnn * p_rnn + w_kn * p_kn (+ w_cache * p_cache)` fits its weights on a tuning slice
+that neither model was trained on and that is not the scored text (the end of the training split, held
+out from the first fit); the validation text is then scored with those fixed weights.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from char_rnn import cache
 from char_rnn.ngram import KneserNey
 
 WARMUP = 500  # characters of context run through the model before the first scored one of a chunk
@@ -79,45 +81,64 @@ def average_rnns(
     return np.mean([rnn_char_probabilities(m, ids, start, end, **kwargs) for m in models], axis=0)
 
 
-def mix(p_rnn: np.ndarray, p_kn: np.ndarray, lam: float) -> np.ndarray:
-    """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
-    return lam * np.asarray(p_rnn, dtype=np.float64) + (1.0 - lam) * np.asarray(p_kn, dtype=np.float64)
+@dataclass(frozen=True)
+class Weights:
+    """The hybrid's mixture weights, fitted on the tuning slice: RNN, n-gram and (with a window) cache."""
+
+    rnn: float
+    ngram: float
+    cache: float = 0.0
+    cache_window: int = 0  # characters the cache looks back; 0 = no cache part
+
+    def __post_init__(self) -> None:
+        parts = (self.rnn, self.ngram, self.cache)
+        if min(parts) < 0 or abs(sum(parts) - 1) > 1e-6 or (self.cache and self.cache_window < 1):
+            raise ValueError(f"hybrid weights must be >= 0 and sum to 1 (a cache weight needs a window), got {self}")
+
+    def mix(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
+        """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
+        mixed = self.rnn * np.asarray(p_rnn, dtype=np.float64) + self.ngram * np.asarray(p_kn, dtype=np.float64)
+        return mixed + self.cache * np.asarray(p_cache, dtype=np.float64) if self.cache else mixed
+
+    def metrics(self) -> dict[str, float]:
+        return {"hybrid_weight_rnn": self.rnn, "hybrid_weight_ngram": self.ngram, "hybrid_weight_cache": self.cache}
 
 
-def fit_lambda(p_rnn: np.ndarray, p_kn: np.ndarray, tolerance: float = 1e-9) -> float:
-    """The lam in [0, 1] that maximises the log-likelihood of a tuning slice, by bisection.
+def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-10, max_steps: int = 100_000) -> np.ndarray:
+    """Mixture weights that maximise the log-likelihood of a tuning slice, by expectation-maximisation.
 
-    The log-likelihood is concave in lam, so its derivative mean((a - b) / (lam a + (1 - lam) b))
-    decreases: lam is 0 or 1 when the derivative keeps one sign, else its single root.
+    `parts[i][t]` is model i's probability of character t. Each step sets every weight to the mean
+    share of that model in the mixture's probability; the log-likelihood never decreases and is
+    concave in the weights, so the steps reach its maximum (Jelinek & Mercer's interpolation).
     """
-    a, b = np.asarray(p_rnn, dtype=np.float64), np.asarray(p_kn, dtype=np.float64)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"need two non-empty arrays of the same shape, got {a.shape} and {b.shape}")
-
-    def slope(lam: float) -> float:
-        return float(np.mean((a - b) / mix(a, b, lam)))
-
-    if slope(0.0) <= 0.0:
-        return 0.0
-    if slope(1.0) >= 0.0:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    while hi - lo > tolerance:
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if slope(mid) > 0.0 else (lo, mid)
-    return (lo + hi) / 2
+    probs = np.asarray(parts, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] == 0:
+        raise ValueError(f"need non-empty probability vectors of the same length, got shape {probs.shape}")
+    weights = np.full(len(probs), 1.0 / len(probs))
+    for _ in range(max_steps):
+        joint = weights[:, None] * probs
+        updated = np.mean(joint / joint.sum(axis=0), axis=1)
+        if np.max(np.abs(updated - weights)) < tolerance:
+            return updated
+        weights = updated
+    return weights
 
 
-def fit_hybrid_weight(
-    models: Sequence[Any], ids: np.ndarray, tune: tuple[int, int], order: int, context: int
-) -> float:
-    """lam on ids[t0:t1] for RNNs trained on ids[:t0] only, against an n-gram fitted on ids[:t0] too.
+def fit_hybrid_weights(
+    models: Sequence[Any], ids: np.ndarray, tune: tuple[int, int], order: int, context: int, cache_window: int
+) -> Weights:
+    """Weights on ids[t0:t1] for RNNs trained on ids[:t0] only, against an n-gram fitted on ids[:t0] too.
 
-    Neither model has read the tuning slice, so lam weighs them as they do on unseen text; nothing
-    after t1 (the scored text) is read. Several RNNs count as one, their probabilities averaged.
+    Neither model has read the tuning slice, so the weights measure them as they do on unseen text; the
+    cache reads the text before each character, as it will on the scored text; nothing after t1 (the
+    scored text) is read. Several RNNs count as one, their probabilities averaged.
     """
     t0, t1 = tune
     if not 1 <= t0 < t1 <= len(ids):
         raise ValueError(f"need a non-empty tuning slice after the first character, got {tune}")
     ngram = KneserNey.fit(ids[:t0], int(models[0].output_shape[-1]), order)
-    return fit_lambda(average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1))
+    parts = [average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1)]
+    if cache_window:
+        parts.append(cache.char_probabilities(ids, t0, t1, cache_window))
+    fitted = [float(w) for w in fit_weights(parts)]
+    return Weights(*fitted, cache_window=cache_window)

@@ -71,7 +71,7 @@ class Layout:
 
     @property
     def hybrid(self) -> Path:
-        """The hybrid's weight of the RNN, fitted by the train stage on the tuning slice."""
+        """The hybrid's mixture weights (RNN, n-gram, cache), fitted by the train stage on the tuning slice."""
         return self._run / "models" / "hybrid.json"
 
     @property

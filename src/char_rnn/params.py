@@ -51,7 +51,7 @@ class WindowParams(_Section):
 class SplitParams(_Section):
     val_fraction: float = Field(ge=0.0, lt=1.0, description="contiguous tail of the corpus held out for validation")
     tune_fraction: float = Field(
-        ge=0.0, lt=1.0, description="slice just before the validation tail, held out from the first fit to fit the hybrid's weight"
+        ge=0.0, lt=1.0, description="slice just before the validation tail, held out from the first fit to fit the hybrid's weights"
     )
 
     @model_validator(mode="after")
@@ -98,13 +98,15 @@ class TrainParams(_Section):
     early_stopping_patience: int = Field(
         ge=0, description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off"
     )
-    refit_with_tune: bool = Field(description="after fitting the hybrid's weight, train again on training + tuning "
+    refit_with_tune: bool = Field(description="after fitting the hybrid's weights, train again on training + tuning "
         "text for the epochs the first fit kept, so the scored RNN reads the text the scored n-gram counts")
     seed: int = Field(ge=0)
 
 
 class BaselineParams(_Section):
     order: int = Field(ge=1, le=10, description="n of the Kneser-Ney character n-gram")
+    cache_window: int = Field(ge=0, le=100_000, description="the hybrid's third part: a cache of the last this many "
+        "characters, weighted with the RNN and the n-gram on the tuning slice; 0 = none")
 
 
 class ValidationParams(_Section):
@@ -197,7 +199,7 @@ class Params(_Section):
         if self.registry.metric is Metric.hybrid_bits_per_char and not self.train.refit_with_tune:
             raise ValueError(
                 "registry.metric hybrid_bits_per_char needs train.refit_with_tune: true (else the scored n-gram"
-                " has read the tuning slice and the RNN has not, and lam was fitted with neither)"
+                " has read the tuning slice and the RNN has not, and the weights were fitted with neither)"
             )
         if self.train.refit_with_tune and not self.split.tune_fraction:
             raise ValueError("train.refit_with_tune needs split.tune_fraction > 0 (there is nothing to refit on)")

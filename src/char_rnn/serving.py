@@ -1,7 +1,7 @@
 """The generator as an MLflow pyfunc: a table of prompts in, generated text out, servable by MLflow.
 
 What a registered version holds: the `.keras` file and the vocabulary as pyfunc artifacts (for the
-hybrid also the n-gram and hybrid.json with the RNN's weight, so that it samples from the mixture), their
+hybrid also the n-gram and hybrid.json with the mixture's weights, so that it samples from the mixture), their
 sha256 in the model config (and, by `registry.register`, as version tags), a signature, an input
 example and pinned requirements. The model is logged *as code* (MLflow 3 refuses to unpickle models
 by default): the stored code is a two-line shim that imports `CharRNNGenerator` from the installed

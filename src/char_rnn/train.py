@@ -135,29 +135,30 @@ def best_epochs(params: Params, history: dict[str, list[float]]) -> int:
 def fit_with_hybrid(
     params: Params, spec: WindowSpec, ids: np.ndarray, callbacks: Sequence[Any] = ()
 ) -> tuple[Any, dict[str, list[float]], dict[str, Any]]:
-    """Fit the RNN(s) on the training text; with a tuning slice, fit the hybrid's weight, then maybe refit.
+    """Fit the RNN(s) on the training text; with a tuning slice, fit the hybrid's weights, then maybe refit.
 
-    The weight is fitted with RNNs and an n-gram that have all read only the training text, so the
-    tuning slice is unseen by both. The scored n-gram then counts the tuning slice too (it is fitted
-    on all text before the validation tail); `train.refit_with_tune` gives the scored RNNs the same
-    text: fresh models, same seeds, trained on training + tuning text for the epochs that their
+    The weights are fitted with RNNs and an n-gram that have all read only the training text, so the
+    tuning slice is unseen by both (a cache reads the text before each character, as it always does).
+    The scored n-gram then counts the tuning slice too (it is fitted on all text before the validation
+    tail); `train.refit_with_tune` gives the scored RNNs the same text: fresh models, same seeds, trained on training + tuning text for the epochs that their
     first fit kept. No fit reads the validation text except as Keras' val_loss, which early
     stopping (and so the refit's epoch count) watches, as the issue asks: one integer chosen on the
     scored text. Returns the model (the members averaged), the first member's final history (its
-    refit's, after a refit) and the hybrid.json content.
+    refit's, after a refit) and the hybrid.json content (`weights`: None without a tuning slice).
     """
-    from char_rnn.heldout import fit_hybrid_weight
+    from char_rnn.heldout import fit_hybrid_weights
     from char_rnn.model import average
 
     start = spec.train_chars + spec.tune_chars
     val_ids = ids[start:]
     fits = [fit(params, spec, ids[: spec.train_chars], val_ids, callbacks, i) for i in range(params.model.ensemble)]
-    hybrid: dict[str, Any] = {"lambda": None, "tune_chars": spec.tune_chars, "refit_with_tune": False}
+    hybrid: dict[str, Any] = {"weights": None, "tune_chars": spec.tune_chars, "refit_with_tune": False}
     if spec.tune_chars:
-        hybrid["lambda"] = fit_hybrid_weight(
+        weights = fit_hybrid_weights(
             [model for model, _ in fits], ids, (spec.train_chars, start), params.baseline.order,
-            params.evaluate.context,
+            params.evaluate.context, params.baseline.cache_window,
         )
+        hybrid["weights"] = asdict(weights)
         hybrid |= {"ngram_order": params.baseline.order, "context": params.evaluate.context}
     if spec.tune_chars and params.train.refit_with_tune:
         epochs = [best_epochs(params, history) for _, history in fits]
@@ -203,6 +204,7 @@ def train(
     import mlflow
     import mlflow.keras
 
+    from char_rnn.heldout import Weights
     from char_rnn.tracking import connect
 
     experiment_id = connect(mlruns)
@@ -214,8 +216,8 @@ def train(
         save_model_atomically(model, model_path)
         write_history(history, history_path)
         hybrid_path.write_text(json.dumps(hybrid, indent=1) + "\n", encoding="utf-8")
-        if hybrid["lambda"] is not None:
-            mlflow.log_metric("hybrid_lambda", hybrid["lambda"])
+        if hybrid["weights"] is not None:
+            mlflow.log_metrics(Weights(**hybrid["weights"]).metrics())
         for artifact in (history_path, hybrid_path):
             mlflow.log_artifact(str(artifact), artifact_path="reports")
         info = mlflow.keras.log_model(

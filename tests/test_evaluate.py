@@ -7,8 +7,13 @@ import math
 
 import pytest
 
-from char_rnn import stages
+from char_rnn import cache, stages
+from char_rnn.evaluate import heldout_metrics
+from char_rnn.heldout import Weights, read_weights, rnn_char_probabilities
+from char_rnn.model import load_model
+from char_rnn.ngram import KneserNey, bits_per_char
 from char_rnn.params import with_overrides
+from char_rnn.windows import load_text_ids, load_windows
 
 from test_corpus import SEED
 
@@ -46,9 +51,21 @@ def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     baseline = json.loads(layout.baseline.read_text(encoding="utf-8"))
     assert metrics["heldout_chars"] == spec["val_chars"] == baseline["scored_chars"]
     assert metrics["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"])
-    weights = [metrics[f"hybrid_weight_{part}"] for part in ("rnn", "ngram", "cache")]
-    assert min(weights) >= 0.0 and sum(weights) == pytest.approx(1.0)
-    assert metrics["hybrid_bits_per_char"] <= max(metrics["bits_per_char"], metrics["ngram_bits_per_char"])
+    weights = read_weights(layout.hybrid)
+    assert {key: metrics[key] for key in weights.metrics()} == weights.metrics()
+    # The hybrid's figure is the three parts' mixture on the validation text, the cache's included.
+    ids, start = load_text_ids(layout.windows), spec["train_chars"] + spec["tune_chars"]
+    p_rnn = rnn_char_probabilities(load_model(str(layout.model)), ids, start, warmup=params.evaluate.context)
+    p_kn = KneserNey.load(layout.ngram).char_probabilities(ids, start)
+    p_cache = cache.char_probabilities(ids, start, None, params.baseline.cache_window)
+    assert weights.cache_window == params.baseline.cache_window
+    assert metrics["hybrid_bits_per_char"] == pytest.approx(bits_per_char(weights.mix(p_rnn, p_kn, p_cache)))
+    # Here the n-gram has read every rotation and takes nearly all the weight; with a cache share
+    # forced in, the scored figure follows the three-part mixture.
+    forced = Weights(0.3, 0.3, 0.4, cache_window=params.baseline.cache_window)
+    model, ngram = load_model(str(layout.model)), KneserNey.load(layout.ngram)
+    scored = heldout_metrics(model, ngram, forced, ids, load_windows(layout.windows)[0], params.evaluate.context)
+    assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(forced.mix(p_rnn, p_kn, p_cache)))
     assert metrics["bits_per_char"] == pytest.approx(math.log2(metrics["perplexity"]))
 
 

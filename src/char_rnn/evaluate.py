@@ -120,7 +120,7 @@ def plot_history(history: dict[str, list[float]], path: Path) -> None:
 def evaluate(
     generator: Any,
     ngram: Any,
-    hybrid: dict[str, Any],
+    weights: Weights | None,
     spec: WindowSpec,
     ids: np.ndarray,
     history: dict[str, list[float]],
@@ -129,8 +129,8 @@ def evaluate(
     """Returns (metrics, sample) for the whole-corpus `ids`; the stage writes and logs them.
 
     `generator` holds the model (and, when the hybrid is what gets registered, the mixture the sample
-    is drawn from); `ngram` is the baseline's; `hybrid` is the train stage's hybrid.json (its weights
-    are None without a tuning slice).
+    is drawn from); `ngram` is the baseline's; `weights` are the hybrid's from the train stage's
+    hybrid.json (None without a tuning slice).
     """
     from char_rnn.generate import generate
 
@@ -140,7 +140,6 @@ def evaluate(
     metrics: dict[str, Any] = score(model, windows, spec, params.train.batch_size)
     metrics["scored_on"] = "validation windows" if on_val else "training windows (no split, as in the blog)"
     if on_val:
-        weights = Weights(**hybrid["weights"]) if hybrid["weights"] else None
         metrics |= heldout_metrics(model, ngram, weights, ids, spec, params.evaluate.context)
         metrics["bits_per_char_method"] = HELDOUT_METHOD
     metrics["train_loss"] = history["loss"][-1]

@@ -6,10 +6,10 @@ trained layers themselves, their recurrent *cells* one character at a time, and 
 state from step to step: the same weights and arithmetic as the full model (the tests compare the
 probabilities), a few small ops per character, and the stored model stays the training one.
 
-With a `Mixture` (the registered hybrid), every character is drawn from
-`w_rnn * p_rnn + w_kn * p_kn + w_cache * p_cache`: the step model's distribution mixed with the
-Kneser-Ney n-gram's and the cache's after the same text. The n-gram is NumPy, so that loop runs in Python, one step-model call per
-character; the RNN alone keeps the compiled loop.
+With a `Mixture` (the registered hybrid), every character is drawn from `w_rnn * p_rnn + w_kn * p_kn
++ w_cache * p_cache`: the step model's distribution mixed with the Kneser-Ney n-gram's and the
+cache's after the same text. The n-gram is NumPy, so that loop runs in Python, one step-model call
+per character; the RNN alone keeps the compiled loop.
 
 Prompt policy: characters outside the vocabulary are dropped and reported, never guessed; a prompt
 with no known character is refused. Output ids index the vocabulary, so output is vocabulary only.
@@ -256,20 +256,17 @@ def generate(generator: Generator, prompt: str, length: int, temperature: float,
 
 def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
     """The n-gram file and the train stage's hybrid.json; refused when no weights were fitted."""
-    from char_rnn.heldout import Weights
+    from char_rnn.heldout import read_weights
     from char_rnn.ngram import KneserNey
 
-    hybrid = json.loads(hybrid_path.read_text(encoding="utf-8"))
-    if not hybrid.get("weights"):
+    weights = read_weights(hybrid_path)
+    if weights is None:
         raise GenerationError(f"{hybrid_path}: no hybrid weights were fitted (the split has no tuning slice)")
-    try:
-        weights = Weights(**hybrid["weights"])
-    except (TypeError, ValueError) as error:
-        raise GenerationError(f"{hybrid_path}: {error}") from error
     ngram = KneserNey.load(ngram_path)
-    if ngram.order != hybrid.get("ngram_order", ngram.order):
+    fitted_order = json.loads(hybrid_path.read_text(encoding="utf-8")).get("ngram_order", ngram.order)
+    if ngram.order != fitted_order:
         raise GenerationError(
-            f"{hybrid_path}: the weight was fitted against a {hybrid['ngram_order']}-gram but {ngram_path.name}"
+            f"{hybrid_path}: the weights were fitted against a {fitted_order}-gram but {ngram_path.name}"
             f" is a {ngram.order}-gram; rerun the baseline and train stages"
         )
     return Mixture(ngram, weights)

@@ -15,13 +15,20 @@ out from the first fit); the validation text is then scored with those fixed wei
 
 from __future__ import annotations
 
+import json
+import logging
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from char_rnn import cache
+from char_rnn.errors import PipelineError
 from char_rnn.ngram import KneserNey
+
+log = logging.getLogger(__name__)
 
 WARMUP = 500  # characters of context run through the model before the first scored one of a chunk
 CHUNK = 500  # characters scored per row of a batch
@@ -81,6 +88,10 @@ def average_rnns(
     return np.mean([rnn_char_probabilities(m, ids, start, end, **kwargs) for m in models], axis=0)
 
 
+class HybridError(PipelineError):
+    """hybrid.json holds weights that are not a distribution (or not the train stage's at all)."""
+
+
 @dataclass(frozen=True)
 class Weights:
     """The hybrid's mixture weights, fitted on the tuning slice: RNN, n-gram and (with a window) cache."""
@@ -92,36 +103,66 @@ class Weights:
 
     def __post_init__(self) -> None:
         parts = (self.rnn, self.ngram, self.cache)
-        if min(parts) < 0 or abs(sum(parts) - 1) > 1e-6 or (self.cache and self.cache_window < 1):
-            raise ValueError(f"hybrid weights must be >= 0 and sum to 1 (a cache weight needs a window), got {self}")
+        finite = all(isinstance(w, (int, float)) and math.isfinite(w) for w in parts)
+        if not finite or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+            raise ValueError(f"hybrid weights must be finite, >= 0 and sum to 1, got {parts}")
+        if not isinstance(self.cache_window, int) or self.cache_window < 0 or (self.cache and not self.cache_window):
+            raise ValueError(f"the cache window must be an integer >= 0, and >= 1 with a cache weight; got {self}")
 
     def mix(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
         """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
         mixed = self.rnn * np.asarray(p_rnn, dtype=np.float64) + self.ngram * np.asarray(p_kn, dtype=np.float64)
-        return mixed + self.cache * np.asarray(p_cache, dtype=np.float64) if self.cache else mixed
+        if not self.cache:
+            return mixed
+        if p_cache is None:
+            raise ValueError("these weights give the cache a share: pass its probabilities")
+        return mixed + self.cache * np.asarray(p_cache, dtype=np.float64)
 
     def metrics(self) -> dict[str, float]:
         return {"hybrid_weight_rnn": self.rnn, "hybrid_weight_ngram": self.ngram, "hybrid_weight_cache": self.cache}
 
 
-def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-10, max_steps: int = 100_000) -> np.ndarray:
+def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
     """Mixture weights that maximise the log-likelihood of a tuning slice, by expectation-maximisation.
 
     `parts[i][t]` is model i's probability of character t. Each step sets every weight to the mean
     share of that model in the mixture's probability; the log-likelihood never decreases and is
-    concave in the weights, so the steps reach its maximum (Jelinek & Mercer's interpolation).
+    concave in the weights, so the steps climb to its maximum (Jelinek & Mercer's interpolation).
+    They stop when a step gains less than `tolerance` nats per character.
     """
     probs = np.asarray(parts, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] == 0:
         raise ValueError(f"need non-empty probability vectors of the same length, got shape {probs.shape}")
-    weights = np.full(len(probs), 1.0 / len(probs))
+    weights, previous = np.full(len(probs), 1.0 / len(probs)), -np.inf
     for _ in range(max_steps):
-        joint = weights[:, None] * probs
-        updated = np.mean(joint / joint.sum(axis=0), axis=1)
-        if np.max(np.abs(updated - weights)) < tolerance:
-            return updated
-        weights = updated
+        mixed = weights @ probs
+        with np.errstate(divide="ignore"):
+            likelihood = float(np.mean(np.log(mixed)))
+        if not math.isfinite(likelihood):
+            raise ValueError("a tuning character has probability 0 under every part: no weights can score it")
+        if likelihood - previous < tolerance:
+            return weights
+        weights, previous = np.mean(weights[:, None] * probs / mixed, axis=1), likelihood
+    log.warning("the hybrid's weights did not converge in %d steps; using the last ones, %s", max_steps, weights)
     return weights
+
+
+def read_weights(path: Path) -> Weights | None:
+    """The weights in a train stage's hybrid.json; None when there was no tuning slice to fit them on.
+
+    A hybrid.json from before the cache holds one weight, `lambda`, for the RNN: it reads as
+    (lambda, 1 - lambda, no cache), so hybrids registered then still load and generate as scored.
+    """
+    hybrid = json.loads(path.read_text(encoding="utf-8"))
+    weights = hybrid.get("weights")
+    if "weights" not in hybrid and hybrid.get("lambda") is not None:
+        weights = {"rnn": hybrid["lambda"], "ngram": 1.0 - hybrid["lambda"]}
+    if weights is None:
+        return None
+    try:
+        return Weights(**weights)
+    except (TypeError, ValueError) as error:
+        raise HybridError(f"{path}: unusable hybrid weights ({error}); rerun the train stage") from error
 
 
 def fit_hybrid_weights(

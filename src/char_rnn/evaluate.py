@@ -6,8 +6,8 @@ split, else on the training windows exactly like the blog's `model.evaluate(xdat
 With a validation split, `bits_per_char` and `perplexity` are held-out figures scored honestly:
 every validation character exactly once, predicted from at least `evaluate.context` characters
 before it (see `char_rnn.heldout`), next to the Kneser-Ney n-gram on the same characters and, with
-a tuning slice, the RNN + n-gram (+ cache) hybrid. Without a split they come from the window loss (the blog's
-memorisation setting): bits per character = loss / ln 2, perplexity = e^loss.
+a tuning slice, the RNN + n-gram (+ cache) hybrid. Without a split they come from the window loss
+(the blog's memorisation setting): bits per character = loss / ln 2, perplexity = e^loss.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from char_rnn.heldout import Weights
+from char_rnn.heldout import Weights, rnn_char_probabilities
 from char_rnn.params import Params
 from char_rnn.windows import WindowSpec, window_dataset
 
@@ -62,7 +62,6 @@ def heldout_metrics(
 ) -> dict[str, float]:
     """RNN, n-gram and (with the weights the train stage fitted on the tuning slice) hybrid on the validation text."""
     from char_rnn import cache
-    from char_rnn.heldout import rnn_char_probabilities
     from char_rnn.ngram import bits_per_char, perplexity
 
     p_rnn = rnn_char_probabilities(model, ids, validation_start(spec), warmup=context)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from char_rnn import cache
 from char_rnn.errors import PipelineError
 
 if TYPE_CHECKING:
@@ -78,8 +79,6 @@ class Mixture:
 
     def mix(self, p_rnn: np.ndarray, contexts: np.ndarray) -> np.ndarray:
         """(batch, vocab) mixture after each row of `contexts` (the ids generated so far)."""
-        from char_rnn import cache
-
         p_kn = np.stack([self.ngram.distribution(row) for row in contexts])
         window, vocab = self.weights.cache_window, self.ngram.vocab_size
         p_cache = np.stack([cache.distribution(row, vocab, window) for row in contexts]) if window else None
@@ -256,14 +255,15 @@ def generate(generator: Generator, prompt: str, length: int, temperature: float,
 
 def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
     """The n-gram file and the train stage's hybrid.json; refused when no weights were fitted."""
-    from char_rnn.heldout import read_weights
+    from char_rnn.heldout import weights_of
     from char_rnn.ngram import KneserNey
 
-    weights = read_weights(hybrid_path)
+    hybrid = json.loads(hybrid_path.read_text(encoding="utf-8"))
+    weights = weights_of(hybrid, hybrid_path)
     if weights is None:
         raise GenerationError(f"{hybrid_path}: no hybrid weights were fitted (the split has no tuning slice)")
     ngram = KneserNey.load(ngram_path)
-    fitted_order = json.loads(hybrid_path.read_text(encoding="utf-8")).get("ngram_order", ngram.order)
+    fitted_order = hybrid.get("ngram_order", ngram.order)
     if ngram.order != fitted_order:
         raise GenerationError(
             f"{hybrid_path}: the weights were fitted against a {fitted_order}-gram but {ngram_path.name}"

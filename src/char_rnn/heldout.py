@@ -148,12 +148,16 @@ def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-12, max_steps
 
 
 def read_weights(path: Path) -> Weights | None:
-    """The weights in a train stage's hybrid.json; None when there was no tuning slice to fit them on.
+    """The weights in a train stage's hybrid.json; None when there was no tuning slice to fit them on."""
+    return weights_of(json.loads(path.read_text(encoding="utf-8")), path)
+
+
+def weights_of(hybrid: dict[str, Any], path: Path) -> Weights | None:
+    """The weights of an already loaded hybrid.json (`path` names it in errors).
 
     A hybrid.json from before the cache holds one weight, `lambda`, for the RNN: it reads as
     (lambda, 1 - lambda, no cache), so hybrids registered then still load and generate as scored.
     """
-    hybrid = json.loads(path.read_text(encoding="utf-8"))
     weights = hybrid.get("weights")
     if "weights" not in hybrid and hybrid.get("lambda") is not None:
         weights = {"rnn": hybrid["lambda"], "ngram": 1.0 - hybrid["lambda"]}

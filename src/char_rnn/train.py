@@ -138,14 +138,18 @@ def fit_with_hybrid(
     """Fit the RNN(s) on the training text; with a tuning slice, fit the hybrid's weights, then maybe refit.
 
     The weights are fitted with RNNs and an n-gram that have all read only the training text, so the
-    tuning slice is unseen by both (a cache reads the text before each character, as it always does).
-    The scored n-gram then counts the tuning slice too (it is fitted on all text before the validation
-    tail); `train.refit_with_tune` gives the scored RNNs the same text: fresh models, same seeds, trained on training + tuning text for the epochs that their
-    first fit kept. No fit reads the validation text except as Keras' val_loss, which early
-    stopping (and so the refit's epoch count) watches, as the issue asks: one integer chosen on the
-    scored text. Returns the model (the members averaged), the first member's final history (its
-    refit's, after a refit) and the hybrid.json content (`weights`: None without a tuning slice).
+    tuning slice is unseen by both (a cache reads the text before each character, as it always
+    does). The scored n-gram then counts the tuning slice too (it is fitted on all text before the
+    validation tail); `train.refit_with_tune` gives the scored RNNs the same text: fresh models,
+    same seeds, trained on training + tuning text for the epochs that their first fit kept. No fit
+    reads the validation text except as Keras' val_loss, which early stopping (and so the refit's
+    epoch count) watches, as the issue asks: one integer chosen on the scored text. Returns the
+    model (the members averaged), the first member's final history (its refit's, after a refit) and
+    the hybrid.json content (`weights`: None without a tuning slice; fitted ones are also logged
+    to the active MLflow run).
     """
+    import mlflow
+
     from char_rnn.heldout import fit_hybrid_weights
     from char_rnn.model import average
 
@@ -159,6 +163,7 @@ def fit_with_hybrid(
             params.evaluate.context, params.baseline.cache_window,
         )
         hybrid["weights"] = asdict(weights)
+        mlflow.log_metrics(weights.metrics())
         hybrid |= {"ngram_order": params.baseline.order, "context": params.evaluate.context}
     if spec.tune_chars and params.train.refit_with_tune:
         epochs = [best_epochs(params, history) for _, history in fits]
@@ -204,7 +209,6 @@ def train(
     import mlflow
     import mlflow.keras
 
-    from char_rnn.heldout import Weights
     from char_rnn.tracking import connect
 
     experiment_id = connect(mlruns)
@@ -216,8 +220,6 @@ def train(
         save_model_atomically(model, model_path)
         write_history(history, history_path)
         hybrid_path.write_text(json.dumps(hybrid, indent=1) + "\n", encoding="utf-8")
-        if hybrid["weights"] is not None:
-            mlflow.log_metrics(Weights(**hybrid["weights"]).metrics())
         for artifact in (history_path, hybrid_path):
             mlflow.log_artifact(str(artifact), artifact_path="reports")
         info = mlflow.keras.log_model(

@@ -24,10 +24,14 @@ from pathlib import Path
 # Issue 5, as factors of the n-gram's bits/char on the same split: the registered model (hybrid
 # allowed) at least 5 % better; the RNN alone within 5 % on kolaw+kobill. The issue rounds them to
 # 3.41 and 2.61 (0.95 x 3.589 = 3.4096, 0.95 x 2.752 = 2.6144) and 2.89 (1.05 x 2.752 = 2.8896).
+# The RNN alone is shown twice: scored statically, and under dynamic evaluation (it learns from each
+# validation segment after scoring it, at a rate chosen on the tuning slice; see char_rnn.dynamic).
 GOALS = {
     "kolaw": {"hybrid_bits_per_char": 0.95},
-    "kolaw+kobill": {"hybrid_bits_per_char": 0.95, "bits_per_char": 1.05},
+    "kolaw+kobill": {"hybrid_bits_per_char": 0.95, "bits_per_char": 1.05, "dynamic_bits_per_char": 1.05},
 }
+ROWS = (("n-gram", "ngram_bits_per_char"), ("RNN", "bits_per_char"), ("RNN dyn.", "dynamic_bits_per_char"),
+        ("hybrid", "hybrid_bits_per_char"))
 
 
 def main() -> None:
@@ -64,7 +68,7 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float]) -> No
     print(f"scored: {metrics['heldout_chars']} validation characters, each once ({metrics['bits_per_char_method']})")
     print(f"{'model':<10} {'bits/char':>9} {'vs n-gram':>10} {'goal':>6}")
     goals = GOALS.get(params.corpus.source, {})
-    for label, key in (("n-gram", "ngram_bits_per_char"), ("RNN", "bits_per_char"), ("hybrid", "hybrid_bits_per_char")):
+    for label, key in ROWS:
         if key in metrics:
             goal = goals[key] * kn if key in goals else None
             verdict = "" if goal is None else f"<={goal:.4f} {'met' if metrics[key] <= goal else 'NOT met'}"
@@ -72,6 +76,9 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float]) -> No
     if "hybrid_weight_rnn" in metrics:
         weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in ("rnn", "ngram", "cache"))
         print(f"hybrid weights (fitted on the tuning slice): {weights}")
+    if "dynamic_rate" in metrics:
+        print(f"dynamic evaluation: SGD rate {metrics['dynamic_rate']} (chosen on the tuning slice),"
+              f" segments of {params.evaluate.dynamic_segment}, evaluate {timings['evaluate'] / 60:.1f} min")
     sys.stdout.flush()
 
 

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from char_rnn import cache, stages
+from char_rnn.dynamic import dynamic_char_probabilities
 from char_rnn.evaluate import heldout_metrics
 from char_rnn.heldout import Weights, read_weights, rnn_char_probabilities
 from char_rnn.model import load_model
@@ -27,7 +28,7 @@ def held_out(layout, tiny_params):
     params = with_overrides(tiny_params, {"corpus.source": "data/raw/text.txt", "split.val_fraction": 0.2,
                                           "split.tune_fraction": 0.1, "train.epochs": 30,
                                           "train.early_stopping_patience": 2, "train.learning_rate": 0.01,
-                                          "baseline.cache_window": 30})
+                                          "baseline.cache_window": 30, "evaluate.dynamic_rates": [0.01, 0.1]})
     for stage in ("ingest", "window", "validate", "baseline"):
         stages.STAGES[stage](params, layout)
     return layout, params
@@ -67,6 +68,14 @@ def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     scored = heldout_metrics(model, ngram, forced, ids, load_windows(layout.windows)[0], params.evaluate.context)
     assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(forced.mix(p_rnn, p_kn, p_cache)))
     assert metrics["bits_per_char"] == pytest.approx(math.log2(metrics["perplexity"]))
+    # The RNN under dynamic evaluation, at the rate the train stage chose among static and the two given.
+    hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
+    assert set(hybrid["dynamic_tune_bits_per_char"]) == {"0.0", "0.01", "0.1"}
+    assert metrics["dynamic_rate"] == hybrid["dynamic_rate"]
+    evaluate = params.evaluate
+    p_dynamic = dynamic_char_probabilities(model, ids, start, None, hybrid["dynamic_rate"], evaluate.dynamic_segment,
+                                           evaluate.dynamic_context)
+    assert metrics["dynamic_bits_per_char"] == pytest.approx(bits_per_char(p_dynamic))
 
 
 def test_early_stopping_restores_the_best_epoch(held_out):

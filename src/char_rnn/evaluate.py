@@ -6,7 +6,8 @@ split, else on the training windows exactly like the blog's `model.evaluate(xdat
 With a validation split, `bits_per_char` and `perplexity` are held-out figures scored honestly:
 every validation character exactly once, predicted from at least `evaluate.context` characters
 before it (see `char_rnn.heldout`), next to the Kneser-Ney n-gram on the same characters and, with
-a tuning slice, the RNN + n-gram (+ cache) hybrid. Without a split they come from the window loss
+a tuning slice, the RNN + n-gram (+ cache) hybrid and, with `evaluate.dynamic_rates`, the RNN alone
+under dynamic evaluation (`char_rnn.dynamic`). Without a split they come from the window loss
 (the blog's memorisation setting): bits per character = loss / ln 2, perplexity = e^loss.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from char_rnn.heldout import Weights, rnn_char_probabilities
-from char_rnn.params import Params
+from char_rnn.params import EvaluateParams, Params
 from char_rnn.windows import WindowSpec, window_dataset
 
 
@@ -84,6 +85,17 @@ def heldout_metrics(
     return metrics
 
 
+def dynamic_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, rate: float, params: EvaluateParams) -> dict[str, float]:
+    """The RNN alone under dynamic evaluation, at the rate the train stage chose on the tuning slice."""
+    from char_rnn.dynamic import dynamic_char_probabilities
+    from char_rnn.ngram import bits_per_char, perplexity
+
+    probs = dynamic_char_probabilities(
+        model, ids, validation_start(spec), None, rate, params.dynamic_segment, params.dynamic_context
+    )
+    return {"dynamic_rate": rate, "dynamic_bits_per_char": bits_per_char(probs), "dynamic_perplexity": perplexity(probs)}
+
+
 def read_history(path: Path) -> dict[str, list[float]]:
     with path.open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -124,12 +136,13 @@ def evaluate(
     ids: np.ndarray,
     history: dict[str, list[float]],
     params: Params,
+    dynamic_rate: float | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Returns (metrics, sample) for the whole-corpus `ids`; the stage writes and logs them.
 
     `generator` holds the model (and, when the hybrid is what gets registered, the mixture the sample
-    is drawn from); `ngram` is the baseline's; `weights` are the hybrid's from the train stage's
-    hybrid.json (None without a tuning slice).
+    is drawn from); `ngram` is the baseline's; `weights` and `dynamic_rate` are what the train stage
+    chose on the tuning slice (None when it chose none).
     """
     from char_rnn.generate import generate
 
@@ -140,6 +153,9 @@ def evaluate(
     metrics["scored_on"] = "validation windows" if on_val else "training windows (no split, as in the blog)"
     if on_val:
         metrics |= heldout_metrics(model, ngram, weights, ids, spec, params.evaluate.context)
+        if dynamic_rate is not None:
+            metrics |= dynamic_metrics(model, ids, spec, dynamic_rate, params.evaluate)
+            metrics["dynamic_vs_ngram"] = metrics["dynamic_bits_per_char"] / metrics["ngram_bits_per_char"] - 1
         metrics["bits_per_char_method"] = HELDOUT_METHOD
     metrics["train_loss"] = history["loss"][-1]
     metrics["train_accuracy"] = history["accuracy"][-1]

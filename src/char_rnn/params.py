@@ -119,6 +119,17 @@ class EvaluateParams(_Section):
     sample_length: int = Field(ge=1, le=10_000)
     temperature: float = Field(ge=0.0, description="0 picks the most likely character (greedy)")
     context: int = Field(ge=1, description="characters of preceding text every held-out character is scored with")
+    dynamic_rates: list[float] = Field(description="SGD learning rates for dynamic evaluation (the RNN learns "
+        "from each scored segment before the next), tried on the tuning slice; [] = static scoring only")
+    dynamic_segment: int = Field(ge=1, le=10_000, description="characters scored per dynamic-evaluation step")
+    dynamic_context: int = Field(ge=1, le=100_000, description="characters before each segment read by its step")
+
+    @field_validator("dynamic_rates")
+    @classmethod
+    def _positive_rates(cls, rates: list[float]) -> list[float]:
+        if any(not 0 < rate <= 10 for rate in rates):
+            raise ValueError("every rate must be > 0 and <= 10 (static scoring is always tried as well)")
+        return rates
 
 
 class Metric(str, Enum):
@@ -201,6 +212,9 @@ class Params(_Section):
                 "registry.metric hybrid_bits_per_char needs train.refit_with_tune: true (else the scored n-gram"
                 " has read the tuning slice and the RNN has not, and the weights were fitted with neither)"
             )
+        if self.evaluate.dynamic_rates and not (self.split.val_fraction and self.split.tune_fraction):
+            raise ValueError("evaluate.dynamic_rates needs split.val_fraction and split.tune_fraction > 0 (the rate"
+                             " is chosen on the tuning slice, the scored text is the validation tail)")
         if self.train.refit_with_tune and not self.split.tune_fraction:
             raise ValueError("train.refit_with_tune needs split.tune_fraction > 0 (there is nothing to refit on)")
         return self

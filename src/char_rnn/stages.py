@@ -99,7 +99,10 @@ def evaluate(params: Params, layout: Layout) -> dict[str, Any]:
     generator = load_generator(bundle(params, layout))
     ngram = generator.mixture.ngram if generator.mixture else KneserNey.load(layout.ngram)  # read once
     weights = generator.mixture.weights if generator.mixture else read_weights(layout.hybrid)
-    metrics, sample = run_evaluation(generator, ngram, weights, spec, load_text_ids(layout.windows), history, params)
+    dynamic_rate = json.loads(layout.hybrid.read_text(encoding="utf-8")).get("dynamic_rate")
+    metrics, sample = run_evaluation(
+        generator, ngram, weights, spec, load_text_ids(layout.windows), history, params, dynamic_rate
+    )
     write_metrics(metrics, layout.metrics)
     plot_history(history, layout.plot)
     layout.sample.write_text(f"{params.evaluate.prompt}{sample}\n", encoding="utf-8")

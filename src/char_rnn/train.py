@@ -146,7 +146,7 @@ def fit_with_hybrid(
     epoch count) watches, as the issue asks: one integer chosen on the scored text. Returns the
     model (the members averaged), the first member's final history (its refit's, after a refit) and
     the hybrid.json content (`weights`: None without a tuning slice; fitted ones are also logged
-    to the active MLflow run).
+    to the active MLflow run; with `evaluate.dynamic_rates`, the dynamic evaluation's rate too).
     """
     import mlflow
 
@@ -165,11 +165,27 @@ def fit_with_hybrid(
         hybrid["weights"] = asdict(weights)
         mlflow.log_metrics(weights.metrics())
         hybrid |= {"ngram_order": params.baseline.order, "context": params.evaluate.context}
+    if spec.tune_chars and params.evaluate.dynamic_rates:
+        hybrid |= tune_dynamic_rate(params, [model for model, _ in fits], ids, (spec.train_chars, start))
     if spec.tune_chars and params.train.refit_with_tune:
         epochs = [best_epochs(params, history) for _, history in fits]
         fits = [fit(params, spec, ids[:start], val_ids, callbacks, i, e) for i, e in enumerate(epochs)]
         hybrid |= {"refit_with_tune": True, "refit_epochs": epochs}
     return average([model for model, _ in fits]), fits[0][1], hybrid
+
+
+def tune_dynamic_rate(params: Params, models: list[Any], ids: np.ndarray, tune: tuple[int, int]) -> dict[str, Any]:
+    """Dynamic evaluation's learning rate, chosen on the tuning slice by the RNNs that have not read it."""
+    import mlflow
+
+    from char_rnn.dynamic import tune_rate
+    from char_rnn.model import average
+
+    evaluate = params.evaluate
+    rate, tried = tune_rate(average(models), ids, tune, evaluate.dynamic_rates, evaluate.dynamic_segment,
+                            evaluate.dynamic_context)
+    mlflow.log_metric("dynamic_rate", rate)
+    return {"dynamic_rate": rate, "dynamic_tune_bits_per_char": tried}
 
 
 def early_stopping(params: Params) -> list[Any]:

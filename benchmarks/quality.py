@@ -55,12 +55,13 @@ def main() -> None:
             stage(params, layout)
             timings[name] = time.perf_counter() - started
         metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+        tuned = json.loads(layout.hybrid.read_text(encoding="utf-8")).get("dynamic_tune_bits_per_char")
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    report(args.config, params, metrics, timings)
+    report(args.config, params, metrics, timings, tuned)
 
 
-def report(config: Path, params, metrics: dict, timings: dict[str, float]) -> None:
+def report(config: Path, params, metrics: dict, timings: dict[str, float], tuned: dict | None) -> None:
     kn = metrics["ngram_bits_per_char"]
     print(f"config {config}: corpus {params.corpus.source}, {params.model.cell.value}({params.model.units})"
           f" x{params.model.layers}, window {params.window.length}/{params.window.stride},"
@@ -79,6 +80,8 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float]) -> No
     if "dynamic_rate" in metrics:
         print(f"dynamic evaluation: SGD rate {metrics['dynamic_rate']} (chosen on the tuning slice),"
               f" segments of {params.evaluate.dynamic_segment}, evaluate {timings['evaluate'] / 60:.1f} min")
+        print("tuning slice bits/char by rate:", ", ".join(
+            f"{rate} {'diverged' if bits is None else f'{bits:.4f}'}" for rate, bits in tuned.items()))
     sys.stdout.flush()
 
 

@@ -55,7 +55,7 @@ def main() -> None:
             stage(params, layout)
             timings[name] = time.perf_counter() - started
         metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
-        tuned = json.loads(layout.hybrid.read_text(encoding="utf-8")).get("dynamic_tune_bits_per_char")
+        tuned = (json.loads(layout.hybrid.read_text(encoding="utf-8")).get("dynamic") or {}).get("tune_bits_per_char")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     report(args.config, params, metrics, timings, tuned)

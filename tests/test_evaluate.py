@@ -68,13 +68,16 @@ def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     scored = heldout_metrics(model, ngram, forced, ids, load_windows(layout.windows)[0], params.evaluate.context)
     assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(forced.mix(p_rnn, p_kn, p_cache)))
     assert metrics["bits_per_char"] == pytest.approx(math.log2(metrics["perplexity"]))
-    # The RNN under dynamic evaluation, at the rate the train stage chose among static and the two given.
-    hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
-    assert set(hybrid["dynamic_tune_bits_per_char"]) == {"0.0", "0.01", "0.1"}
-    assert metrics["dynamic_rate"] == hybrid["dynamic_rate"]
+    # The static figure is the saved model's: dynamic evaluation below leaves no trace on it.
+    assert metrics["bits_per_char"] == pytest.approx(bits_per_char(p_rnn))
+    # The RNN under dynamic evaluation, with the settings the train stage chose the rate for.
+    dynamic = json.loads(layout.hybrid.read_text(encoding="utf-8"))["dynamic"]
+    assert set(dynamic["tune_bits_per_char"]) == {"0.0", "0.01", "0.1"}
+    assert dynamic["rate"] in (0.0, 0.01, 0.1) and metrics["dynamic_rate"] == dynamic["rate"]
     evaluate = params.evaluate
-    p_dynamic = dynamic_char_probabilities(model, ids, start, None, hybrid["dynamic_rate"], evaluate.dynamic_segment,
-                                           evaluate.dynamic_context)
+    assert (dynamic["segment"], dynamic["context"]) == (evaluate.dynamic_segment, evaluate.dynamic_context)
+    p_dynamic = dynamic_char_probabilities(model, ids, start, None, dynamic["rate"], dynamic["segment"],
+                                           dynamic["context"])
     assert metrics["dynamic_bits_per_char"] == pytest.approx(bits_per_char(p_dynamic))
 
 

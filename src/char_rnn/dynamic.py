@@ -19,27 +19,30 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from char_rnn.heldout import scoring_rows
 from char_rnn.ngram import bits_per_char
 
 
 def dynamic_char_probabilities(
     model: Any, ids: np.ndarray, start: int, end: int | None, rate: float, segment: int, context: int
 ) -> np.ndarray:
-    """P(ids[t] | ids[:t]) for t in [start, end), scoring each segment before an SGD step on it.
+    """P(ids[t]) for t in [start, end), each scored before an SGD step on its segment.
 
-    Each step's input is the segment and the `context` characters before it. With rate 0 this is
-    the static model scored in chunks of `segment` with `context` characters of warmup.
+    Character t is predicted from the `context` to `context + segment - 1` characters before it, by
+    weights that have learnt from ids[start:a] (a: t's segment start) and nothing later. With rate 0
+    this is exactly the static scoring of `rnn_char_probabilities` with warmup `context` and chunk
+    `segment`.
     """
     import keras
     import tensorflow as tf
 
     ids = np.asarray(ids, dtype=np.int32)
     end = len(ids) if end is None else end
-    if not 1 <= start <= end <= len(ids) or segment < 1 or context < 1 or rate < 0:
-        raise ValueError(f"need 1 <= start <= end <= {len(ids)}, segment, context >= 1 and rate >= 0; "
-                         f"got start={start}, end={end}, segment={segment}, context={context}, rate={rate}")
-    optimizer = keras.optimizers.SGD(rate)
+    rows = scoring_rows(len(ids), start, end, context, segment)
+    if not rate >= 0:
+        raise ValueError(f"need a learning rate >= 0, got {rate}")
     weights = model.trainable_weights
+    optimizer = keras.optimizers.SGD(rate) if rate else None  # plain SGD: stateless, nothing to reset
 
     @tf.function(reduce_retracing=True)
     def score_then_learn(inputs: tf.Tensor, targets: tf.Tensor, scored: tf.Tensor) -> tf.Tensor:
@@ -47,15 +50,14 @@ def dynamic_char_probabilities(
             probs = model(inputs, training=False)[0, -scored:]  # no dropout: it is scoring
             true = tf.gather(probs, targets[0, -scored:], axis=1, batch_dims=1)
             loss = -tf.reduce_mean(tf.math.log(tf.maximum(true, 1e-12)))
-        if rate:
+        if optimizer is not None:
             optimizer.apply_gradients(zip(tape.gradient(loss, weights), weights))
         return true
 
     saved = model.get_weights()
     out = np.empty(end - start)
     try:
-        for a in range(start, end, segment):
-            e, s = min(a + segment, end), max(a - context, 0)
+        for s, a, e in rows:
             true = score_then_learn(ids[None, s : e - 1], ids[None, s + 1 : e], tf.constant(e - a))
             out[a - start : e - start] = true.numpy()
     finally:
@@ -65,18 +67,23 @@ def dynamic_char_probabilities(
 
 def tune_rate(
     model: Any, ids: np.ndarray, tune: tuple[int, int], rates: Sequence[float], segment: int, context: int
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float | None]]:
     """The rate (0 = static, always a candidate) with the fewest bits/char on ids[t0:t1], and every figure
     (None where the rate diverged).
 
-    `model` must not have read the tuning slice; nothing after t1 is read.
+    `model` must not have read the tuning slice; nothing after t1 is read. Each rate is one pass
+    over the slice (with its own traced step), so the grid's size is the cost.
     """
     t0, t1 = tune
     text = np.asarray(ids[:t1])
     tried = {}
     for rate in (0.0, *rates):
-        probs = dynamic_char_probabilities(model, text, t0, t1, rate, segment, context)
-        # A rate too high diverges: probabilities of 0 or NaN. It loses, whatever NaN compares as.
-        tried[rate] = bits_per_char(probs) if np.all(probs > 0) else math.inf
+        tried[rate] = finite_bits(dynamic_char_probabilities(model, text, t0, t1, rate, segment, context))
     best = min(tried, key=tried.__getitem__)
     return best, {str(rate): figure if math.isfinite(figure) else None for rate, figure in tried.items()}
+
+
+def finite_bits(probs: np.ndarray) -> float:
+    """Bits per character, or infinity where a rate diverged (a probability of 0 or NaN), so it loses:
+    NaN would compare as neither better nor worse."""
+    return bits_per_char(probs) if np.all(probs > 0) else math.inf

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from char_rnn.heldout import Weights, rnn_char_probabilities
-from char_rnn.params import EvaluateParams, Params
+from char_rnn.params import Params
 from char_rnn.windows import WindowSpec, window_dataset
 
 
@@ -85,14 +85,15 @@ def heldout_metrics(
     return metrics
 
 
-def dynamic_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, rate: float, params: EvaluateParams) -> dict[str, float]:
-    """The RNN alone under dynamic evaluation, at the rate the train stage chose on the tuning slice."""
+def dynamic_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, dynamic: dict[str, Any]) -> dict[str, float]:
+    """The RNN alone under dynamic evaluation, with the rate, segment and context of the train stage's
+    choice on the tuning slice (hybrid.json's `dynamic`)."""
     from char_rnn.dynamic import dynamic_char_probabilities
     from char_rnn.ngram import bits_per_char, perplexity
 
-    probs = dynamic_char_probabilities(
-        model, ids, validation_start(spec), None, rate, params.dynamic_segment, params.dynamic_context
-    )
+    rate = dynamic["rate"]
+    probs = dynamic_char_probabilities(model, ids, validation_start(spec), None, rate, dynamic["segment"],
+                                       dynamic["context"])
     return {"dynamic_rate": rate, "dynamic_bits_per_char": bits_per_char(probs), "dynamic_perplexity": perplexity(probs)}
 
 
@@ -136,13 +137,13 @@ def evaluate(
     ids: np.ndarray,
     history: dict[str, list[float]],
     params: Params,
-    dynamic_rate: float | None = None,
+    dynamic: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], str]:
     """Returns (metrics, sample) for the whole-corpus `ids`; the stage writes and logs them.
 
     `generator` holds the model (and, when the hybrid is what gets registered, the mixture the sample
-    is drawn from); `ngram` is the baseline's; `weights` and `dynamic_rate` are what the train stage
-    chose on the tuning slice (None when it chose none).
+    is drawn from); `ngram` is the baseline's; `weights` and `dynamic` (rate, segment, context) are what
+    the train stage chose on the tuning slice (None when it chose none).
     """
     from char_rnn.generate import generate
 
@@ -153,8 +154,8 @@ def evaluate(
     metrics["scored_on"] = "validation windows" if on_val else "training windows (no split, as in the blog)"
     if on_val:
         metrics |= heldout_metrics(model, ngram, weights, ids, spec, params.evaluate.context)
-        if dynamic_rate is not None:
-            metrics |= dynamic_metrics(model, ids, spec, dynamic_rate, params.evaluate)
+        if dynamic is not None:
+            metrics |= dynamic_metrics(model, ids, spec, dynamic)
             metrics["dynamic_vs_ngram"] = metrics["dynamic_bits_per_char"] / metrics["ngram_bits_per_char"] - 1
         metrics["bits_per_char_method"] = HELDOUT_METHOD
     metrics["train_loss"] = history["loss"][-1]

@@ -34,8 +34,16 @@ WARMUP = 500  # characters of context run through the model before the first sco
 CHUNK = 500  # characters scored per row of a batch
 
 
-def _rows(start: int, end: int, warmup: int, chunk: int) -> list[tuple[int, int, int]]:
-    """(input start, first scored, scored end) per chunk; the input is ids[input start : scored end - 1]."""
+def scoring_rows(n_ids: int, start: int, end: int, warmup: int, chunk: int) -> list[tuple[int, int, int]]:
+    """(input start, first scored, scored end) per chunk; the input is ids[input start : scored end - 1].
+
+    The model's output at input position j predicts position j + 1, so the first character of the
+    text (t = 0) has nothing to be predicted from: start must be >= 1.
+    """
+    if not 1 <= start <= end <= n_ids:
+        raise ValueError(f"need 1 <= start <= end <= {n_ids}, got start={start}, end={end}")
+    if warmup < 1 or chunk < 1:
+        raise ValueError(f"need warmup (context) >= 1 and chunk (segment) >= 1, got {warmup} and {chunk}")
     return [(max(a - warmup, 0), a, min(a + chunk, end)) for a in range(start, end, chunk)]
 
 
@@ -50,19 +58,15 @@ def rnn_char_probabilities(
 ) -> np.ndarray:
     """P(ids[t] | context) from the model for every t in [start, end), each once, in order.
 
-    `ids[:start]` is context only. The model's output at input position j predicts position j + 1,
-    so the first character of the text (t = 0) has nothing to be predicted from: start must be >= 1.
+    `ids[:start]` is context only; start must be >= 1 (see `scoring_rows`).
     """
     ids = np.asarray(ids, dtype=np.int32)
     end = len(ids) if end is None else end
-    if not 1 <= start <= end <= len(ids):
-        raise ValueError(f"need 1 <= start <= end <= {len(ids)}, got start={start}, end={end}")
-    if warmup < 1 or chunk < 1:
-        raise ValueError(f"need warmup >= 1 and chunk >= 1, got warmup={warmup}, chunk={chunk}")
+    rows = scoring_rows(len(ids), start, end, warmup, chunk)
     probs = np.empty(end - start)
     # Rows of equal shape batch together: all of them except near the text's start and end.
     by_shape: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
-    for s, a, e in _rows(start, end, warmup, chunk):
+    for s, a, e in rows:
         by_shape.setdefault((e - 1 - s, a - s), []).append((s, a, e))
     for group in by_shape.values():
         for i in range(0, len(group), batch_size):

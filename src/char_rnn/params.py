@@ -127,6 +127,7 @@ class EvaluateParams(_Section):
     @field_validator("dynamic_rates")
     @classmethod
     def _positive_rates(cls, rates: list[float]) -> list[float]:
+        """0 would only repeat static scoring, which is always among the candidates anyway."""
         if any(not 0 < rate <= 10 for rate in rates):
             raise ValueError("every rate must be > 0 and <= 10 (static scoring is always tried as well)")
         return rates

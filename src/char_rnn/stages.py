@@ -90,18 +90,18 @@ def evaluate(params: Params, layout: Layout) -> dict[str, Any]:
     from char_rnn.evaluate import evaluate as run_evaluation
     from char_rnn.evaluate import plot_history, read_history, write_metrics
     from char_rnn.generate import load_generator
-    from char_rnn.heldout import read_weights
+    from char_rnn.heldout import weights_of
     from char_rnn.ngram import KneserNey
     from char_rnn.tracking import finite_metrics, load_run_link, resumed_run
 
     spec, _, _ = load_windows(layout.windows)
     history = read_history(layout.history)
     generator = load_generator(bundle(params, layout))
+    hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
     ngram = generator.mixture.ngram if generator.mixture else KneserNey.load(layout.ngram)  # read once
-    weights = generator.mixture.weights if generator.mixture else read_weights(layout.hybrid)
-    dynamic_rate = json.loads(layout.hybrid.read_text(encoding="utf-8")).get("dynamic_rate")
+    weights = weights_of(hybrid, layout.hybrid)
     metrics, sample = run_evaluation(
-        generator, ngram, weights, spec, load_text_ids(layout.windows), history, params, dynamic_rate
+        generator, ngram, weights, spec, load_text_ids(layout.windows), history, params, hybrid.get("dynamic")
     )
     write_metrics(metrics, layout.metrics)
     plot_history(history, layout.plot)

@@ -175,17 +175,21 @@ def fit_with_hybrid(
 
 
 def tune_dynamic_rate(params: Params, models: list[Any], ids: np.ndarray, tune: tuple[int, int]) -> dict[str, Any]:
-    """Dynamic evaluation's learning rate, chosen on the tuning slice by the RNNs that have not read it."""
+    """Dynamic evaluation's learning rate, chosen on the tuning slice by the RNNs that have not read it.
+
+    After a refit the scored RNNs are others, which have read the slice; they inherit the rate, as
+    they inherit the hybrid's weights.
+    """
     import mlflow
 
     from char_rnn.dynamic import tune_rate
     from char_rnn.model import average
 
-    evaluate = params.evaluate
-    rate, tried = tune_rate(average(models), ids, tune, evaluate.dynamic_rates, evaluate.dynamic_segment,
-                            evaluate.dynamic_context)
+    segment, context = params.evaluate.dynamic_segment, params.evaluate.dynamic_context
+    rate, tried = tune_rate(average(models), ids, tune, params.evaluate.dynamic_rates, segment, context)
     mlflow.log_metric("dynamic_rate", rate)
-    return {"dynamic_rate": rate, "dynamic_tune_bits_per_char": tried}
+    # The evaluate stage scores with these, the settings the rate was chosen for.
+    return {"dynamic": {"rate": rate, "segment": segment, "context": context, "tune_bits_per_char": tried}}
 
 
 def early_stopping(params: Params) -> list[Any]:

@@ -33,6 +33,29 @@ def test_model_predicts_a_distribution_per_step_for_any_length(repo_params, cell
     assert sum(1 for layer in model.layers if cell in layer.name) == 2
 
 
+def test_initial_weights_ignore_other_threads_drawing_from_pythons_random(repo_params):
+    """Keras seeds layers from Python's global `random`; a busy thread must not change the model."""
+    import random
+    import threading
+
+    from char_rnn.model import build_model
+    from char_rnn.train import seed_everything
+
+    def weights(seed: int | None) -> list[np.ndarray]:
+        seed_everything(42)
+        return build_model(repo_params.model, vocab_size=48, seed=seed).get_weights()
+
+    quiet, stop = weights(None), threading.Event()
+    drawing = threading.Thread(target=lambda: [random.random() for _ in iter(stop.is_set, True)], daemon=True)
+    drawing.start()
+    try:
+        for _ in range(3):
+            assert all(np.array_equal(a, b) for a, b in zip(quiet, weights(42), strict=True))
+    finally:
+        stop.set()
+        drawing.join()
+
+
 def test_blog_model_has_the_blogs_weights(repo_params):
     from char_rnn.model import build_model
 

@@ -7,8 +7,10 @@ scores or generates on text of any length. The blog's one-hot encoding happens i
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any
+import random
+from typing import Any, Iterator
 
 import keras
 
@@ -42,8 +44,35 @@ class OneHot(keras.layers.Layer):
         return {**super().get_config(), "depth": self.depth}
 
 
-def build_model(params: ModelParams, vocab_size: int, name: str | None = None) -> keras.Model:
-    """ids (batch, time) -> next-character probabilities (batch, time, vocab) at every step (one member)."""
+def build_model(params: ModelParams, vocab_size: int, name: str | None = None, seed: int | None = None) -> keras.Model:
+    """ids (batch, time) -> next-character probabilities (batch, time, vocab) at every step (one member).
+
+    With `seed`, the layers' initial weights and dropout seeds depend on it alone (see `layer_seeds`).
+    """
+    if seed is None:
+        return _build(params, vocab_size, name)
+    with layer_seeds(seed):
+        return _build(params, vocab_size, name)
+
+
+@contextlib.contextmanager
+def layer_seeds(seed: int) -> Iterator[None]:
+    """Keras draws each layer's initializer and dropout seed from Python's global `random`, which any
+    other thread in the process (a library's background thread, say) may draw from at the same
+    moment: the initial weights then change from run to run. Here they come from a private
+    generator seeded like `random.seed(seed)`, so they are the draws a quiet process makes after
+    `keras.utils.set_random_seed(seed)`.
+    """
+    from keras.src.random import seed_generator
+
+    shared, seed_generator.python_random = seed_generator.python_random, random.Random(seed)
+    try:
+        yield
+    finally:
+        seed_generator.python_random = shared
+
+
+def _build(params: ModelParams, vocab_size: int, name: str | None) -> keras.Model:
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     if params.input is InputEncoding.one_hot:
         x = OneHot(vocab_size, name="one_hot")(ids)

@@ -94,7 +94,11 @@ def dynamic_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, dynamic: dict
     rate = dynamic["rate"]
     probs = dynamic_char_probabilities(model, ids, validation_start(spec), None, rate, dynamic["segment"],
                                        dynamic["context"])
-    return {"dynamic_rate": rate, "dynamic_bits_per_char": bits_per_char(probs), "dynamic_perplexity": perplexity(probs)}
+    return {
+        "dynamic_rate": rate,
+        "dynamic_bits_per_char": bits_per_char(probs),
+        "dynamic_perplexity": perplexity(probs),
+    }
 
 
 def read_history(path: Path) -> dict[str, list[float]]:

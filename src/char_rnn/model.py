@@ -44,14 +44,14 @@ class OneHot(keras.layers.Layer):
         return {**super().get_config(), "depth": self.depth}
 
 
-def build_model(params: ModelParams, vocab_size: int, name: str | None = None, seed: int | None = None) -> keras.Model:
+def build_model(
+    params: ModelParams, vocab_size: int, name: str | None = None, seed: int | None = None
+) -> keras.Model:
     """ids (batch, time) -> next-character probabilities (batch, time, vocab) at every step (one member).
 
     With `seed`, the layers' initial weights and dropout seeds depend on it alone (see `layer_seeds`).
     """
-    if seed is None:
-        return _build(params, vocab_size, name)
-    with layer_seeds(seed):
+    with layer_seeds(seed) if seed is not None else contextlib.nullcontext():
         return _build(params, vocab_size, name)
 
 

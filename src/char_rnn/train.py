@@ -101,7 +101,8 @@ def fit(
 
     seed = params.train.seed + member
     seed_everything(seed)
-    model = build_model(params.model, spec.vocab_size, f"member_{member + 1}" if params.model.ensemble > 1 else None, seed)
+    name = f"member_{member + 1}" if params.model.ensemble > 1 else None
+    model = build_model(params.model, spec.vocab_size, name, seed)
     windows = count_windows(len(train_ids), spec.length, spec.stride)
     compile_model(model, params.train, steps_per_epoch=-(-windows // params.train.batch_size))
     batches = {"batch_size": params.train.batch_size, "length": spec.length, "stride": spec.stride}

@@ -22,18 +22,26 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mlruns/.gitignore", "data/raw/.gitkeep")
 QUIET = {
-    "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "3", "PREFECT_LOGGING_LEVEL": "WARNING",
+    "DVC_NO_ANALYTICS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
 }
-GIT_IDENTITY = {"GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@localhost",
-                "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@localhost"}
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@localhost",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@localhost",
+}
 
 
 def scaffold_project(dest: Path) -> Path:
@@ -43,8 +51,12 @@ def scaffold_project(dest: Path) -> Path:
         shutil.copy(REPO / name, dest / name)
     shutil.copytree(REPO / "src" / "char_rnn", dest / "src" / "char_rnn", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, **QUIET, **GIT_IDENTITY}
-    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"],
-                    ["git", "add", "-A"], ["git", "commit", "-qm", "scaffold"]):
+    for command in (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "scaffold"],
+    ):
         subprocess.run(command, cwd=dest, env=env, check=True, capture_output=True)
     return dest
 
@@ -56,7 +68,10 @@ def prefect_server(port: int, home: Path, extra_env: dict[str, str] | None = Non
     log = (home / "server.log").open("wb")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
@@ -123,8 +138,12 @@ def main() -> None:
                 direct_root = scaffold_project(base / f"direct-{round_}")
                 flow_root = scaffold_project(base / f"flow-{round_}")
                 times["direct"].append(timed([sys.executable, "-c", direct_code, str(direct_root)], env))
-                times["flow"].append(timed([sys.executable, "-m", "pipelines", "run", "--root", str(flow_root)],
-                                           {**env, "PREFECT_API_URL": url}))
+                times["flow"].append(
+                    timed(
+                        [sys.executable, "-m", "pipelines", "run", "--root", str(flow_root)],
+                        {**env, "PREFECT_API_URL": url},
+                    )
+                )
                 print(f"round {round_}: direct {times['direct'][-1]:.1f} s, flow {times['flow'][-1]:.1f} s", flush=True)
     flow, direct = min(times["flow"]), min(times["direct"])
     print(f"flow (python -m pipelines run, live server): {flow:7.1f} s (best of {repeats})")

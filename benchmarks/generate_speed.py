@@ -16,8 +16,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from char_rnn.corpus import read_corpus
 from char_rnn.generate import Generator, Mixture, Sampling
@@ -43,7 +44,7 @@ def naive(model: Any, prompt_ids: list[int], chars: int, window: int, predict: b
         batch = np.asarray([ids[-window:]], dtype=np.int32)
         probs = model.predict(batch, verbose=0) if predict else np.asarray(model(batch, training=False))
         ids.append(int(np.argmax(probs[0, -1])))
-    return ids[len(prompt_ids):]
+    return ids[len(prompt_ids) :]
 
 
 def rate(run: Callable[[int], object], chars: int) -> float:
@@ -93,8 +94,10 @@ def main() -> int:
     print(f"naive, model.predict over the window:  {slow:10.1f} chars/s  (window = {window} characters)")
     print(f"naive, model(...) over the window:     {called:10.1f} chars/s  (for reference)")
     print(f"hybrid mixture, RNN + {params.baseline.order}-gram + cache:   {mixed:10.1f} chars/s  (for reference)")
-    print(f"ratio vs model.predict: {ratio:.1f}x; vs model(...): {fast / called:.1f}x"
-          f" (goal >= {GOAL_RATIO:.0f}x and >= {GOAL_RATE:,.0f} chars/s)")
+    print(
+        f"ratio vs model.predict: {ratio:.1f}x; vs model(...): {fast / called:.1f}x"
+        f" (goal >= {GOAL_RATIO:.0f}x and >= {GOAL_RATE:,.0f} chars/s)"
+    )
     met = ratio >= GOAL_RATIO and fast >= GOAL_RATE
     print("goal met" if met else "goal MISSED")
     return 0 if met else 1

@@ -30,8 +30,12 @@ GOALS = {
     "kolaw": {"hybrid_bits_per_char": 0.95},
     "kolaw+kobill": {"hybrid_bits_per_char": 0.95, "bits_per_char": 1.05, "dynamic_bits_per_char": 1.05},
 }
-ROWS = (("n-gram", "ngram_bits_per_char"), ("RNN", "bits_per_char"), ("RNN dyn.", "dynamic_bits_per_char"),
-        ("hybrid", "hybrid_bits_per_char"))
+ROWS = (
+    ("n-gram", "ngram_bits_per_char"),
+    ("RNN", "bits_per_char"),
+    ("RNN dyn.", "dynamic_bits_per_char"),
+    ("hybrid", "hybrid_bits_per_char"),
+)
 
 
 def main() -> None:
@@ -63,9 +67,11 @@ def main() -> None:
 
 def report(config: Path, params, metrics: dict, timings: dict[str, float], tuned: dict | None) -> None:
     kn = metrics["ngram_bits_per_char"]
-    print(f"config {config}: corpus {params.corpus.source}, {params.model.cell.value}({params.model.units})"
-          f" x{params.model.layers}, window {params.window.length}/{params.window.stride},"
-          f" {metrics['epochs']} of {params.train.epochs} epochs, train {timings['train'] / 60:.1f} min")
+    print(
+        f"config {config}: corpus {params.corpus.source}, {params.model.cell.value}({params.model.units})"
+        f" x{params.model.layers}, window {params.window.length}/{params.window.stride},"
+        f" {metrics['epochs']} of {params.train.epochs} epochs, train {timings['train'] / 60:.1f} min"
+    )
     print(f"scored: {metrics['heldout_chars']} validation characters, each once ({metrics['bits_per_char_method']})")
     print(f"{'model':<10} {'bits/char':>9} {'vs n-gram':>10} {'goal':>6}")
     goals = GOALS.get(params.corpus.source, {})
@@ -78,10 +84,14 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float], tuned
         weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in ("rnn", "ngram", "cache"))
         print(f"hybrid weights (fitted on the tuning slice): {weights}")
     if "dynamic_rate" in metrics:
-        print(f"dynamic evaluation: SGD rate {metrics['dynamic_rate']} (chosen on the tuning slice),"
-              f" segments of {params.evaluate.dynamic_segment}, evaluate {timings['evaluate'] / 60:.1f} min")
-        print("tuning slice bits/char by rate:", ", ".join(
-            f"{rate} {'diverged' if bits is None else f'{bits:.4f}'}" for rate, bits in tuned.items()))
+        print(
+            f"dynamic evaluation: SGD rate {metrics['dynamic_rate']} (chosen on the tuning slice),"
+            f" segments of {params.evaluate.dynamic_segment}, evaluate {timings['evaluate'] / 60:.1f} min"
+        )
+        print(
+            "tuning slice bits/char by rate:",
+            ", ".join(f"{rate} {'diverged' if bits is None else f'{bits:.4f}'}" for rate, bits in tuned.items()),
+        )
     sys.stdout.flush()
 
 

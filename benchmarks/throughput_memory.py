@@ -121,7 +121,10 @@ def measure(kind: str, epochs: int) -> dict[str, float]:
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, __file__, "--child", kind, "--epochs", str(epochs)],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
@@ -132,24 +135,34 @@ def measure(kind: str, epochs: int) -> dict[str, float]:
 
 
 def report(results: dict[str, dict[str, float]], epochs: int) -> None:
-    print(f"\nSimpleRNN(100), one-hot, window {LENGTH}, batch {BATCH}, {epochs} epochs; each run in its own"
-          " process; the best of the rounds")
+    print(
+        f"\nSimpleRNN(100), one-hot, window {LENGTH}, batch {BATCH}, {epochs} epochs; each run in its own"
+        " process; the best of the rounds"
+    )
     print(f"{'run':<34}{'windows':>9}{'fit s':>8}{'chars/s':>10}{'data MiB':>10}{'peak RSS MiB':>14}{'wall s':>8}")
-    names = {"blog": "blog: to_categorical, kolaw", "ours": "ours: streamed ids, kolaw",
-             "ours-1m": "ours: streamed ids, 1M chars *"}
+    names = {
+        "blog": "blog: to_categorical, kolaw",
+        "ours": "ours: streamed ids, kolaw",
+        "ours-1m": "ours: streamed ids, 1M chars *",
+    }
     for kind, r in results.items():
-        print(f"{names[kind]:<34}{r['windows']:>9}{r['fit_s']:>8.1f}{r['chars_per_s']:>10.0f}"
-              f"{r['array_mib']:>10.1f}{r['peak_rss_mib']:>14.0f}{r['wall_s']:>8.1f}")
+        print(
+            f"{names[kind]:<34}{r['windows']:>9}{r['fit_s']:>8.1f}{r['chars_per_s']:>10.0f}"
+            f"{r['array_mib']:>10.1f}{r['peak_rss_mib']:>14.0f}{r['wall_s']:>8.1f}"
+        )
     print("* same number of steps as kolaw (each epoch cut with take); the data are the 1M-char corpus")
     blog, ours, big = results["blog"], results["ours"], results["ours-1m"]
     speed = ours["chars_per_s"] / blog["chars_per_s"]
     memory = ours["peak_rss_mib"] / blog["peak_rss_mib"]
     apart = big["peak_rss_mib"] - ours["peak_rss_mib"]
     print(f"\nthroughput ours / blog: {speed:.2f}x   (goal >= 2.5x: {'met' if speed >= 2.5 else 'NOT met'})")
-    print(f"peak RSS ours / blog:   {memory:.3f} = 1/{1 / memory:.1f}"
-          f"   (goal <= 1/5: {'met' if memory <= 0.2 else 'NOT met'})")
-    print(f"peak RSS 1M - kolaw:    {apart:+.0f} MiB"
-          f"   (goal < 100 MiB apart: {'met' if abs(apart) < 100 else 'NOT met'})")
+    print(
+        f"peak RSS ours / blog:   {memory:.3f} = 1/{1 / memory:.1f}"
+        f"   (goal <= 1/5: {'met' if memory <= 0.2 else 'NOT met'})"
+    )
+    print(
+        f"peak RSS 1M - kolaw:    {apart:+.0f} MiB   (goal < 100 MiB apart: {'met' if abs(apart) < 100 else 'NOT met'})"
+    )
 
 
 def main() -> None:
@@ -165,8 +178,11 @@ def main() -> None:
     for round_ in range(1, args.repeats + 1):
         for kind, runs in rounds.items():
             runs.append(measure(kind, args.epochs))
-            print(f"round {round_}: {kind:<8} {runs[-1]['chars_per_s']:>8.0f} chars/s,"
-                  f" peak RSS {runs[-1]['peak_rss_mib']:.0f} MiB", flush=True)
+            print(
+                f"round {round_}: {kind:<8} {runs[-1]['chars_per_s']:>8.0f} chars/s,"
+                f" peak RSS {runs[-1]['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
     report({kind: max(runs, key=lambda r: r["chars_per_s"]) for kind, runs in rounds.items()}, args.epochs)
 
 

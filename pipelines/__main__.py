@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -23,11 +23,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Every flow run that `serve` starts re-imports this package in a fresh process, from any directory.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_DIR), os.environ.get("PYTHONPATH")]))
 
-app = typer.Typer(help="Run the char-rnn pipeline as a Prefect flow, or serve its nightly deployment.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Run the char-rnn pipeline as a Prefect flow, or serve its nightly deployment.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 RootOption = typer.Option(None, help="project root (default: the folder with params.yaml around the working directory)")
-TimeoutOption = typer.Option(3600.0, help="training's own time budget in seconds; the training process is stopped after it")
+TimeoutOption = typer.Option(
+    3600.0, help="training's own time budget in seconds; the training process is stopped after it"
+)
 
 
 def _overrides(assignments: list[str]) -> dict[str, Any]:
@@ -41,7 +46,7 @@ def _overrides(assignments: list[str]) -> dict[str, Any]:
 
 @app.command()
 def run(
-    root: Optional[Path] = RootOption,
+    root: Path | None = RootOption,
     set_: list[str] = typer.Option([], "--set", help="override a param, e.g. --set train.epochs=5 (repeatable)"),
     skip_if_unchanged: bool = typer.Option(False, help="end 'up to date' without training when nothing changed"),
     train_timeout_s: float = TimeoutOption,
@@ -56,8 +61,12 @@ def run(
         from pipelines.flow import char_rnn_pipeline
 
         state = char_rnn_pipeline(
-            overrides=_overrides(set_), root=str(project), skip_if_unchanged=skip_if_unchanged,
-            train_timeout_s=train_timeout_s, push=push, return_state=True,
+            overrides=_overrides(set_),
+            root=str(project),
+            skip_if_unchanged=skip_if_unchanged,
+            train_timeout_s=train_timeout_s,
+            push=push,
+            return_state=True,
         )
     typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
     if state.is_completed():
@@ -67,12 +76,16 @@ def run(
 
 @app.command()
 def sweep(
-    spec: Optional[Path] = typer.Option(None, "--spec", help="sweep spec YAML: max_parallel, grid of dotted"
-                                        " overrides, optional random and seed, or a params file with a sweep:"
-                                        " section (default: the project's params.yaml)"),
-    root: Optional[Path] = RootOption,
+    spec: Path | None = typer.Option(
+        None,
+        "--spec",
+        help="sweep spec YAML: max_parallel, grid of dotted"
+        " overrides, optional random and seed, or a params file with a sweep:"
+        " section (default: the project's params.yaml)",
+    ),
+    root: Path | None = RootOption,
     set_: list[str] = typer.Option([], "--set", help="override a base param for every trial (repeatable)"),
-    sweep_id: Optional[str] = typer.Option(None, help="folder name under sweeps/ (default: time + random suffix)"),
+    sweep_id: str | None = typer.Option(None, help="folder name under sweeps/ (default: time + random suffix)"),
     train_timeout_s: float = TimeoutOption,
 ) -> None:
     """Train every config of a sweep spec, several at once, and register the best (champion or challenger)."""
@@ -86,8 +99,14 @@ def sweep(
     except ParamsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
-    state = run_sweep(sweep_spec, overrides=_overrides(set_), root=str(root) if root else None,
-                      sweep_id=sweep_id, train_timeout_s=train_timeout_s, return_state=True)
+    state = run_sweep(
+        sweep_spec,
+        overrides=_overrides(set_),
+        root=str(root) if root else None,
+        sweep_id=sweep_id,
+        train_timeout_s=train_timeout_s,
+        return_state=True,
+    )
     typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
     if state.is_completed():
         typer.echo(json.dumps(state.result(raise_on_failure=False), ensure_ascii=False, indent=1, default=str))
@@ -96,7 +115,7 @@ def sweep(
 
 @app.command()
 def serve(
-    root: Optional[Path] = RootOption,
+    root: Path | None = RootOption,
     cron: str = typer.Option("0 2 * * *", help="cron schedule, UTC (default: nightly at 02:00)"),
     name: str = typer.Option("nightly", help="deployment name"),
     skip_if_unchanged: bool = typer.Option(True, help="scheduled runs end 'up to date' when nothing changed"),
@@ -109,8 +128,12 @@ def serve(
     from pipelines.serve import serve as serve_deployment
 
     if not PREFECT_API_URL.value():
-        typer.secho("error: set PREFECT_API_URL=http://127.0.0.1:4200/api (start the server with "
-                    "`prefect server start --host 127.0.0.1`)", fg=typer.colors.RED, err=True)
+        typer.secho(
+            "error: set PREFECT_API_URL=http://127.0.0.1:4200/api (start the server with "
+            "`prefect server start --host 127.0.0.1`)",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(1)
     serve_deployment((root or find_root()).resolve(), cron, name, skip_if_unchanged, train_timeout_s)
 

@@ -51,6 +51,6 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect's `retry_condition_fn`: retry a failed task run only when its exception is transient."""
     try:
         state.result()
-    except Exception as exc:  # noqa: BLE001 - the state's own exception, re-raised to inspect it
+    except Exception as exc:
         return is_transient(exc)
     return False

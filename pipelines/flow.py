@@ -8,17 +8,18 @@ off (`NO_CACHE`): every stage writes files, and DVC, not Prefect, decides what i
 Retries happen only for transient errors (see `pipelines.failures`).
 """
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from char_rnn import stages
-from char_rnn.layout import Layout
-from char_rnn.params import Params, load_params, with_overrides
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 
+from char_rnn import stages
+from char_rnn.layout import Layout
+from char_rnn.params import Params, load_params, with_overrides
 from pipelines.failures import StageFailed, retry_if_transient
 from pipelines.versioning import is_up_to_date, record_run, require_dvc_project, warm_up
 from pipelines.worker import ModelWorker

@@ -13,6 +13,7 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 
 from pipelines.flow import char_rnn_pipeline
 
+
 def serve(root: Path, cron: str, name: str, skip_if_unchanged: bool, train_timeout_s: float) -> None:
     """Register the deployment and run its flow runs until interrupted (Ctrl-C pauses the schedule)."""
     char_rnn_pipeline.serve(

@@ -37,7 +37,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
-from char_rnn.params import Metric, Params
+from char_rnn.params import Metric, Params, SweepParams
 from pipelines.failures import StageFailed, retry_if_transient
 from pipelines.flow import (
     IN_FLOW_PROCESS,
@@ -47,7 +47,6 @@ from pipelines.flow import (
     resolve_params,
     run_stage,
 )
-from char_rnn.params import SweepParams
 from pipelines.sweep_spec import Trial, plan_trials
 from pipelines.worker import ModelWorker
 
@@ -69,12 +68,18 @@ def run_trial(trial: Trial, root: str, sweep_dir: str, tags: dict[str, str], tim
     with ModelWorker(Path(root), run_dir) as trial_worker:
         trained = trial_worker.call("train", trial.params, timeout_s, {**tags, "sweep.trial": trial.name})
         metrics = trial_worker.call("evaluate", trial.params, STAGE_TIMEOUT_S)
-    return {"run_id": trained["run_id"], "run_dir": str(run_dir), "metrics": metrics,
-            "started": started, "finished": time.time()}
+    return {
+        "run_id": trained["run_id"],
+        "run_dir": str(run_dir),
+        "metrics": metrics,
+        "started": started,
+        "finished": time.time(),
+    }
 
 
-@task(name="register-best", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=retry_if_transient)
+@task(
+    name="register-best", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient
+)
 def register_best(trial: Trial, root: str, run_dir: str) -> dict[str, Any]:
     """The `register` stage for the winning trial only: champion if it beats the champion, else challenger."""
     with ModelWorker(Path(root), Path(run_dir)) as trial_worker:
@@ -92,11 +97,14 @@ def open_parent_run(layout: Layout, sweep_id: str, spec: SweepParams, trials: li
 
     experiment_id = connect(layout.mlruns)  # first: a client reads the store's URI when it is made
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}",
-                            tags={"sweep.id": sweep_id, **lineage_tags()})
-    params = {"sweep.max_parallel": spec.max_parallel, "sweep.trials": len(trials),
-              "sweep.random": spec.random, "sweep.seed": spec.seed,
-              **{f"sweep.grid.{key}": json.dumps(values) for key, values in spec.grid.items()}}
+    run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags={"sweep.id": sweep_id, **lineage_tags()})
+    params = {
+        "sweep.max_parallel": spec.max_parallel,
+        "sweep.trials": len(trials),
+        "sweep.random": spec.random,
+        "sweep.seed": spec.seed,
+        **{f"sweep.grid.{key}": json.dumps(values) for key, values in spec.grid.items()},
+    }
     for key, value in params.items():
         client.log_param(run.info.run_id, key, value)
     client.log_dict(run.info.run_id, spec.model_dump(mode="json"), "sweep/spec.json")
@@ -144,8 +152,13 @@ def trial_row(trial: Trial, future: PrefectFuture, metric: Metric) -> dict[str, 
         return {**row, "status": "failed", "error": str(future.state.message or future.state.name)[:500]}
     result = future.result()
     value = result["metrics"].get(metric.value)
-    row.update(run_id=result["run_id"], run_dir=result["run_dir"], started=result["started"],
-               finished=result["finished"], seconds=round(result["finished"] - result["started"], 1))
+    row.update(
+        run_id=result["run_id"],
+        run_dir=result["run_dir"],
+        started=result["started"],
+        finished=result["finished"],
+        seconds=round(result["finished"] - result["started"], 1),
+    )
     if not _finite(value):
         return {**row, "status": "failed", "error": f"{metric.value} is {value!r}"}
     return {**row, "status": "ok", metric.value: float(value)}
@@ -170,7 +183,7 @@ def new_sweep_id() -> str:
 @flow(
     name="char-rnn-sweep",
     description="ingest → window → validate → baseline once, then train+evaluate per config in parallel; "
-                "register the best",
+    "register the best",
     task_runner=ThreadPoolTaskRunner(max_workers=2),
 )
 def char_rnn_sweep(
@@ -192,8 +205,9 @@ def char_rnn_sweep(
     base = _stage("params", resolve_params, layout, params, overrides)
     trials = _stage("sweep spec", plan_trials, base, spec)
     where = str(layout.root)
-    results: dict[str, Any] = {stage: _stage(stage, run_stage.with_options(name=stage), stage, where, base)
-                               for stage in IN_FLOW_PROCESS}
+    results: dict[str, Any] = {
+        stage: _stage(stage, run_stage.with_options(name=stage), stage, where, base) for stage in IN_FLOW_PROCESS
+    }
     sweep_id = sweep_id or new_sweep_id()
     sweep_dir = layout.root / "sweeps" / sweep_id
     parent_id = _stage("mlflow", open_parent_run, layout, sweep_id, spec, trials)
@@ -201,7 +215,10 @@ def char_rnn_sweep(
     try:
         tags = {"mlflow.parentRunId": parent_id, "sweep.id": sweep_id, **lineage_tags()}
         futures = run_trial.map(
-            trials, root=unmapped(where), sweep_dir=unmapped(str(sweep_dir)), tags=unmapped(tags),
+            trials,
+            root=unmapped(where),
+            sweep_dir=unmapped(str(sweep_dir)),
+            tags=unmapped(tags),
             timeout_s=unmapped(train_timeout_s),
         )
         metric = base.registry.metric
@@ -220,10 +237,22 @@ def char_rnn_sweep(
     finally:
         if status != "FINISHED":
             close_parent_run(parent_id, "FAILED")
-    logger.info("best trial %s (%s=%s), registered as %s", best["trial"], metric.value, best[metric.value],
-                registration.get("alias"))
-    return {**results, "sweep_id": sweep_id, "sweep_dir": str(sweep_dir), "parent_run_id": parent_id,
-            "trials": rows, "best": best, "register": registration}
+    logger.info(
+        "best trial %s (%s=%s), registered as %s",
+        best["trial"],
+        metric.value,
+        best[metric.value],
+        registration.get("alias"),
+    )
+    return {
+        **results,
+        "sweep_id": sweep_id,
+        "sweep_dir": str(sweep_dir),
+        "parent_run_id": parent_id,
+        "trials": rows,
+        "best": best,
+        "register": registration,
+    }
 
 
 def run_sweep(spec: SweepParams, task_runner: TaskRunner | None = None, **kwargs: Any) -> Any:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from char_rnn.params import Params, ParamsError, SweepParams, read_yaml, with_overrides
 
+
 class SweepSpecError(ParamsError):
     """A spec that cannot run; the message names every bad key (or config) and why."""
 
@@ -47,8 +48,10 @@ def parse_spec(raw: Any, origin: str = "sweep spec") -> SweepParams:
     try:
         return SweepParams.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in err['loc'][:2]) or 'sweep'}: {err['msg'].removeprefix('Value error, ')}"
-                 for err in exc.errors()]
+        lines = [
+            f"  {'.'.join(str(p) for p in err['loc'][:2]) or 'sweep'}: {err['msg'].removeprefix('Value error, ')}"
+            for err in exc.errors()
+        ]
         raise SweepSpecError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
 
 

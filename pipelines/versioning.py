@@ -11,13 +11,13 @@ fails with "Unable to acquire lock" instead of waiting, which `TransientError` t
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import chdir, contextmanager, suppress
-from typing import Any, Iterator
+from typing import Any
 
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params, load_params
-
 from pipelines.failures import TransientError
 
 

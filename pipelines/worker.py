@@ -25,14 +25,14 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params
-
 from pipelines.failures import RemotePipelineError, TransientError, WorkerFailed, is_transient
 
 CODE_DIR = Path(__file__).resolve().parents[1]
@@ -46,17 +46,17 @@ class StageTimedOut(PipelineError):
 class ModelWorker:
     """Parent side: starts the worker, sends it stage requests, and stops it whatever happens."""
 
-    _prestarted: dict[Path, "ModelWorker"] = {}
+    _prestarted: ClassVar[dict[Path, ModelWorker]] = {}
 
     @classmethod
-    def prestart(cls, root: Path) -> "ModelWorker":
+    def prestart(cls, root: Path) -> ModelWorker:
         """Start the worker before Prefect is even imported, so TensorFlow loads while Prefect starts
         (a command-line run); the flow then `claim`s it instead of starting its own."""
         worker = cls._prestarted[root] = cls(root)
         return worker
 
     @classmethod
-    def claim(cls, root: Path) -> "ModelWorker":
+    def claim(cls, root: Path) -> ModelWorker:
         """The worker prestarted for `root` in this process, else a new one."""
         return cls._prestarted.pop(root, None) or cls(root)
 
@@ -69,10 +69,15 @@ class ModelWorker:
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.worker", str(root), str(run_dir or root), str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=root, env=env, text=True, encoding="utf-8",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=root,
+            env=env,
+            text=True,
+            encoding="utf-8",
         )
 
-    def __enter__(self) -> "ModelWorker":
+    def __enter__(self) -> ModelWorker:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -90,9 +95,7 @@ class ModelWorker:
         ready, _, _ = select.select([self.process.stdout], [], [], timeout_s)
         if not ready:
             self.stop(graceful=False)
-            raise StageTimedOut(
-                f"{stage} ran longer than its time budget of {timeout_s:g} s and was stopped"
-            )
+            raise StageTimedOut(f"{stage} ran longer than its time budget of {timeout_s:g} s and was stopped")
         line = self.process.stdout.readline()
         if not line:
             raise WorkerFailed(f"the model worker exited with code {self.process.wait()} during {stage}")
@@ -101,10 +104,8 @@ class ModelWorker:
     def stop(self, graceful: bool) -> None:
         """Closing stdin ends an idle worker; otherwise SIGTERM, then SIGKILL after a grace period."""
         if self.process.stdin and not self.process.stdin.closed:
-            try:
+            with suppress(BrokenPipeError):
                 self.process.stdin.close()
-            except BrokenPipeError:
-                pass
         if graceful and _waited(self.process, GRACE_S):
             return
         if self.process.poll() is None:
@@ -160,7 +161,7 @@ def _handle(request: dict[str, Any], layout: Layout) -> dict[str, Any]:
         if request["stage"] == "train":
             return {"result": stages.train(params, layout, tags=request["tags"])}
         return {"result": stages.STAGES[request["stage"]](params, layout)}
-    except Exception as exc:  # noqa: BLE001 - every error goes back to the flow, classified
+    except Exception as exc:
         return {
             "error": {
                 "type": type(exc).__name__,
@@ -180,8 +181,9 @@ def main() -> None:
     sys.stdout = sys.stderr
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     threading.Thread(target=_die_with_parent, args=(parent,), daemon=True).start()
-    import char_rnn.model  # noqa: F401 - warm-up (TensorFlow, Keras): most of a small run's cost
     import mlflow.keras  # noqa: F401
+
+    import char_rnn.model  # noqa: F401 - warm-up (TensorFlow, Keras): most of a small run's cost
 
     for line in sys.stdin:
         replies.write(json.dumps(_handle(json.loads(line), layout), ensure_ascii=False, default=str) + "\n")

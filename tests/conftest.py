@@ -74,9 +74,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """The installed `char-rnn` console script in a child process, as DVC runs it."""
     return subprocess.run(
-        [str(BIN / "char-rnn"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [str(BIN / "char-rnn"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )

@@ -10,7 +10,10 @@ import pytest
 from char_rnn.corpus import CorpusError, ingest, read_source
 from char_rnn.params import CorpusParams
 
-SEED = "알엔엔 으로 자연어 처리하기 어렵지 않아요 기본은 전부 같기때문이죠 그래서 제가 쉽게 설명드리려고 하는겁니다 왜냐하면 쉬우니까요"
+SEED = (
+    "알엔엔 으로 자연어 처리하기 어렵지 않아요 기본은 전부 같기때문이죠 "
+    "그래서 제가 쉽게 설명드리려고 하는겁니다 왜냐하면 쉬우니까요"
+)
 
 
 def test_seed_is_the_blog_sentence(tmp_path: Path):

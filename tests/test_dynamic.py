@@ -13,8 +13,9 @@ from char_rnn.params import ModelParams
 VOCAB_SIZE = 12
 
 
-PARAMS = ModelParams(cell="gru", units=16, layers=1, dropout=0.2, recurrent_dropout=0.0, input="embedding",
-                     embedding_dim=8, ensemble=1)
+PARAMS = ModelParams(
+    cell="gru", units=16, layers=1, dropout=0.2, recurrent_dropout=0.0, input="embedding", embedding_dim=8, ensemble=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,13 @@ def test_a_rate_that_diverges_loses_instead_of_comparing_as_nan(model, quoting, 
 
 
 def test_bad_arguments_are_refused(model, quoting):
-    cases = [({"start": 0}, "need 1 <= start"), ({"end": len(quoting) + 1}, "need 1 <= start"),
-             ({"segment": 0}, "segment"), ({"context": 0}, "context"), ({"rate": -0.1}, "learning rate")]
+    cases = [
+        ({"start": 0}, "need 1 <= start"),
+        ({"end": len(quoting) + 1}, "need 1 <= start"),
+        ({"segment": 0}, "segment"),
+        ({"context": 0}, "context"),
+        ({"rate": -0.1}, "learning rate"),
+    ]
     for bad, message in cases:
         args = {"start": 200, "end": None, "rate": 0.1, "segment": 9, "context": 20} | bad
         with pytest.raises(ValueError, match=message):

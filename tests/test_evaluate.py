@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from test_corpus import SEED
 
 from char_rnn import cache, stages
 from char_rnn.dynamic import dynamic_char_probabilities
@@ -16,8 +17,6 @@ from char_rnn.ngram import KneserNey, bits_per_char
 from char_rnn.params import with_overrides
 from char_rnn.windows import load_text_ids, load_windows
 
-from test_corpus import SEED
-
 
 @pytest.fixture
 def held_out(layout, tiny_params):
@@ -25,10 +24,19 @@ def held_out(layout, tiny_params):
     (layout.root / "data" / "raw").mkdir(parents=True)
     text = "\n".join(SEED[i:] + SEED[:i] for i in range(0, 71, 7))
     (layout.root / "data" / "raw" / "text.txt").write_text(text, encoding="utf-8")
-    params = with_overrides(tiny_params, {"corpus.source": "data/raw/text.txt", "split.val_fraction": 0.2,
-                                          "split.tune_fraction": 0.1, "train.epochs": 30,
-                                          "train.early_stopping_patience": 2, "train.learning_rate": 0.01,
-                                          "baseline.cache_window": 30, "evaluate.dynamic_rates": [0.01, 0.1]})
+    params = with_overrides(
+        tiny_params,
+        {
+            "corpus.source": "data/raw/text.txt",
+            "split.val_fraction": 0.2,
+            "split.tune_fraction": 0.1,
+            "train.epochs": 30,
+            "train.early_stopping_patience": 2,
+            "train.learning_rate": 0.01,
+            "baseline.cache_window": 30,
+            "evaluate.dynamic_rates": [0.01, 0.1],
+        },
+    )
     for stage in ("ingest", "window", "validate", "baseline"):
         stages.STAGES[stage](params, layout)
     return layout, params
@@ -76,8 +84,9 @@ def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     assert dynamic["rate"] in (0.0, 0.01, 0.1) and metrics["dynamic_rate"] == dynamic["rate"]
     evaluate = params.evaluate
     assert (dynamic["segment"], dynamic["context"]) == (evaluate.dynamic_segment, evaluate.dynamic_context)
-    p_dynamic = dynamic_char_probabilities(model, ids, start, None, dynamic["rate"], dynamic["segment"],
-                                           dynamic["context"])
+    p_dynamic = dynamic_char_probabilities(
+        model, ids, start, None, dynamic["rate"], dynamic["segment"], dynamic["context"]
+    )
     assert metrics["dynamic_bits_per_char"] == pytest.approx(bits_per_char(p_dynamic))
 
 

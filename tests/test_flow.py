@@ -14,13 +14,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import REPO, TINY, free_port
-
 
 from benchmarks.flow_overhead import QUIET, prefect_server, scaffold_project, stop_group
 
@@ -31,17 +30,24 @@ NOISY = "data/raw/noisy.txt"
 
 
 def dvc(root: Path, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
-                          check=True, env={**os.environ, **QUIET}).stdout
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **QUIET},
+    ).stdout
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> Iterator[dict[str, Any]]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from char_rnn.layout import Layout
     from char_rnn.params import load_params, with_overrides
     from pipelines.versioning import write_params
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     base = tmp_path_factory.mktemp("flow")
     root = base / "project"
@@ -57,12 +63,24 @@ def served(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> It
     home.mkdir()
     slot_wait = {"PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "2"}
     with prefect_server(free_port(), home, slot_wait) as url:
-        env = {**os.environ, **QUIET, "PREFECT_HOME": str(home), "PREFECT_API_URL": url,
-               "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_LOGGING_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            **QUIET,
+            "PREFECT_HOME": str(home),
+            "PREFECT_API_URL": url,
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
         env.pop("MLFLOW_TRACKING_URI", None)
         log = (base / "serve.log").open("wb")
-        server = subprocess.Popen([sys.executable, "-m", "pipelines", "serve", "--root", str(root)], cwd=REPO,
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "pipelines", "serve", "--root", str(root)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
                 deployment = _wait_for(lambda: _deployment(client), timeout_s=120, what="the served deployment")
@@ -107,8 +125,9 @@ def runs(served: dict[str, Any]) -> dict[str, Any]:
     x, y = _finished(client, x.id, 300), _finished(client, y.id, 120)
     status_after_x = json.loads(dvc(root, "status", "--json"))  # Z, failing, leaves the workspace changed
     before_z = {name: (root / name).read_bytes() for name in ("dvc.lock", "params.yaml")}
-    z = run_deployment(DEPLOYMENT, parameters={"skip_if_unchanged": True, "overrides": {"corpus.source": NOISY}},
-                       timeout=0)
+    z = run_deployment(
+        DEPLOYMENT, parameters={"skip_if_unchanged": True, "overrides": {"corpus.source": NOISY}}, timeout=0
+    )
     z = _finished(client, z.id, 180)
     return {"x": x, "y": y, "z": z, "status_after_x": status_after_x, "before_z": before_z}
 

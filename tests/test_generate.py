@@ -21,9 +21,9 @@ PROMPT = "알엔엔 으로"
 
 def untrained(params: Params, overrides: dict[str, object] | None = None) -> object:
     """Random weights are enough where only the mechanics matter: no training, milliseconds."""
-    from char_rnn.model import average, build_model
-
     import keras
+
+    from char_rnn.model import average, build_model
 
     keras.utils.set_random_seed(1)
     model_params = with_overrides(params, overrides or {}).model
@@ -76,7 +76,7 @@ def test_step_generator_equals_the_full_model(repo_params: Params, overrides: di
     for _ in range(6):
         text.append(int(np.argmax(np.asarray(model(np.array([text], dtype=np.int32), training=False))[0, -1])))
     generated = Generator(model, CHARS).generate("".join(CHARS[i] for i in ids), Sampling(6, 0.0)).texts[0]
-    assert generated == "".join(CHARS[i] for i in text[len(ids):])
+    assert generated == "".join(CHARS[i] for i in text[len(ids) :])
 
 
 def test_same_seed_same_text_and_another_seed_another(generator: Generator) -> None:
@@ -157,8 +157,15 @@ def test_a_mixture_that_does_not_fit_is_refused(repo_params: Params, ngram) -> N
 
 
 @pytest.mark.parametrize(
-    "bad", [{"length": 0}, {"length": 10_001}, {"temperature": -1.0}, {"temperature": float("nan")},
-            {"top_k": -1}, {"seed": -1}],
+    "bad",
+    [
+        {"length": 0},
+        {"length": 10_001},
+        {"temperature": -1.0},
+        {"temperature": float("nan")},
+        {"top_k": -1},
+        {"seed": -1},
+    ],
 )
 def test_bad_sampling_values_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(GenerationError):
@@ -175,7 +182,7 @@ def test_greedy_continues_the_blog_sentence_from_the_champion(
     from char_rnn.tracking import tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # else tracking_uri() returns another store
-    rest = BLOG[len(PROMPT):]
+    rest = BLOG[len(PROMPT) :]
     # The evaluate stage's sample (60 characters, greedy) comes from the same generator.
     assert seed_project.sample.read_text(encoding="utf-8") == PROMPT + rest[:60] + "\n"
     mlflow.set_tracking_uri(tracking_uri(seed_project.mlruns))
@@ -186,8 +193,18 @@ def test_greedy_continues_the_blog_sentence_from_the_champion(
 
 def test_cli_generates_from_the_champion(seed_project: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the CLI finds the store from its cwd
-    result = run_cli("generate", "--prompt", PROMPT + "#", "--length", "20", "--temperature", "0",
-                     "--num-samples", "2", cwd=seed_project.root)
+    result = run_cli(
+        "generate",
+        "--prompt",
+        PROMPT + "#",
+        "--length",
+        "20",
+        "--temperature",
+        "0",
+        "--num-samples",
+        "2",
+        cwd=seed_project.root,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [BLOG[: len(PROMPT) + 20]] * 2
     assert "dropped: '#'" in result.stderr

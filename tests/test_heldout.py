@@ -32,8 +32,9 @@ def untrained():
     from char_rnn.model import build_model
 
     keras.utils.set_random_seed(7)
-    params = ModelParams(cell="gru", units=16, layers=1, dropout=0.0, recurrent_dropout=0.0, input="one_hot",
-                         embedding_dim=8, ensemble=1)
+    params = ModelParams(
+        cell="gru", units=16, layers=1, dropout=0.0, recurrent_dropout=0.0, input="one_hot", embedding_dim=8, ensemble=1
+    )
     return build_model(params, VOCAB_SIZE)
 
 

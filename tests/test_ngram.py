@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -51,8 +51,7 @@ def add_one_bits(train: np.ndarray, ids: np.ndarray, start: int, vocab_size: int
     grams = Counter(tuple(train[i : i + order]) for i in range(len(train) - order + 1))
     contexts = Counter(tuple(train[i : i + order - 1]) for i in range(len(train) - order + 1))
     probs = [
-        (grams[tuple(ids[t - order + 1 : t + 1])] + 1)
-        / (contexts[tuple(ids[t - order + 1 : t])] + vocab_size)
+        (grams[tuple(ids[t - order + 1 : t + 1])] + 1) / (contexts[tuple(ids[t - order + 1 : t])] + vocab_size)
         for t in range(start, len(ids))
     ]
     return bits_per_char(np.array(probs))

@@ -10,7 +10,12 @@ import pytest
 from char_rnn.layout import Layout
 from char_rnn.params import Metric, Params
 from char_rnn.registry import (
-    CHALLENGER, CHAMPION, ModelIntegrityError, RegistrationRefused, file_sha256, register,
+    CHALLENGER,
+    CHAMPION,
+    ModelIntegrityError,
+    RegistrationRefused,
+    file_sha256,
+    register,
 )
 
 NAME = "char-rnn-test"

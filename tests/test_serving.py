@@ -70,17 +70,34 @@ def test_served_champion_answers_invocations(layout: Layout, tiny_params: Params
         "MLFLOW_TRACKING_URI": tracking_uri(layout.mlruns),
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-    command = [str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{tiny_params.registry.model_name}@champion",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(command, cwd=layout.root, env=env, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [
+        str(BIN / "mlflow"),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{tiny_params.registry.model_name}@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    server = subprocess.Popen(
+        command, cwd=layout.root, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_healthy(f"http://127.0.0.1:{port}/ping", server, timeout=240)
         url = f"http://127.0.0.1:{port}/invocations"
-        status, body = post(url, {"dataframe_records": [
-            {"prompt": "알엔엔 으로", "length": 15, "temperature": 0},
-            {"prompt": "자연어 #처리", "length": 40, "temperature": 0.8, "top_k": 5, "seed": 7},
-        ]})
+        status, body = post(
+            url,
+            {
+                "dataframe_records": [
+                    {"prompt": "알엔엔 으로", "length": 15, "temperature": 0},
+                    {"prompt": "자연어 #처리", "length": 40, "temperature": 0.8, "top_k": 5, "seed": 7},
+                ]
+            },
+        )
         assert status == 200, body
         first, second = body["predictions"]
         assert (len(first["text"]), len(second["text"])) == (15, 40)

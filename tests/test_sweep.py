@@ -32,8 +32,9 @@ def test_spec_rejects_unknown_keys_and_bad_values_naming_the_key(tiny_params: Pa
 
 def test_grid_and_random_sample(tmp_path: Path, tiny_params: Params) -> None:
     spec_file = tmp_path / "params.yaml"
-    spec_file.write_text(yaml.safe_dump({"sweep": {**SPEC, "grid": {"model.units": [8, 16, 32],
-                                                                     "train.epochs": [1, 2]}}}))
+    spec_file.write_text(
+        yaml.safe_dump({"sweep": {**SPEC, "grid": {"model.units": [8, 16, 32], "train.epochs": [1, 2]}}})
+    )
     spec = load_spec(spec_file)  # a params file's sweep: section reads like a bare spec
     assert len(spec.configs()) == 6
     sample = parse_spec({**spec.model_dump(), "random": 3, "seed": 1}).configs()
@@ -88,9 +89,11 @@ def test_best_trial_by_metric_direction_skipping_failures() -> None:
     from char_rnn.params import Metric
     from pipelines.sweep import pick_best
 
-    rows = [{"trial": "a", "status": "ok", "bits_per_char": 2.0, "accuracy": 0.5},
-            {"trial": "b", "status": "failed", "error": "bits_per_char is nan"},
-            {"trial": "c", "status": "ok", "bits_per_char": 1.5, "accuracy": 0.4}]
+    rows = [
+        {"trial": "a", "status": "ok", "bits_per_char": 2.0, "accuracy": 0.5},
+        {"trial": "b", "status": "failed", "error": "bits_per_char is nan"},
+        {"trial": "c", "status": "ok", "bits_per_char": 1.5, "accuracy": 0.4},
+    ]
     assert pick_best(rows, Metric.bits_per_char)["trial"] == "c"  # lower wins
     assert pick_best(rows, Metric.accuracy)["trial"] == "a"  # higher wins
     assert pick_best([rows[1]], Metric.bits_per_char) is None  # all failed: nothing to register

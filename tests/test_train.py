@@ -23,8 +23,10 @@ def windowed(layout, tiny_params):
 def test_model_predicts_a_distribution_per_step_for_any_length(repo_params, cell, encoding):
     from char_rnn.model import build_model
 
-    params = with_overrides(repo_params, {"model.cell": cell, "model.input": encoding, "model.layers": 2,
-                                          "model.dropout": 0.2, "model.units": 8})
+    params = with_overrides(
+        repo_params,
+        {"model.cell": cell, "model.input": encoding, "model.layers": 2, "model.dropout": 0.2, "model.units": 8},
+    )
     model = build_model(params.model, vocab_size=11)
     for length in (5, 20):
         probs = np.asarray(model(np.zeros((2, length), dtype=np.int32)))
@@ -101,8 +103,9 @@ def test_an_ensemble_averages_members_trained_with_their_own_seeds(windowed, tin
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert [member.name for member in members] == ["member_1", "member_2"]
     ids = (np.arange(12, dtype=np.int32) % model.output_shape[-1])[None]
-    np.testing.assert_allclose(np.asarray(model(ids)), np.mean([np.asarray(m(ids)) for m in members], axis=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(model(ids)), np.mean([np.asarray(m(ids)) for m in members], axis=0), atol=1e-6
+    )
     assert not np.array_equal(members[0].get_weights()[0], members[1].get_weights()[0])
     client = mlflow.MlflowClient()
     first, second = ([m.value for m in client.get_metric_history(run_id, key)] for key in ("loss", "member2_loss"))
@@ -130,8 +133,17 @@ def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_para
 
     spec, _, _ = load_windows(windowed.windows)
     with pytest.raises(TrainingDiverged, match="training diverged at epoch 2"):
-        train(tiny_params, spec, load_text_ids(windowed.windows), windowed.mlruns, windowed.model,
-              windowed.history, windowed.hybrid, extra_artifacts=[], callbacks=[Poison()])
+        train(
+            tiny_params,
+            spec,
+            load_text_ids(windowed.windows),
+            windowed.mlruns,
+            windowed.model,
+            windowed.history,
+            windowed.hybrid,
+            extra_artifacts=[],
+            callbacks=[Poison()],
+        )
     assert windowed.model.read_bytes() == before
     failed = mlflow.search_runs(experiment_names=["char-rnn"], filter_string="attributes.status = 'FAILED'")
     assert len(failed) == 1

@@ -7,19 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_corpus import SEED
 
 from char_rnn.params import SplitParams, ValidationParams, WindowParams
 from char_rnn.validation import ValidationFailed, validate
 from char_rnn.windows import load_vocab, load_windows, make_windows
 
-from test_corpus import SEED
-
 CHECKS = ValidationParams(max_control_share=0.01)
 
 
 def _prepared(tmp_path: Path, text: str = SEED, length: int = 20):
-    make_windows(text, WindowParams(length=length, stride=1), SplitParams(val_fraction=0.0, tune_fraction=0.0),
-                 tmp_path / "vocab.json", tmp_path / "windows")
+    make_windows(
+        text,
+        WindowParams(length=length, stride=1),
+        SplitParams(val_fraction=0.0, tune_fraction=0.0),
+        tmp_path / "vocab.json",
+        tmp_path / "windows",
+    )
     spec, train, val = load_windows(tmp_path / "windows")
     return text, load_vocab(tmp_path / "vocab.json"), spec, train, val
 
@@ -28,8 +32,9 @@ def test_blog_data_passes_and_report_is_written(tmp_path: Path):
     report = validate(*_prepared(tmp_path), CHECKS, tmp_path / "validation.json")
     assert report["success"]
     saved = json.loads((tmp_path / "validation.json").read_text(encoding="utf-8"))
-    row_count = next(e for s in saved["suites"] for e in s["expectations"]
-                     if e["expectation"] == "expect_table_row_count_to_equal")
+    row_count = next(
+        e for s in saved["suites"] for e in s["expectations"] if e["expectation"] == "expect_table_row_count_to_equal"
+    )
     assert row_count["observed"] == 51
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_corpus import SEED
 
 from char_rnn.params import SplitParams, WindowParams
 from char_rnn.windows import (
@@ -20,12 +21,15 @@ from char_rnn.windows import (
     window_views,
 )
 
-from test_corpus import SEED
-
 
 def test_blog_sentence_gives_the_blogs_51_windows(tmp_path: Path):
-    spec = make_windows(SEED, WindowParams(length=20, stride=1), SplitParams(val_fraction=0.0, tune_fraction=0.0),
-                        tmp_path / "vocab.json", tmp_path / "windows")
+    spec = make_windows(
+        SEED,
+        WindowParams(length=20, stride=1),
+        SplitParams(val_fraction=0.0, tune_fraction=0.0),
+        tmp_path / "vocab.json",
+        tmp_path / "windows",
+    )
     assert (spec.vocab_size, spec.train_windows, spec.val_windows) == (48, 51, 0)
     chars = load_vocab(tmp_path / "vocab.json")
     _, train, _ = load_windows(tmp_path / "windows")
@@ -43,8 +47,13 @@ def test_vocabulary_is_sorted_and_stable():
 
 def test_split_is_contiguous_tail(tmp_path: Path):
     text = "".join(chr(0xAC00 + i % 50) for i in range(1000))
-    spec = make_windows(text, WindowParams(length=10, stride=3), SplitParams(val_fraction=0.1, tune_fraction=0.0),
-                        tmp_path / "vocab.json", tmp_path / "windows")
+    spec = make_windows(
+        text,
+        WindowParams(length=10, stride=3),
+        SplitParams(val_fraction=0.1, tune_fraction=0.0),
+        tmp_path / "vocab.json",
+        tmp_path / "windows",
+    )
     _, train, val = load_windows(tmp_path / "windows")
     chars = load_vocab(tmp_path / "vocab.json")
     assert (spec.train_chars, spec.val_chars) == (900, 100)
@@ -54,20 +63,35 @@ def test_split_is_contiguous_tail(tmp_path: Path):
 
 def test_corpus_shorter_than_a_window_is_refused(tmp_path: Path):
     with pytest.raises(WindowError, match="window.length=20 needs at least 21"):
-        make_windows("짧은 글", WindowParams(length=20, stride=1), SplitParams(val_fraction=0.0, tune_fraction=0.0),
-                     tmp_path / "vocab.json", tmp_path / "windows")
+        make_windows(
+            "짧은 글",
+            WindowParams(length=20, stride=1),
+            SplitParams(val_fraction=0.0, tune_fraction=0.0),
+            tmp_path / "vocab.json",
+            tmp_path / "windows",
+        )
 
 
 def test_validation_tail_shorter_than_a_window_is_refused(tmp_path: Path):
     with pytest.raises(WindowError, match="split.val_fraction=0.05 leaves 4 validation characters"):
-        make_windows(SEED, WindowParams(length=20, stride=1), SplitParams(val_fraction=0.05, tune_fraction=0.0),
-                     tmp_path / "vocab.json", tmp_path / "windows")
+        make_windows(
+            SEED,
+            WindowParams(length=20, stride=1),
+            SplitParams(val_fraction=0.05, tune_fraction=0.0),
+            tmp_path / "vocab.json",
+            tmp_path / "windows",
+        )
 
 
 def test_a_tuning_fraction_that_rounds_to_nothing_is_refused(tmp_path: Path):
     with pytest.raises(WindowError, match="split.tune_fraction=0.005 leaves no tuning character in 71"):
-        make_windows(SEED, WindowParams(length=20, stride=1), SplitParams(val_fraction=0.0, tune_fraction=0.005),
-                     tmp_path / "vocab.json", tmp_path / "windows")
+        make_windows(
+            SEED,
+            WindowParams(length=20, stride=1),
+            SplitParams(val_fraction=0.0, tune_fraction=0.005),
+            tmp_path / "vocab.json",
+            tmp_path / "windows",
+        )
 
 
 def test_tf_dataset_yields_exactly_the_windows():

@@ -6,8 +6,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import typer
 
@@ -24,7 +25,7 @@ app = typer.Typer(
 ParamsOption = typer.Option(None, "--params", help="params file (default: params.yaml at the project root)")
 
 
-def _run(stage: Callable[[Params, Layout], dict[str, Any]], params_path: Optional[Path]) -> None:
+def _run(stage: Callable[[Params, Layout], dict[str, Any]], params_path: Path | None) -> None:
     layout = Layout.discover()
     try:
         params = load_params(params_path or layout.params)
@@ -36,7 +37,7 @@ def _run(stage: Callable[[Params, Layout], dict[str, Any]], params_path: Optiona
 
 
 def _stage_command(name: str, help_text: str) -> None:
-    def command(params: Optional[Path] = ParamsOption) -> None:
+    def command(params: Path | None = ParamsOption) -> None:
         from char_rnn import stages
 
         _run(stages.STAGES[name], params)
@@ -58,7 +59,7 @@ for _name, _help in {
 
 
 @app.command("run")
-def run_all(params: Optional[Path] = ParamsOption) -> None:
+def run_all(params: Path | None = ParamsOption) -> None:
     """Run every stage in this process, without DVC (use `dvc repro` to get caching and dvc.lock)."""
     from char_rnn import stages
 
@@ -66,7 +67,7 @@ def run_all(params: Optional[Path] = ParamsOption) -> None:
 
 
 @app.command("check-params")
-def check_params(params: Optional[Path] = ParamsOption) -> None:
+def check_params(params: Path | None = ParamsOption) -> None:
     """Validate a params file and print it with dotted keys; exits 1 naming every bad key."""
     _run(lambda p, _layout: p.flat(), params)
 
@@ -80,9 +81,20 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1")) -> None:
     layout.mlruns.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", tracking_uri(layout.mlruns),
-        "--default-artifact-root", artifact_root(layout.mlruns),
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        tracking_uri(layout.mlruns),
+        "--default-artifact-root",
+        artifact_root(layout.mlruns),
     ]
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)")
     raise typer.Exit(subprocess.call(command, env=env))
@@ -90,19 +102,23 @@ def ui(port: int = typer.Option(5000, help="port on 127.0.0.1")) -> None:
 
 @app.command("generate")
 def generate(
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="models:/<name>@<alias>, models:/<name>/<version> or a local .keras file"
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="models:/<name>@<alias>, models:/<name>/<version> or a local .keras file"
         " (default: models:/<registry.model_name>@champion)",
     ),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="text to continue; characters outside the"
-                               " vocabulary are dropped with a warning"),
+    prompt: str = typer.Option(
+        ..., "--prompt", "-p", help="text to continue; characters outside the vocabulary are dropped with a warning"
+    ),
     length: int = typer.Option(100, help="characters to generate per sample"),
     temperature: float = typer.Option(1.0, help="0 = greedy; below 1 sharper, above 1 more random"),
     top_k: int = typer.Option(0, "--top-k", help="sample among the k most likely characters (0 = all)"),
-    seed: Optional[int] = typer.Option(None, help="same seed, same text (default: fresh randomness)"),
+    seed: int | None = typer.Option(None, help="same seed, same text (default: fresh randomness)"),
     num_samples: int = typer.Option(1, "--num-samples", "-n", help="samples to write, one after another"),
-    vocab: Optional[Path] = typer.Option(None, help="vocabulary of a local .keras model (default: data/vocab.json)"),
-    params: Optional[Path] = ParamsOption,
+    vocab: Path | None = typer.Option(None, help="vocabulary of a local .keras model (default: data/vocab.json)"),
+    params: Path | None = ParamsOption,
 ) -> None:
     """Write text from a prompt with the registered champion (sha256-checked) or a local .keras model."""
     from char_rnn.generate import Sampling, load_generator
@@ -127,7 +143,10 @@ def generate(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from None
     if result.dropped:
-        typer.secho(f"warning: prompt characters not in the vocabulary were dropped: {result.dropped!r}",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: prompt characters not in the vocabulary were dropped: {result.dropped!r}",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     for text in result.texts:
         typer.echo(result.prompt + text)

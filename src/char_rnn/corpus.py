@@ -57,9 +57,7 @@ def read_source(source: str, root: Path) -> str:
     if source in BUILTIN_CORPORA:
         parts = source.split("+")
         texts = [
-            decode(_konlpy_file(part, name), f"konlpy {part}/{name}")
-            for part in parts
-            for name in KONLPY_FILES[part]
+            decode(_konlpy_file(part, name), f"konlpy {part}/{name}") for part in parts for name in KONLPY_FILES[part]
         ]
         return "".join(normalise(t) for t in texts)
     path = Path(source) if Path(source).is_absolute() else root / source

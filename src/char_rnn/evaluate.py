@@ -25,7 +25,6 @@ from char_rnn.heldout import Weights, rnn_char_probabilities
 from char_rnn.params import Params
 from char_rnn.windows import WindowSpec, window_dataset
 
-
 HELDOUT_METHOD = "every validation character once, predicted from at least evaluate.context characters before it"
 
 
@@ -92,8 +91,9 @@ def dynamic_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, dynamic: dict
     from char_rnn.ngram import bits_per_char, perplexity
 
     rate = dynamic["rate"]
-    probs = dynamic_char_probabilities(model, ids, validation_start(spec), None, rate, dynamic["segment"],
-                                       dynamic["context"])
+    probs = dynamic_char_probabilities(
+        model, ids, validation_start(spec), None, rate, dynamic["segment"], dynamic["context"]
+    )
     return {
         "dynamic_rate": rate,
         "dynamic_bits_per_char": bits_per_char(probs),

@@ -126,8 +126,14 @@ class StepModel:
         scalar = tf.TensorSpec([], tf.int32)
         self._run = tf.function(
             self._generate,
-            input_signature=[tf.TensorSpec([None], tf.int32), scalar, scalar,
-                             tf.TensorSpec([], tf.float32), scalar, tf.TensorSpec([], tf.int64)],
+            input_signature=[
+                tf.TensorSpec([None], tf.int32),
+                scalar,
+                scalar,
+                tf.TensorSpec([], tf.float32),
+                scalar,
+                tf.TensorSpec([], tf.int64),
+            ],
         )
 
     def initial_state(self, batch: Any) -> list[list[Any]]:
@@ -187,8 +193,14 @@ class StepModel:
 
     def run(self, prompt_ids: list[int], batch: int, sampling: Sampling) -> np.ndarray:
         """(batch, length) ids continuing `prompt_ids`; the same seed gives the same ids."""
-        ids = self._run(np.asarray(prompt_ids, dtype=np.int32), batch, sampling.length,
-                        sampling.temperature, sampling.top_k, seed_of(sampling))
+        ids = self._run(
+            np.asarray(prompt_ids, dtype=np.int32),
+            batch,
+            sampling.length,
+            sampling.temperature,
+            sampling.top_k,
+            seed_of(sampling),
+        )
         return ids.numpy()
 
     def run_mixture(self, prompt_ids: list[int], batch: int, sampling: Sampling, mixture: Mixture) -> np.ndarray:
@@ -222,7 +234,9 @@ class Generator:
         if outputs != len(chars):
             raise GenerationError(f"the vocabulary has {len(chars)} characters but the model predicts {outputs}")
         if mixture is not None and mixture.ngram.vocab_size != len(chars):
-            raise GenerationError(f"the n-gram knows {mixture.ngram.vocab_size} characters, the vocabulary {len(chars)}")
+            raise GenerationError(
+                f"the n-gram knows {mixture.ngram.vocab_size} characters, the vocabulary {len(chars)}"
+            )
         self.model = model
         self.chars = chars
         self.mixture = mixture

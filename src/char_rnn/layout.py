@@ -30,11 +30,11 @@ class Layout:
     def _run(self) -> Path:
         return self.run_dir or self.root
 
-    def for_run(self, run_dir: Path) -> "Layout":
+    def for_run(self, run_dir: Path) -> Layout:
         return Layout(self.root, run_dir)
 
     @classmethod
-    def discover(cls) -> "Layout":
+    def discover(cls) -> Layout:
         return cls(find_root())
 
     @property

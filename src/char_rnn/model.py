@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import keras
 
@@ -44,9 +45,7 @@ class OneHot(keras.layers.Layer):
         return {**super().get_config(), "depth": self.depth}
 
 
-def build_model(
-    params: ModelParams, vocab_size: int, name: str | None = None, seed: int | None = None
-) -> keras.Model:
+def build_model(params: ModelParams, vocab_size: int, name: str | None = None, seed: int | None = None) -> keras.Model:
     """ids (batch, time) -> next-character probabilities (batch, time, vocab) at every step (one member).
 
     With `seed`, the layers' initial weights and dropout seeds depend on it alone (see `layer_seeds`).

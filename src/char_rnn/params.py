@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from char_rnn.errors import PipelineError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from char_rnn.errors import PipelineError
 
 BUILTIN_CORPORA = ("seed", "kolaw", "kobill", "kolaw+kobill")
 
@@ -31,7 +32,8 @@ class _Section(BaseModel):
 
 
 class CorpusParams(_Section):
-    source: str = Field(description="'seed' (the blog's sentence), 'kolaw', 'kobill', 'kolaw+kobill' "
+    source: str = Field(
+        description="'seed' (the blog's sentence), 'kolaw', 'kobill', 'kolaw+kobill' "
         "(texts shipped with konlpy) or a path to a UTF-8 text file",
     )
 
@@ -51,11 +53,13 @@ class WindowParams(_Section):
 class SplitParams(_Section):
     val_fraction: float = Field(ge=0.0, lt=1.0, description="contiguous tail of the corpus held out for validation")
     tune_fraction: float = Field(
-        ge=0.0, lt=1.0, description="slice just before the validation tail, held out from the first fit to fit the hybrid's weights"
+        ge=0.0,
+        lt=1.0,
+        description="slice just before the validation tail, held out from the first fit to fit the hybrid's weights",
     )
 
     @model_validator(mode="after")
-    def _room_for_training(self) -> "SplitParams":
+    def _room_for_training(self) -> SplitParams:
         if self.val_fraction + self.tune_fraction >= 1.0:
             raise ValueError("val_fraction + tune_fraction must leave text to train on (sum < 1)")
         return self
@@ -77,11 +81,17 @@ class ModelParams(_Section):
     units: int = Field(ge=1, le=8192)
     layers: int = Field(ge=1, le=8)
     dropout: float = Field(ge=0.0, lt=1.0, description="dropout on each recurrent layer's output")
-    recurrent_dropout: float = Field(ge=0.0, lt=1.0, description="dropout on the recurrent state (about 40 % slower on CPU)")
+    recurrent_dropout: float = Field(
+        ge=0.0, lt=1.0, description="dropout on the recurrent state (about 40 % slower on CPU)"
+    )
     input: InputEncoding
     embedding_dim: int = Field(ge=1, le=4096, description="used only when input is 'embedding'")
-    ensemble: int = Field(ge=1, le=16, description="RNNs of this shape, trained with seeds train.seed, "
-        "train.seed + 1, ...; the model averages their probabilities")
+    ensemble: int = Field(
+        ge=1,
+        le=16,
+        description="RNNs of this shape, trained with seeds train.seed, "
+        "train.seed + 1, ...; the model averages their probabilities",
+    )
 
 
 class Schedule(str, Enum):
@@ -98,19 +108,26 @@ class TrainParams(_Section):
     early_stopping_patience: int = Field(
         ge=0, description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off"
     )
-    refit_with_tune: bool = Field(description="after fitting the hybrid's weights, train again on training + tuning "
-        "text for the epochs the first fit kept, so the scored RNN reads the text the scored n-gram counts")
+    refit_with_tune: bool = Field(
+        description="after fitting the hybrid's weights, train again on training + tuning "
+        "text for the epochs the first fit kept, so the scored RNN reads the text the scored n-gram counts"
+    )
     seed: int = Field(ge=0)
 
 
 class BaselineParams(_Section):
     order: int = Field(ge=1, le=10, description="n of the Kneser-Ney character n-gram")
-    cache_window: int = Field(ge=0, le=100_000, description="the hybrid's third part: a cache of the last this many "
-        "characters, weighted with the RNN and the n-gram on the tuning slice; 0 = none")
+    cache_window: int = Field(
+        ge=0,
+        le=100_000,
+        description="the hybrid's third part: a cache of the last this many "
+        "characters, weighted with the RNN and the n-gram on the tuning slice; 0 = none",
+    )
 
 
 class ValidationParams(_Section):
-    max_control_share: float = Field(ge=0.0, le=1.0, description="largest allowed share of control characters (tab and newline excepted)"
+    max_control_share: float = Field(
+        ge=0.0, le=1.0, description="largest allowed share of control characters (tab and newline excepted)"
     )
 
 
@@ -119,8 +136,10 @@ class EvaluateParams(_Section):
     sample_length: int = Field(ge=1, le=10_000)
     temperature: float = Field(ge=0.0, description="0 picks the most likely character (greedy)")
     context: int = Field(ge=1, description="characters of preceding text every held-out character is scored with")
-    dynamic_rates: list[float] = Field(description="SGD learning rates for dynamic evaluation (the RNN learns "
-        "from each scored segment before the next), tried on the tuning slice; [] = static scoring only")
+    dynamic_rates: list[float] = Field(
+        description="SGD learning rates for dynamic evaluation (the RNN learns "
+        "from each scored segment before the next), tried on the tuning slice; [] = static scoring only"
+    )
     dynamic_segment: int = Field(ge=1, le=10_000, description="characters scored per dynamic-evaluation step")
     dynamic_context: int = Field(ge=1, le=100_000, description="characters before each segment read by its step")
 
@@ -200,22 +219,26 @@ class Params(_Section):
     sweep: SweepParams
 
     @model_validator(mode="after")
-    def _needs_held_out_text(self) -> "Params":
+    def _needs_held_out_text(self) -> Params:
         """Options that read held-out text are refused when the split provides none."""
         if self.train.early_stopping_patience and not self.split.val_fraction:
             raise ValueError("train.early_stopping_patience needs split.val_fraction > 0 (it watches val_loss)")
         if self.registry.metric is Metric.hybrid_bits_per_char and not (
             self.split.val_fraction and self.split.tune_fraction
         ):
-            raise ValueError("registry.metric hybrid_bits_per_char needs split.val_fraction and split.tune_fraction > 0")
+            raise ValueError(
+                "registry.metric hybrid_bits_per_char needs split.val_fraction and split.tune_fraction > 0"
+            )
         if self.registry.metric is Metric.hybrid_bits_per_char and not self.train.refit_with_tune:
             raise ValueError(
                 "registry.metric hybrid_bits_per_char needs train.refit_with_tune: true (else the scored n-gram"
                 " has read the tuning slice and the RNN has not, and the weights were fitted with neither)"
             )
         if self.evaluate.dynamic_rates and not (self.split.val_fraction and self.split.tune_fraction):
-            raise ValueError("evaluate.dynamic_rates needs split.val_fraction and split.tune_fraction > 0 (the rate"
-                             " is chosen on the tuning slice, the scored text is the validation tail)")
+            raise ValueError(
+                "evaluate.dynamic_rates needs split.val_fraction and split.tune_fraction > 0 (the rate"
+                " is chosen on the tuning slice, the scored text is the validation tail)"
+            )
         if self.train.refit_with_tune and not self.split.tune_fraction:
             raise ValueError("train.refit_with_tune needs split.tune_fraction > 0 (there is nothing to refit on)")
         return self

@@ -31,7 +31,10 @@ from char_rnn.registry import resolve_version
 
 RNN_BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
 HYBRID_BUNDLE = (*RNN_BUNDLE, "ngram", "hybrid")
-SHIM = "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\nset_model(CharRNNGenerator())\n"
+SHIM = (
+    "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\n"
+    "set_model(CharRNNGenerator())\n"
+)
 
 
 class CharRNNGenerator(PythonModel):
@@ -83,10 +86,12 @@ def signature() -> Any:
     from mlflow.types.schema import AnyType, ColSpec, Schema
 
     return ModelSignature(
-        inputs=Schema([
-            ColSpec("string", "prompt"),
-            *(ColSpec(AnyType(), field.name, required=False) for field in fields(Sampling)),
-        ]),
+        inputs=Schema(
+            [
+                ColSpec("string", "prompt"),
+                *(ColSpec(AnyType(), field.name, required=False) for field in fields(Sampling)),
+            ]
+        ),
         outputs=Schema([ColSpec("string", "text"), ColSpec("string", "dropped")]),
     )
 
@@ -129,9 +134,9 @@ def load_registered(uri: str) -> Generator:
 
     version = resolve_version(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp
-        ))
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp)
+        )
         bundled = Model.load(str(local)).flavors["python_function"].get("artifacts", {})
         try:
             files = bundle_files({name: entry["path"] for name, entry in bundled.items()}, local)

@@ -8,9 +8,10 @@ stages can run in separate processes and DVC can cache each one. Heavy imports s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from char_rnn.corpus import ingest as ingest_corpus
 from char_rnn.corpus import read_corpus
@@ -66,8 +67,8 @@ def baseline(params: Params, layout: Layout) -> dict[str, Any]:
 
 def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) -> dict[str, Any]:
     from char_rnn.registry import file_md5, git_commit
-    from char_rnn.train import train as run_training
     from char_rnn.tracking import save_run_link
+    from char_rnn.train import train as run_training
 
     spec, _, _ = load_windows(layout.windows)
     lineage = {
@@ -77,8 +78,15 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         **(tags or {}),
     }
     result = run_training(
-        params, spec, load_text_ids(layout.windows), layout.mlruns, layout.model, layout.history, layout.hybrid,
-        extra_artifacts=[layout.validation_report, layout.vocab], tags=lineage,
+        params,
+        spec,
+        load_text_ids(layout.windows),
+        layout.mlruns,
+        layout.model,
+        layout.history,
+        layout.hybrid,
+        extra_artifacts=[layout.validation_report, layout.vocab],
+        tags=lineage,
     )
     save_run_link(layout.train_run, result.run_id, result.model_uri)
     return {"run_id": result.run_id, "epochs": len(result.history["loss"]), "loss": result.history["loss"][-1]}
@@ -131,8 +139,15 @@ def register(params: Params, layout: Layout) -> dict[str, Any]:
         "keras_model_uri": link["model_uri"],
     }
     registration = asdict(
-        register_version(link["run_id"], bundle(params, layout), params.evaluate.prompt,
-                         params.registry.model_name, params.registry.metric, metrics, tags)
+        register_version(
+            link["run_id"],
+            bundle(params, layout),
+            params.evaluate.prompt,
+            params.registry.model_name,
+            params.registry.metric,
+            metrics,
+            tags,
+        )
     )
     layout.registration.parent.mkdir(parents=True, exist_ok=True)
     layout.registration.write_text(json.dumps(registration, indent=1) + "\n", encoding="utf-8")

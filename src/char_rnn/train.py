@@ -9,10 +9,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,9 +121,7 @@ def fit(
     ).history
     last = {k: v[-1] for k, v in history.items()}
     if not all(math.isfinite(v) for v in last.values()):
-        raise TrainingDiverged(
-            f"training diverged at epoch {len(history['loss'])}: {last}; lower train.learning_rate"
-        )
+        raise TrainingDiverged(f"training diverged at epoch {len(history['loss'])}: {last}; lower train.learning_rate")
     return model, history
 
 
@@ -160,8 +159,12 @@ def fit_with_hybrid(
     hybrid: dict[str, Any] = {"weights": None, "tune_chars": spec.tune_chars, "refit_with_tune": False}
     if spec.tune_chars:
         weights = fit_hybrid_weights(
-            [model for model, _ in fits], ids, (spec.train_chars, start), params.baseline.order,
-            params.evaluate.context, params.baseline.cache_window,
+            [model for model, _ in fits],
+            ids,
+            (spec.train_chars, start),
+            params.baseline.order,
+            params.evaluate.context,
+            params.baseline.cache_window,
         )
         hybrid["weights"] = asdict(weights)
         mlflow.log_metrics(weights.metrics())

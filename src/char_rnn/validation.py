@@ -103,15 +103,9 @@ def run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> dict[s
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch = (
-        context.data_sources.add_pandas(name)
-        .add_dataframe_asset(name)
-        .add_batch_definition_whole_dataframe(name)
-    )
+    batch = context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
     suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-    result = gx.ValidationDefinition(data=batch, suite=suite, name=name).run(
-        batch_parameters={"dataframe": frame}
-    )
+    result = gx.ValidationDefinition(data=batch, suite=suite, name=name).run(batch_parameters={"dataframe": frame})
     return {"suite": name, "success": bool(result.success), "expectations": [_summarise(r) for r in result.results]}
 
 

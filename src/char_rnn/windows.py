@@ -77,8 +77,8 @@ def split_ids(ids: np.ndarray, split: SplitParams, length: int) -> tuple[np.ndar
 
     Nothing is interleaved, so no validation character has been seen in training, even in a window.
     """
-    n_val = int(round(len(ids) * split.val_fraction))
-    n_tune = int(round(len(ids) * split.tune_fraction))
+    n_val = round(len(ids) * split.val_fraction)
+    n_tune = round(len(ids) * split.tune_fraction)
     n_train = len(ids) - n_val - n_tune
     train, tune, val = ids[:n_train], ids[n_train : n_train + n_tune], ids[n_train + n_tune :]
     if split.tune_fraction and not n_tune:
@@ -98,9 +98,7 @@ def split_ids(ids: np.ndarray, split: SplitParams, length: int) -> tuple[np.ndar
     return train, tune, val
 
 
-def make_windows(
-    text: str, window: WindowParams, split: SplitParams, vocab_path: Path, out_dir: Path
-) -> WindowSpec:
+def make_windows(text: str, window: WindowParams, split: SplitParams, vocab_path: Path, out_dir: Path) -> WindowSpec:
     """The window stage: vocabulary JSON plus one id file per split and the spec they satisfy."""
     chars = build_vocab(text)
     train, tune, val = split_ids(encode(text, chars), split, window.length)
@@ -146,7 +144,7 @@ def window_views(ids: np.ndarray, length: int, stride: int) -> tuple[np.ndarray,
 
 def window_dataset(
     ids: np.ndarray, length: int, stride: int, batch_size: int, shuffle_seed: int | None
-) -> "tf.data.Dataset":
+) -> tf.data.Dataset:
     """Batches of (inputs, targets), cut from the id array on the fly by `tf.gather`.
 
     Only the start offsets are shuffled (seeded, reshuffled every epoch like Keras' `fit`), and as

@@ -22,7 +22,7 @@ from typing import Any
 
 from char_rnn.corpus import read_corpus
 from char_rnn.generate import Generator, Mixture, Sampling
-from char_rnn.heldout import Weights
+from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.ngram import KneserNey
 from char_rnn.params import load_params

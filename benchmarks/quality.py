@@ -54,10 +54,10 @@ def main() -> None:
         shutil.copy(args.config, root / "params.yaml")
         layout = Layout(root)
         timings: dict[str, float] = {}
-        for name, stage in stages.STAGES.items():
+        for stage in stages.STAGES:
             started = time.perf_counter()
-            stage(params, layout)
-            timings[name] = time.perf_counter() - started
+            stage.run(params, layout)
+            timings[stage.name] = time.perf_counter() - started
         metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
         tuned = (json.loads(layout.hybrid.read_text(encoding="utf-8")).get("dynamic") or {}).get("tune_bits_per_char")
     finally:
@@ -70,7 +70,8 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float], tuned
     print(
         f"config {config}: corpus {params.corpus.source}, {params.model.cell.value}({params.model.units})"
         f" x{params.model.layers}, window {params.window.length}/{params.window.stride},"
-        f" {metrics['epochs']} of {params.train.epochs} epochs, train {timings['train'] / 60:.1f} min"
+        f" {metrics['epochs']} of {params.train.epochs} epochs, train + tune + refit"
+        f" {(timings['train'] + timings['tune'] + timings['refit']) / 60:.1f} min"
     )
     print(f"scored: {metrics['heldout_chars']} validation characters, each once ({metrics['bits_per_char_method']})")
     print(f"{'model':<10} {'bits/char':>9} {'vs n-gram':>10} {'goal':>6}")
@@ -86,7 +87,7 @@ def report(config: Path, params, metrics: dict, timings: dict[str, float], tuned
     if "dynamic_rate" in metrics:
         print(
             f"dynamic evaluation: SGD rate {metrics['dynamic_rate']} (chosen on the tuning slice),"
-            f" segments of {params.evaluate.dynamic_segment}, evaluate {timings['evaluate'] / 60:.1f} min"
+            f" segments of {params.tune.dynamic_segment}, evaluate {timings['evaluate'] / 60:.1f} min"
         )
         print(
             "tuning slice bits/char by rate:",

@@ -7,7 +7,7 @@ every window of kolaw (18,884 characters, 380 distinct), for the same number of 
 
 - blog: `to_categorical` input and target arrays (windows x 20 x V, float64), `categorical_crossentropy`,
   `model.fit(x_onehot, y_onehot)`, exactly as in the blog post;
-- ours: what `char_rnn.train.fit` does (seeded and deterministic, `window_dataset` streaming int ids,
+- ours: what `char_rnn.training.fit` does (seeded and deterministic, `window_dataset` streaming int ids,
   `build_model` with the in-model OneHot, sparse cross-entropy), without its MLflow epoch logger.
 
 A third run trains ours on a 1,000,000-character corpus (kolaw repeated) for the same number of
@@ -76,12 +76,12 @@ def run_blog(epochs: int) -> dict[str, float]:
 
 
 def run_ours(epochs: int, n_chars: int | None, steps: int | None) -> dict[str, float]:
-    """`char_rnn.train.fit`'s recipe; `steps` cuts every epoch to that many batches."""
+    """`char_rnn.training.fit`'s recipe; `steps` cuts every epoch to that many batches."""
     import keras
 
     from char_rnn.model import build_model, compile_model
     from char_rnn.params import load_params
-    from char_rnn.train import seed_everything
+    from char_rnn.training import seed_everything
     from char_rnn.windows import count_windows, window_dataset
 
     ids, vocab_size = kolaw_ids(n_chars)

@@ -24,9 +24,10 @@ from pipelines.failures import StageFailed, retry_if_transient
 from pipelines.versioning import is_up_to_date, record_run, require_dvc_project, warm_up
 from pipelines.worker import ModelWorker
 
-IN_FLOW_PROCESS = ("ingest", "window", "validate", "baseline")  # light: no TensorFlow, no MLflow
-IN_WORKER = ("train", "evaluate", "register")  # run in the model worker, which can be stopped
-STAGE_TIMEOUT_S = 900.0  # evaluate and register: minutes at most, even on the full corpus
+IN_FLOW_PROCESS = tuple(s.name for s in stages.STAGES if not s.needs_tensorflow)
+IN_WORKER = tuple(s.name for s in stages.STAGES if s.needs_tensorflow)  # in the model worker, which can be stopped
+TRAINING = ("train", "refit")  # bounded by the run's training budget; the other stages by STAGE_TIMEOUT_S
+STAGE_TIMEOUT_S = 900.0  # tune, evaluate and register: minutes at most, even on the full corpus
 UP_TO_DATE = "up to date: corpus, params and code unchanged since the last successful run"
 
 TASK_OPTIONS: dict[str, Any] = {
@@ -44,7 +45,7 @@ def check_unchanged(root: str, params: Params) -> bool:
 
 @task(**TASK_OPTIONS)
 def run_stage(stage: str, root: str, params: Params) -> dict[str, Any]:
-    return stages.STAGES[stage](params, Layout(Path(root)))
+    return stages.stage(stage).run(params, Layout(Path(root)))
 
 
 @task(**TASK_OPTIONS)
@@ -82,7 +83,7 @@ def _stage(name: str, call: Callable[..., Any], *args: Any) -> Any:
 
 @flow(
     name="char-rnn",
-    description="ingest → window → validate → baseline → train → evaluate → register, recorded by DVC",
+    description=" → ".join(s.name for s in stages.STAGES) + ", recorded by DVC",
 )
 def char_rnn_pipeline(
     params: Params | None = None,
@@ -111,7 +112,7 @@ def char_rnn_pipeline(
         for stage in IN_FLOW_PROCESS:
             results[stage] = _stage(stage, run_stage.with_options(name=stage), stage, where, run_params)
         for stage in IN_WORKER:
-            budget = train_timeout_s if stage == "train" else STAGE_TIMEOUT_S
+            budget = train_timeout_s if stage in TRAINING else STAGE_TIMEOUT_S
             tags = lineage_tags() if stage == "train" else None
             call = run_in_worker.with_options(name=stage)
             results[stage] = _stage(stage, call, stage, worker, run_params, budget, tags)

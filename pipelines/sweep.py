@@ -1,7 +1,7 @@
 """The sweep flow `char-rnn-sweep`: train several configs side by side, register the best one.
 
 ingest → window → validate → baseline run once, in this process; then every config of the sweep
-spec (`pipelines.sweep_spec`) is trained and evaluated as one mapped task, at most `max_parallel` at
+spec (`pipelines.sweep_spec`) is trained, tuned, refitted and evaluated as one mapped task, at most `max_parallel` at
 once through the flow's task runner (`ThreadPoolTaskRunner(max_workers=max_parallel)`; `run_sweep`
 sets it). Each trial runs its TensorFlow work in its own worker process, because Keras' seeding and
 op determinism are process-global, and writes into its own `sweeps/<sweep-id>/<trial>/` folder
@@ -41,7 +41,9 @@ from char_rnn.params import Metric, Params, SweepParams
 from pipelines.failures import StageFailed, retry_if_transient
 from pipelines.flow import (
     IN_FLOW_PROCESS,
+    IN_WORKER,
     STAGE_TIMEOUT_S,
+    TRAINING,
     _stage,
     lineage_tags,
     resolve_params,
@@ -51,6 +53,8 @@ from pipelines.sweep_spec import Trial, plan_trials
 from pipelines.worker import ModelWorker
 
 SUMMARY_ARTIFACT = "sweep/trials.json"
+# Each trial: train, then these in its own folder (register runs for the best trial only).
+TRIAL_STAGES = tuple(name for name in IN_WORKER if name not in ("train", "register"))
 
 
 class AllTrialsFailed(PipelineError):
@@ -67,7 +71,11 @@ def run_trial(trial: Trial, root: str, sweep_dir: str, tags: dict[str, str], tim
     started = time.time()
     with ModelWorker(Path(root), run_dir) as trial_worker:
         trained = trial_worker.call("train", trial.params, timeout_s, {**tags, "sweep.trial": trial.name})
-        metrics = trial_worker.call("evaluate", trial.params, STAGE_TIMEOUT_S)
+        results = {
+            stage: trial_worker.call(stage, trial.params, timeout_s if stage in TRAINING else STAGE_TIMEOUT_S)
+            for stage in TRIAL_STAGES
+        }
+    metrics = results["evaluate"]
     return {
         "run_id": trained["run_id"],
         "run_dir": str(run_dir),
@@ -182,8 +190,8 @@ def new_sweep_id() -> str:
 
 @flow(
     name="char-rnn-sweep",
-    description="ingest → window → validate → baseline once, then train+evaluate per config in parallel; "
-    "register the best",
+    description="ingest → window → validate → baseline once, then train → tune → refit → evaluate per config"
+    " in parallel; register the best",
     task_runner=ThreadPoolTaskRunner(max_workers=2),
 )
 def char_rnn_sweep(

@@ -3,8 +3,8 @@
 The tasks run the stage functions themselves (the same ones `dvc repro` runs through the CLI);
 then one `dvc commit --force` records every stage's deps, params and outputs in dvc.lock, and
 `dvc push` uploads the outputs when a default remote is configured. DVC runs in this process
-through its Python API (`dvc.repo.Repo`): a `dvc` child process per command cost 1.7 to 3 s each
-here, most of the flow's bookkeeping. DVC commands run one after another, never concurrently: DVC
+through its Python API (`dvc.repo.Repo`): a `dvc` child process per command would start Python and
+DVC again each time. DVC commands run one after another, never concurrently: DVC
 fails with "Unable to acquire lock" instead of waiting, which `TransientError` turns into a retry.
 """
 
@@ -52,7 +52,7 @@ def dvc_repo(layout: Layout) -> Iterator[Any]:
 def warm_up(layout: Layout) -> threading.Thread:
     """Import DVC and open (then close) the project's repository in a daemon thread, now.
 
-    Both cost about 1.7 s here, and the flow's own process waits idle while the model worker trains:
+    Both take a second or two, and the flow's own process waits idle while the model worker trains:
     warmed up then, the commit after the run pays only for itself. Opening a repository runs no DVC
     command and takes no lock; the caller joins the thread before its first command. Errors are left
     to that command, which reports them.

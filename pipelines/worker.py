@@ -1,4 +1,4 @@
-"""The model worker: a child process that runs the TensorFlow/MLflow stages (train, evaluate, register).
+"""The model worker: a child process that runs the stages that need TensorFlow and MLflow.
 
 Why a child process: Prefect's `timeout_seconds` cannot interrupt a blocking `model.fit` in a
 worker thread, but a process can always be stopped. A stage that outlives its time budget, or a
@@ -6,9 +6,9 @@ flow run that is cancelled, ends the worker: SIGTERM first (raised as `SystemExi
 MLflow marks the run FAILED and no model file is written), SIGKILL after a grace period.
 
 Why one long-lived worker rather than one process per stage: it starts importing TensorFlow and
-MLflow (~20 s) as soon as the flow starts, while the flow's own process runs ingest, window and
-validate, and the import is paid once for three stages. That overlap is what keeps the flow's
-cost close to a direct run.
+MLflow (the slowest imports by far) as soon as the flow starts, while the flow's own process runs the
+data stages, and the import is paid once for every stage that needs them. That overlap is what keeps
+the flow's cost close to a direct run.
 
 Protocol: one JSON request per line on the worker's stdin, one JSON reply per line on its stdout;
 the worker points its own stdout at stderr so that library output never mixes into the replies.
@@ -160,7 +160,7 @@ def _handle(request: dict[str, Any], layout: Layout) -> dict[str, Any]:
         params = parse_params(request["params"])
         if request["stage"] == "train":
             return {"result": stages.train(params, layout, tags=request["tags"])}
-        return {"result": stages.STAGES[request["stage"]](params, layout)}
+        return {"result": stages.stage(request["stage"]).run(params, layout)}
     except Exception as exc:
         return {
             "error": {

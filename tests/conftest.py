@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 _HOME = Path(tempfile.mkdtemp(prefix="char-rnn-tests-"))
 os.environ["PREFECT_HOME"] = str(_HOME / "prefect")
@@ -23,14 +24,23 @@ os.environ.pop("CHAR_RNN_ROOT", None)
 
 import pytest  # noqa: E402
 
+if TYPE_CHECKING:
+    import numpy as np
+
 from char_rnn.layout import Layout  # noqa: E402
 from char_rnn.params import Params, load_params, with_overrides  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+TEXT_VOCAB = 40  # ids of the `text` fixture, which `untrained` predicts
+
 # Small and fast: the blog's model on the blog's sentence, a few epochs.
 TINY = {"train.epochs": 3, "evaluate.sample_length": 5}
+SEED = (  # the blog's sentence, char_rnn/seed.txt
+    "알엔엔 으로 자연어 처리하기 어렵지 않아요 기본은 전부 같기때문이죠 "
+    "그래서 제가 쉽게 설명드리려고 하는겁니다 왜냐하면 쉬우니까요"
+)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -68,6 +78,18 @@ def layout(tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch
     return Layout(tmp_path)
 
 
+def write_windows(text: str, folder: Path, length: int = 20, stride: int = 1, val: float = 0.0, tune: float = 0.0):
+    """The window stage's files for `text` under `folder` (vocab.json, windows/); returns their spec."""
+    from char_rnn.params import SplitParams, WindowParams
+    from char_rnn.windows import cut_windows, save_windows
+
+    windows = cut_windows(
+        text, WindowParams(length=length, stride=stride), SplitParams(val_fraction=val, tune_fraction=tune)
+    )
+    save_windows(windows, folder / "vocab.json", folder / "windows")
+    return windows.spec
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,3 +108,28 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
     )
+
+
+@pytest.fixture(scope="module")
+def untrained():
+    """A freshly initialised model: its predictions are close to uniform, but not exactly."""
+    import keras
+
+    from char_rnn.model import build_model
+    from char_rnn.params import ModelParams
+
+    keras.utils.set_random_seed(7)
+    params = ModelParams(
+        cell="gru", units=16, layers=1, dropout=0.0, recurrent_dropout=0.0, input="one_hot", embedding_dim=8, ensemble=1
+    )
+    return build_model(params, TEXT_VOCAB)
+
+
+@pytest.fixture(scope="module")
+def text() -> np.ndarray:
+    """Random text with some repetition, so that the n-gram and the RNN disagree in interesting ways."""
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    words = [rng.integers(0, TEXT_VOCAB, size=rng.integers(2, 6)) for _ in range(12)]
+    return np.concatenate([words[i] for i in rng.integers(0, 12, size=120)]).astype(np.int32)[:400]

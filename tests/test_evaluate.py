@@ -6,16 +6,23 @@ import json
 import math
 
 import pytest
-from test_corpus import SEED
+from conftest import SEED
 
 from char_rnn import cache, stages
 from char_rnn.dynamic import dynamic_char_probabilities
-from char_rnn.evaluate import heldout_metrics
-from char_rnn.heldout import Weights, read_weights, rnn_char_probabilities
+from char_rnn.evaluation import heldout_metrics
+from char_rnn.heldout import rnn_char_probabilities
+from char_rnn.hybrid import Weights, load_hybrid
 from char_rnn.model import load_model
 from char_rnn.ngram import KneserNey, bits_per_char
 from char_rnn.params import with_overrides
 from char_rnn.windows import load_text_ids, load_windows
+
+FITTED = ("train", "tune", "refit")  # what evaluate scores: the first fit, what tune chose, the kept model
+
+
+def fit(params, layout) -> dict:
+    return {name: stages.stage(name).run(params, layout) for name in FITTED}
 
 
 @pytest.fixture
@@ -33,12 +40,12 @@ def held_out(layout, tiny_params):
             "train.epochs": 30,
             "train.early_stopping_patience": 2,
             "train.learning_rate": 0.01,
-            "baseline.cache_window": 30,
-            "evaluate.dynamic_rates": [0.01, 0.1],
+            "tune.cache_window": 30,
+            "tune.dynamic_rates": [0.01, 0.1],
         },
     )
     for stage in ("ingest", "window", "validate", "baseline"):
-        stages.STAGES[stage](params, layout)
+        stages.stage(stage).run(params, layout)
     return layout, params
 
 
@@ -54,39 +61,37 @@ def test_without_split_metrics_are_the_blogs(layout, tiny_params):
 
 def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     layout, params = held_out
-    stages.train(params, layout)
+    fit(params, layout)
     metrics = stages.evaluate(params, layout)
     spec = json.loads((layout.windows / "spec.json").read_text(encoding="utf-8"))
     baseline = json.loads(layout.baseline.read_text(encoding="utf-8"))
     assert metrics["heldout_chars"] == spec["val_chars"] == baseline["scored_chars"]
     assert metrics["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"])
-    weights = read_weights(layout.hybrid)
+    hybrid = load_hybrid(layout.hybrid)
+    weights = hybrid.weights
     assert {key: metrics[key] for key in weights.metrics()} == weights.metrics()
     # The hybrid's figure is the three parts' mixture on the validation text, the cache's included.
     ids, start = load_text_ids(layout.windows), spec["train_chars"] + spec["tune_chars"]
     p_rnn = rnn_char_probabilities(load_model(str(layout.model)), ids, start, warmup=params.evaluate.context)
     p_kn = KneserNey.load(layout.ngram).char_probabilities(ids, start)
-    p_cache = cache.char_probabilities(ids, start, None, params.baseline.cache_window)
-    assert weights.cache_window == params.baseline.cache_window
+    p_cache = cache.char_probabilities(ids, start, None, params.tune.cache_window)
+    assert weights.cache_window == params.tune.cache_window
     assert metrics["hybrid_bits_per_char"] == pytest.approx(bits_per_char(weights.mix(p_rnn, p_kn, p_cache)))
     # Here the n-gram has read every rotation and takes nearly all the weight; with a cache share
     # forced in, the scored figure follows the three-part mixture.
-    forced = Weights(0.3, 0.3, 0.4, cache_window=params.baseline.cache_window)
+    forced = Weights(0.3, 0.3, 0.4, cache_window=params.tune.cache_window)
     model, ngram = load_model(str(layout.model)), KneserNey.load(layout.ngram)
     scored = heldout_metrics(model, ngram, forced, ids, load_windows(layout.windows)[0], params.evaluate.context)
     assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(forced.mix(p_rnn, p_kn, p_cache)))
     assert metrics["bits_per_char"] == pytest.approx(math.log2(metrics["perplexity"]))
     # The static figure is the saved model's: dynamic evaluation below leaves no trace on it.
     assert metrics["bits_per_char"] == pytest.approx(bits_per_char(p_rnn))
-    # The RNN under dynamic evaluation, with the settings the train stage chose the rate for.
-    dynamic = json.loads(layout.hybrid.read_text(encoding="utf-8"))["dynamic"]
-    assert set(dynamic["tune_bits_per_char"]) == {"0.0", "0.01", "0.1"}
-    assert dynamic["rate"] in (0.0, 0.01, 0.1) and metrics["dynamic_rate"] == dynamic["rate"]
-    evaluate = params.evaluate
-    assert (dynamic["segment"], dynamic["context"]) == (evaluate.dynamic_segment, evaluate.dynamic_context)
-    p_dynamic = dynamic_char_probabilities(
-        model, ids, start, None, dynamic["rate"], dynamic["segment"], dynamic["context"]
-    )
+    # The RNN under dynamic evaluation, with the settings the tune stage chose the rate for.
+    dynamic = hybrid.dynamic
+    assert set(dynamic.tune_bits_per_char) == {"0.0", "0.01", "0.1"}
+    assert dynamic.rate in (0.0, 0.01, 0.1) and metrics["dynamic_rate"] == dynamic.rate
+    assert (dynamic.segment, dynamic.context) == (params.tune.dynamic_segment, params.tune.dynamic_context)
+    p_dynamic = dynamic_char_probabilities(model, ids, start, None, dynamic.rate, dynamic.segment, dynamic.context)
     assert metrics["dynamic_bits_per_char"] == pytest.approx(bits_per_char(p_dynamic))
 
 
@@ -94,46 +99,46 @@ def test_early_stopping_restores_the_best_epoch(held_out):
     import mlflow
 
     layout, params = held_out
-    run_id = stages.train(params, layout)["run_id"]
+    run_id = fit(params, layout)["train"]["run_id"]
     val_loss = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
     assert len(val_loss) < params.train.epochs, "the run should have stopped early"
     metrics = stages.evaluate(params, layout)
     assert metrics["loss"] == pytest.approx(min(val_loss), rel=1e-4)
 
 
-def test_refit_reads_the_tuning_slice_after_the_weight_is_fitted_without_it(held_out):
+def test_refit_reads_the_tuning_slice_after_the_weights_are_fitted_without_it(held_out):
     import mlflow
     import numpy as np
 
-    layout, params = held_out
-    stages.train(params, layout)
-    from char_rnn.model import load_model
+    from char_rnn.training import FitRecord
 
-    plain = json.loads(layout.hybrid.read_text(encoding="utf-8"))
+    layout, params = held_out
+    fit(params, layout)
+    plain = load_hybrid(layout.hybrid)
     plain_weights = load_model(str(layout.model)).get_weights()
-    refit = with_overrides(params, {"train.refit_with_tune": True})
-    run_id = stages.train(refit, layout)["run_id"]
-    hybrid = json.loads(layout.hybrid.read_text(encoding="utf-8"))
+    assert all(np.array_equal(a, b) for a, b in zip(plain_weights, load_model(str(layout.fit_model)).get_weights()))
+    refit = with_overrides(params, {"refit.enabled": True})
+    run_id = fit(refit, layout)["train"]["run_id"]
     # The first fit is the plain run again (seeded): the weights come from it, before the tuning slice is read.
-    assert hybrid["weights"] == plain["weights"] and 0.0 <= hybrid["weights"]["rnn"] <= 1.0
-    assert hybrid["refit_with_tune"] and not plain["refit_with_tune"]
+    assert load_hybrid(layout.hybrid) == plain and 0.0 <= plain.weights.rnn <= 1.0
     client = mlflow.MlflowClient()
     val_loss = [m.value for m in client.get_metric_history(run_id, "val_loss")]
-    assert hybrid["refit_epochs"] == [int(np.argmin(val_loss)) + 1]
-    assert len(client.get_metric_history(run_id, "refit_loss")) == hybrid["refit_epochs"][0]
+    (member,) = FitRecord.model_validate_json(layout.fit_record.read_text()).members
+    assert member.kept_epochs == int(np.argmin(val_loss)) + 1 and member.epochs == len(val_loss)
+    assert len(client.get_metric_history(run_id, "refit_loss")) == member.kept_epochs
     refit_weights = load_model(str(layout.model)).get_weights()
     assert not all(np.array_equal(a, b) for a, b in zip(plain_weights, refit_weights, strict=True))
     metrics = stages.evaluate(refit, layout)
-    assert metrics["hybrid_weight_rnn"] == hybrid["weights"]["rnn"]
-    assert metrics["epochs"] == hybrid["refit_epochs"][0]
+    assert metrics["hybrid_weight_rnn"] == plain.weights.rnn
+    assert metrics["epochs"] == member.kept_epochs
 
 
 def test_refit_needs_a_tuning_slice_and_the_hybrid_metric_needs_the_refit(tiny_params):
     from char_rnn.params import ParamsError
 
-    with pytest.raises(ParamsError, match="train.refit_with_tune needs split.tune_fraction"):
-        with_overrides(tiny_params, {"train.refit_with_tune": True})
+    with pytest.raises(ParamsError, match="refit.enabled needs split.tune_fraction"):
+        with_overrides(tiny_params, {"refit.enabled": True})
     split = {"split.val_fraction": 0.2, "split.tune_fraction": 0.1, "registry.metric": "hybrid_bits_per_char"}
-    with pytest.raises(ParamsError, match="hybrid_bits_per_char needs train.refit_with_tune: true"):
+    with pytest.raises(ParamsError, match="hybrid_bits_per_char needs refit.enabled: true"):
         with_overrides(tiny_params, split)
-    assert with_overrides(tiny_params, {**split, "train.refit_with_tune": True}).train.refit_with_tune
+    assert with_overrides(tiny_params, {**split, "refit.enabled": True}).refit.enabled

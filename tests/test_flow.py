@@ -172,7 +172,7 @@ def test_run_is_tracked_registered_and_recorded_by_dvc(served: dict[str, Any], r
     assert version.run_id == run.info.run_id
     assert runs["status_after_x"] == {}
     assert lock["train"]["params"]["params.yaml"]["train"]["epochs"] == TINY["train.epochs"]
-    model_md5 = next(out["md5"] for out in lock["train"]["outs"] if out["path"] == "models/model.keras")
+    model_md5 = next(out["md5"] for out in lock["refit"]["outs"] if out["path"] == "models/model.keras")
     assert (root.parent / "remote" / "files" / "md5" / model_md5[:2] / model_md5[2:]).is_file()
 
 
@@ -201,6 +201,6 @@ def test_failed_validation_fails_the_flow_without_training_or_retry(
     assert "stage 'validate' failed" in z.state.message and "ValidationFailed" in z.state.message
     tasks = _task_runs(served["client"], z)
     assert tasks["validate"].state.is_failed() and tasks["validate"].run_count == 1
-    assert not {"baseline", "train", "evaluate", "register", "dvc-commit"} & set(tasks)
+    assert not {"baseline", "train", "tune", "refit", "evaluate", "register", "dvc-commit"} & set(tasks)
     assert len(_training_runs(root)) == 1
     assert runs["before_z"] == {name: (root / name).read_bytes() for name in ("dvc.lock", "params.yaml")}

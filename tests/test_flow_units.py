@@ -10,7 +10,7 @@ import pytest
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params, ParamsError, load_params
-from char_rnn.train import TrainingDiverged
+from char_rnn.training import TrainingDiverged
 from char_rnn.validation import ValidationFailed
 from pipelines.failures import TransientError, is_transient
 from pipelines.flow import resolve_params
@@ -68,5 +68,5 @@ def test_a_stage_past_its_budget_is_stopped(layout: Layout, tiny_params: Params)
         worker.call("train", tiny_params, timeout_s=2)
     assert worker.process.poll() is not None
     assert time.monotonic() - start < 15
-    assert not layout.model.exists()
+    assert not layout.fit_model.exists()
     assert isinstance(StageTimedOut("x"), PipelineError)

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from char_rnn.generate import GenerationError, Generator, Mixture, Sampling, StepModel
-from char_rnn.heldout import Weights
+from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params, with_overrides
 
@@ -172,6 +172,7 @@ def test_bad_sampling_values_are_refused(bad: dict[str, float]) -> None:
         Sampling(**bad)
 
 
+@pytest.mark.integration  # trains the blog's model for its 100 epochs
 def test_greedy_continues_the_blog_sentence_from_the_champion(
     seed_project: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -191,6 +192,7 @@ def test_greedy_continues_the_blog_sentence_from_the_champion(
     assert result.texts == [rest]
 
 
+@pytest.mark.integration
 def test_cli_generates_from_the_champion(seed_project: Layout, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the CLI finds the store from its cwd
     result = run_cli(

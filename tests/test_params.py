@@ -29,8 +29,8 @@ def test_repo_params_reproduce_the_blog(repo_params):
         ("model.units", "many", "valid integer"),
         ("split.val_fraction", 1.5, "less than 1"),
         ("registry.metric", "f1", "'bits_per_char', 'hybrid_bits_per_char', 'loss', 'perplexity' or 'accuracy'"),
-        ("evaluate.dynamic_rates", [0.1, 0.0], "every rate must be > 0"),
-        ("evaluate.dynamic_segment", 0, "greater than or equal to 1"),
+        ("tune.dynamic_rates", [0.1, 0.0], "every rate must be > 0"),
+        ("tune.dynamic_segment", 0, "greater than or equal to 1"),
     ],
 )
 def test_bad_value_names_key_and_what_is_allowed(repo_params, key, value, allowed):
@@ -81,7 +81,7 @@ def test_cli_rejects_bad_params_before_importing_tensorflow(tmp_path: Path):
 
 
 def test_dynamic_evaluation_needs_a_tuning_slice_and_a_validation_tail(repo_params):
-    with pytest.raises(ParamsError, match="evaluate.dynamic_rates needs split.val_fraction and split.tune_fraction"):
-        with_overrides(repo_params, {"evaluate.dynamic_rates": [0.1], "split.val_fraction": 0.2})
+    with pytest.raises(ParamsError, match="tune.dynamic_rates needs split.val_fraction and split.tune_fraction"):
+        with_overrides(repo_params, {"tune.dynamic_rates": [0.1], "split.val_fraction": 0.2})
     split = {"split.val_fraction": 0.2, "split.tune_fraction": 0.1}
-    assert with_overrides(repo_params, {**split, "evaluate.dynamic_rates": [0.1]}).evaluate.dynamic_rates == [0.1]
+    assert with_overrides(repo_params, {**split, "tune.dynamic_rates": [0.1]}).tune.dynamic_rates == [0.1]

@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 
 from char_rnn.layout import Layout
+from char_rnn.lineage import ModelIntegrityError, file_sha256
 from char_rnn.params import Metric, Params
-from char_rnn.registry import (
-    CHALLENGER,
-    CHAMPION,
-    ModelIntegrityError,
-    RegistrationRefused,
-    file_sha256,
-    register,
-)
+from char_rnn.registry import CHALLENGER, CHAMPION, RegistrationRefused
+from char_rnn.serving import register_generator
 
 NAME = "char-rnn-test"
 CHARS = list(" 가나다")
@@ -51,7 +46,7 @@ def run(status: str = "FINISHED") -> str:
 
 
 def register_run(files: dict[str, Path], bits: float, status: str = "FINISHED"):
-    return register(run(status), files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
+    return register_generator(run(status), files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
 
 
 def aliases() -> dict[str, str]:
@@ -90,7 +85,7 @@ def test_failed_run_is_refused_and_no_alias_moves(files: dict[str, Path], status
     register_run(files, 2.0)
     refused = run(status)
     with pytest.raises(RegistrationRefused, match="nothing registered"):
-        register(refused, files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
+        register_generator(refused, files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
     assert aliases() == {CHAMPION: "1"}
     assert [str(v.version) for v in MlflowClient().search_model_versions(f"name='{NAME}'")] == ["1"]
     experiment = MlflowClient().get_run(refused).info.experiment_id
@@ -122,11 +117,13 @@ def test_the_hybrid_is_registered_with_its_ngram_and_weight(files: dict[str, Pat
     from char_rnn.ngram import KneserNey
     from char_rnn.serving import load_registered
 
-    KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).save(layout.ngram)
+    layout.ngram.write_bytes(KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).to_bytes())
     weights = {"rnn": 0.25, "ngram": 0.5, "cache": 0.25, "cache_window": 50}
-    layout.hybrid.write_text(json.dumps({"weights": weights}), encoding="utf-8")
+    layout.hybrid.write_text(json.dumps({"weights": weights}), encoding="utf-8")  # a train stage's file, before tune
     hybrid = {**files, "ngram": layout.ngram, "hybrid": layout.hybrid}
-    version = register(run(), hybrid, "가나", NAME, Metric.hybrid_bits_per_char, {"hybrid_bits_per_char": 3.0}, {})
+    version = register_generator(
+        run(), hybrid, "가나", NAME, Metric.hybrid_bits_per_char, {"hybrid_bits_per_char": 3.0}, {}
+    )
     assert version.alias == CHAMPION
     tags = mlflow.MlflowClient().get_model_version(NAME, version.version).tags
     assert tags["ngram_sha256"] == file_sha256(layout.ngram) and tags["hybrid_sha256"] == file_sha256(layout.hybrid)

@@ -53,6 +53,7 @@ def test_cli_refuses_a_bad_spec_before_running(tmp_path: Path) -> None:
     assert "parallel: Extra inputs are not permitted" in result.output
 
 
+@pytest.mark.integration  # Prefect's temporary server and two worker processes
 def test_sweep_trains_two_configs_at_once_nested_and_registers_the_best(layout: Layout, tiny_params: Params) -> None:
     from mlflow import MlflowClient
 

@@ -41,7 +41,7 @@ def test_initial_weights_ignore_other_threads_drawing_from_pythons_random(repo_p
     import threading
 
     from char_rnn.model import build_model
-    from char_rnn.train import seed_everything
+    from char_rnn.training import seed_everything
 
     def weights(seed: int | None) -> list[np.ndarray]:
         seed_everything(42)
@@ -70,11 +70,11 @@ def test_training_is_deterministic_and_saved_model_loads_safely(windowed, tiny_p
     from char_rnn.model import load_model
 
     first = stages.train(tiny_params, windowed)
-    first_weights = load_model(str(windowed.model)).get_weights()
+    first_weights = load_model(str(windowed.fit_model)).get_weights()
     second = stages.train(tiny_params, windowed)
     assert first["run_id"] != second["run_id"]
     assert first["loss"] == second["loss"]
-    second_weights = load_model(str(windowed.model)).get_weights()
+    second_weights = load_model(str(windowed.fit_model)).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(first_weights, second_weights, strict=True))
 
 
@@ -99,7 +99,7 @@ def test_an_ensemble_averages_members_trained_with_their_own_seeds(windowed, tin
 
     params = with_overrides(tiny_params, {"model.ensemble": 2, "train.epochs": 4})
     run_id = stages.train(params, windowed)["run_id"]
-    model = load_model(str(windowed.model))
+    model = load_model(str(windowed.fit_model))
     members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert [member.name for member in members] == ["member_1", "member_2"]
     ids = (np.arange(12, dtype=np.int32) % model.output_shape[-1])[None]
@@ -110,19 +110,20 @@ def test_an_ensemble_averages_members_trained_with_their_own_seeds(windowed, tin
     client = mlflow.MlflowClient()
     first, second = ([m.value for m in client.get_metric_history(run_id, key)] for key in ("loss", "member2_loss"))
     assert len(first) == len(second) == 4 and first != second
+    for stage in ("tune", "refit"):
+        stages.stage(stage).run(params, windowed)
     metrics = stages.evaluate(params, windowed)  # the blog's metrics, from the averaged model
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["epochs"] == 4
 
 
-def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_params):
+def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_params, monkeypatch):
     import keras
     import mlflow
 
-    from char_rnn.train import TrainingDiverged, train
-    from char_rnn.windows import load_text_ids, load_windows
+    from char_rnn import training
 
     stages.train(tiny_params, windowed)
-    before = windowed.model.read_bytes()
+    before = {path: path.read_bytes() for path in (windowed.fit_model, windowed.fit_record, windowed.train_run)}
 
     class Poison(keras.callbacks.Callback):
         """A real NaN in the weights: the next batch's loss is NaN, as after an exploding gradient."""
@@ -131,19 +132,9 @@ def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_para
             weights = self.model.get_weights()
             self.model.set_weights([np.full_like(w, np.nan) for w in weights])
 
-    spec, _, _ = load_windows(windowed.windows)
-    with pytest.raises(TrainingDiverged, match="training diverged at epoch 2"):
-        train(
-            tiny_params,
-            spec,
-            load_text_ids(windowed.windows),
-            windowed.mlruns,
-            windowed.model,
-            windowed.history,
-            windowed.hybrid,
-            extra_artifacts=[],
-            callbacks=[Poison()],
-        )
-    assert windowed.model.read_bytes() == before
+    monkeypatch.setattr(training, "early_stopping", lambda _params: [Poison()])  # the only hook inside `fit`
+    with pytest.raises(training.TrainingDiverged, match="training diverged at epoch 2"):
+        stages.train(tiny_params, windowed)
+    assert before == {path: path.read_bytes() for path in before}
     failed = mlflow.search_runs(experiment_names=["char-rnn"], filter_string="attributes.status = 'FAILED'")
     assert len(failed) == 1

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_corpus import SEED
+from conftest import SEED, write_windows
 
-from char_rnn.params import SplitParams, WindowParams
 from char_rnn.windows import (
     WindowError,
     build_vocab,
@@ -16,20 +15,13 @@ from char_rnn.windows import (
     encode,
     load_vocab,
     load_windows,
-    make_windows,
     window_dataset,
     window_views,
 )
 
 
 def test_blog_sentence_gives_the_blogs_51_windows(tmp_path: Path):
-    spec = make_windows(
-        SEED,
-        WindowParams(length=20, stride=1),
-        SplitParams(val_fraction=0.0, tune_fraction=0.0),
-        tmp_path / "vocab.json",
-        tmp_path / "windows",
-    )
+    spec = write_windows(SEED, tmp_path)
     assert (spec.vocab_size, spec.train_windows, spec.val_windows) == (48, 51, 0)
     chars = load_vocab(tmp_path / "vocab.json")
     _, train, _ = load_windows(tmp_path / "windows")
@@ -47,13 +39,7 @@ def test_vocabulary_is_sorted_and_stable():
 
 def test_split_is_contiguous_tail(tmp_path: Path):
     text = "".join(chr(0xAC00 + i % 50) for i in range(1000))
-    spec = make_windows(
-        text,
-        WindowParams(length=10, stride=3),
-        SplitParams(val_fraction=0.1, tune_fraction=0.0),
-        tmp_path / "vocab.json",
-        tmp_path / "windows",
-    )
+    spec = write_windows(text, tmp_path, length=10, stride=3, val=0.1)
     _, train, val = load_windows(tmp_path / "windows")
     chars = load_vocab(tmp_path / "vocab.json")
     assert (spec.train_chars, spec.val_chars) == (900, 100)
@@ -63,35 +49,17 @@ def test_split_is_contiguous_tail(tmp_path: Path):
 
 def test_corpus_shorter_than_a_window_is_refused(tmp_path: Path):
     with pytest.raises(WindowError, match="window.length=20 needs at least 21"):
-        make_windows(
-            "짧은 글",
-            WindowParams(length=20, stride=1),
-            SplitParams(val_fraction=0.0, tune_fraction=0.0),
-            tmp_path / "vocab.json",
-            tmp_path / "windows",
-        )
+        write_windows("짧은 글", tmp_path)
 
 
 def test_validation_tail_shorter_than_a_window_is_refused(tmp_path: Path):
     with pytest.raises(WindowError, match="split.val_fraction=0.05 leaves 4 validation characters"):
-        make_windows(
-            SEED,
-            WindowParams(length=20, stride=1),
-            SplitParams(val_fraction=0.05, tune_fraction=0.0),
-            tmp_path / "vocab.json",
-            tmp_path / "windows",
-        )
+        write_windows(SEED, tmp_path, val=0.05)
 
 
 def test_a_tuning_fraction_that_rounds_to_nothing_is_refused(tmp_path: Path):
     with pytest.raises(WindowError, match="split.tune_fraction=0.005 leaves no tuning character in 71"):
-        make_windows(
-            SEED,
-            WindowParams(length=20, stride=1),
-            SplitParams(val_fraction=0.0, tune_fraction=0.005),
-            tmp_path / "vocab.json",
-            tmp_path / "windows",
-        )
+        write_windows(SEED, tmp_path, tune=0.005)
 
 
 def test_tf_dataset_yields_exactly_the_windows():

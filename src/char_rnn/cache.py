@@ -4,7 +4,7 @@ P(c | text) = the share of c among the last `window` characters. Text quotes its
 the constitution repeats its own terms, a bill its own names and numbers. A character that is rare in
 the training text is improbable to the RNN and to the n-gram alike, until it has just appeared. The
 cache gives nothing to a character outside its window, so it is only ever one part of the hybrid's
-mixture (`char_rnn.heldout`), next to the RNN and the n-gram, weighted on the tuning slice. It reads
+mixture (`char_rnn.hybrid`), next to the RNN and the n-gram, weighted on the tuning slice. It reads
 only text before the predicted character, like every other model here.
 """
 

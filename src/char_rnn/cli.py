@@ -15,6 +15,8 @@ import typer
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params, load_params
+from char_rnn.stages import STAGES, Stage
+from char_rnn.stages import run_all as run_all_stages
 
 app = typer.Typer(
     help="Character-level RNN pipeline: each stage reads params.yaml and the previous stage's files.",
@@ -36,34 +38,22 @@ def _run(stage: Callable[[Params, Layout], dict[str, Any]], params_path: Path | 
     typer.echo(json.dumps(result, ensure_ascii=False, indent=1, default=str))
 
 
-def _stage_command(name: str, help_text: str) -> None:
+def _stage_command(stage: Stage) -> None:
     def command(params: Path | None = ParamsOption) -> None:
-        from char_rnn import stages
+        _run(stage.run, params)
 
-        _run(stages.STAGES[name], params)
-
-    command.__doc__ = help_text
-    app.command(name)(command)
+    command.__doc__ = stage.help
+    app.command(stage.name)(command)
 
 
-for _name, _help in {
-    "ingest": "Read corpus.source strictly as UTF-8, normalise it (no BOM, LF, NFC), write data/corpus.txt.",
-    "window": "Build the vocabulary and the integer-id train/validation splits that windows are cut from.",
-    "validate": "Run the Great Expectations suites on the corpus and the windows; fail on any unmet expectation.",
-    "baseline": "Fit the Kneser-Ney character n-gram and score it on the text the RNN is scored on.",
-    "train": "Train the Keras model from params (seeded, deterministic), log it to MLflow, write models/model.keras.",
-    "evaluate": "Score the model, plot loss and accuracy per epoch, write a sample; log all to the train run.",
-    "register": "Register the trained model in MLflow and set alias champion (if better) or challenger.",
-}.items():
-    _stage_command(_name, _help)
+for _stage in STAGES:
+    _stage_command(_stage)
 
 
 @app.command("run")
 def run_all(params: Path | None = ParamsOption) -> None:
     """Run every stage in this process, without DVC (use `dvc repro` to get caching and dvc.lock)."""
-    from char_rnn import stages
-
-    _run(stages.run_all, params)
+    _run(run_all_stages, params)
 
 
 @app.command("check-params")

@@ -68,19 +68,12 @@ def read_source(source: str, root: Path) -> str:
     return decode(path.read_bytes(), str(path))
 
 
-def ingest(params: CorpusParams, root: Path, out: Path) -> int:
-    """Write the normalised corpus to `out`; returns its length in characters.
-
-    The file is replaced atomically, so a failure leaves the previous corpus in place.
-    """
+def load_corpus(params: CorpusParams, root: Path) -> str:
+    """The source's text, normalised: what the ingest stage writes. Refused when it is empty."""
     text = normalise(read_source(params.source, root))
     if not text.strip():
         raise CorpusError(f"corpus {params.source!r} is empty (or only whitespace)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(out.suffix + ".partial")
-    partial.write_text(text, encoding="utf-8", newline="")
-    partial.replace(out)
-    return len(text)
+    return text
 
 
 def read_corpus(path: Path) -> str:

@@ -7,7 +7,7 @@ still predicted exactly once and only from the text before it, like the static s
 phrases, which a static model met in training only if they occurred there. The n-gram + cache hybrid
 exploits the same repetition; this is the RNN doing it alone.
 
-The learning rate is chosen on the tuning slice by the train stage (the RNNs' first fit has not read
+The learning rate is chosen on the tuning slice by the tune stage (the RNNs' first fit has not read
 it), never on the scored text. The model's weights are restored afterwards: scoring changes nothing
 that is saved, generated or served.
 """

@@ -17,21 +17,20 @@ with no known character is refused. Output ids index the vocabulary, so output i
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from char_rnn import cache
 from char_rnn.errors import PipelineError
-
-if TYPE_CHECKING:
-    from char_rnn.heldout import Weights
-    from char_rnn.ngram import KneserNey
+from char_rnn.hybrid import Weights, load_hybrid
+from char_rnn.lineage import verify_sha256
+from char_rnn.ngram import KneserNey
+from char_rnn.windows import load_vocab
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +71,7 @@ class Generation:
 
 @dataclass(frozen=True)
 class Mixture:
-    """The hybrid's n-gram and its weights (RNN, n-gram, cache), as the train stage fitted them."""
+    """The hybrid's n-gram and its weights (RNN, n-gram, cache), as the tune stage fitted them."""
 
     ngram: KneserNey
     weights: Weights
@@ -117,9 +116,11 @@ class StepModel:
         import keras
         import tensorflow as tf
 
-        members = [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]
+        from char_rnn.model import members
+
         self._members = [
-            [layer for layer in member.layers if not isinstance(layer, keras.layers.InputLayer)] for member in members
+            [layer for layer in member.layers if not isinstance(layer, keras.layers.InputLayer)]
+            for member in members(model)
         ]
         self.vocab_size = int(model.output_shape[-1])
         self._step: Any = None  # compiled on first use: only the mixture loop steps from Python
@@ -259,39 +260,32 @@ class Generator:
         return Generation(prompt=kept, dropped=dropped, texts=texts)
 
 
-def generate(generator: Generator, prompt: str, length: int, temperature: float, seed: int) -> str:
-    """One continuation of `prompt` (without it), as the evaluate stage writes its sample."""
+def sample(generator: Generator, prompt: str, length: int, temperature: float, seed: int) -> Generation:
+    """One continuation of `prompt`, as the evaluate stage writes its sample (dropped characters logged)."""
     result = generator.generate(prompt, Sampling(length, temperature, seed=seed))
     if result.dropped:
         log.warning("prompt characters not in the vocabulary were dropped: %s", result.dropped)
-    return result.texts[0]
+    return result
 
 
 def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
-    """The n-gram file and the train stage's hybrid.json; refused when no weights were fitted."""
-    from char_rnn.heldout import weights_of
-    from char_rnn.ngram import KneserNey
-
-    hybrid = json.loads(hybrid_path.read_text(encoding="utf-8"))
-    weights = weights_of(hybrid, hybrid_path)
-    if weights is None:
+    """The n-gram file and the tune stage's hybrid.json; refused when no weights were fitted."""
+    hybrid = load_hybrid(hybrid_path)
+    if hybrid.weights is None:
         raise GenerationError(f"{hybrid_path}: no hybrid weights were fitted (the split has no tuning slice)")
     ngram = KneserNey.load(ngram_path)
-    fitted_order = hybrid.get("ngram_order", ngram.order)
-    if ngram.order != fitted_order:
+    if hybrid.ngram_order is not None and ngram.order != hybrid.ngram_order:
         raise GenerationError(
-            f"{hybrid_path}: the weights were fitted against a {fitted_order}-gram but {ngram_path.name}"
-            f" is a {ngram.order}-gram; rerun the baseline and train stages"
+            f"{hybrid_path}: the weights were fitted against a {hybrid.ngram_order}-gram but {ngram_path.name}"
+            f" is a {ngram.order}-gram; rerun the baseline and tune stages"
         )
-    return Mixture(ngram, weights)
+    return Mixture(ngram, hybrid.weights)
 
 
 def load_generator(files: dict[str, Path], digests: dict[str, str | None] | None = None) -> Generator:
     """`files`: model and vocab, plus ngram and hybrid for the mixture. Each file is checked against its
     recorded sha256 first (when `digests` is given), then the model is loaded in Keras' safe mode."""
     from char_rnn.model import load_model
-    from char_rnn.registry import verify_sha256
-    from char_rnn.windows import load_vocab
 
     if digests is not None:
         for name, path in files.items():

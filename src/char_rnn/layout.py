@@ -1,4 +1,5 @@
-"""Where every stage reads and writes: one place for the file names that dvc.yaml also lists."""
+"""Where every stage reads and writes (one place for the file names that dvc.yaml also lists), and
+how a file is replaced whole."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ def find_root(start: Path | None = None) -> Path:
         if (folder / "params.yaml").is_file():
             return folder
     return here
+
+
+def write_atomically(path: Path, content: str | bytes) -> None:
+    """Write a sibling, then rename it over `path`: a failure midway leaves the previous file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    if isinstance(content, str):
+        partial.write_text(content, encoding="utf-8", newline="")
+    else:
+        partial.write_bytes(content)
+    partial.replace(path)
 
 
 @dataclass(frozen=True)
@@ -66,12 +78,27 @@ class Layout:
         return self.root / "reports" / "baseline.json"
 
     @property
+    def fit_model(self) -> Path:
+        """The first fit: the RNN(s) trained on the training text alone, which the tune stage weighs."""
+        return self._run / "models" / "fit.keras"
+
+    @property
+    def fit_record(self) -> Path:
+        """Each member's seed and epochs (trained, kept): what the refit repeats."""
+        return self._run / "models" / "fit.json"
+
+    @property
+    def fit_history(self) -> Path:
+        return self._run / "reports" / "fit_history.csv"
+
+    @property
     def model(self) -> Path:
+        """The model that is scored, registered and generates: the refit, or the first fit without one."""
         return self._run / "models" / "model.keras"
 
     @property
     def hybrid(self) -> Path:
-        """The hybrid's mixture weights (RNN, n-gram, cache), fitted by the train stage on the tuning slice."""
+        """What the tune stage chose on the tuning slice: the hybrid's weights, dynamic evaluation's rate."""
         return self._run / "models" / "hybrid.json"
 
     @property
@@ -81,11 +108,12 @@ class Layout:
 
     @property
     def train_run(self) -> Path:
-        """Links the train stage's MLflow run to evaluate and register, which log into the same run."""
+        """Links the train stage's MLflow run to the later stages, which log into the same run."""
         return self._run / "models" / "run.json"
 
     @property
     def history(self) -> Path:
+        """The scored model's epochs: the refit's, or the first fit's (member 1 of an ensemble)."""
         return self._run / "reports" / "history.csv"
 
     @property

@@ -11,16 +11,15 @@ import contextlib
 import functools
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import keras
 
 from char_rnn.params import Cell, InputEncoding, ModelParams, Schedule, TrainParams
 
-# Batches run per call into TensorFlow: one Python round trip per 32 steps instead of per step. For
-# the blog's small model that round trip was a fifth of the training time here (36-40k -> 44-55k
-# chars/s on kolaw). Same batches, same order, same number of steps; compiled as one loop, the floats
-# differ in their last bits, so the seed run's figures moved slightly (accuracy 0.98333 -> 0.98235).
+# Batches per call into TensorFlow: for a model as small as the blog's, a Python round trip per step
+# costs a large share of training (benchmarks/RESULTS.md). Same batches in the same order.
 STEPS_PER_EXECUTION = 32
 LOSS = keras.losses.SparseCategoricalCrossentropy
 ACCURACY = functools.partial(keras.metrics.SparseCategoricalAccuracy, name="accuracy")
@@ -117,6 +116,19 @@ def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int)
         metrics=[ACCURACY()],
         steps_per_execution=STEPS_PER_EXECUTION,
     )
+
+
+def members(model: keras.Model) -> list[keras.Model]:
+    """The RNNs an `average`d model holds (the model itself when it is a single RNN)."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)] or [model]
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Keras writes in place; a `.partial.keras` sibling plus rename never leaves a half-written model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.stem + ".partial.keras")
+    model.save(partial)
+    partial.replace(path)
 
 
 def load_model(path: str) -> keras.Model:

@@ -19,6 +19,7 @@ seen suffix. The start of the training text counts as one extra left context (as
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,14 +156,14 @@ class KneserNey:
     def bits_per_char(self, ids: np.ndarray, start: int, end: int | None = None) -> float:
         return bits_per_char(self.char_probabilities(ids, start, end))
 
-    def save(self, path: Path) -> None:
+    def to_bytes(self) -> bytes:
         """Plain arrays in one `.npz` (no pickle), so the file is safe to load from a model bundle."""
         arrays = {"order": np.array(self.order), "vocab_size": np.array(self.vocab_size)}
         for k, table in enumerate(self.tables, start=1):
             arrays |= {f"{name}_{k}": np.asarray(getattr(table, name)) for name in _Order.__dataclass_fields__}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("wb") as handle:  # np.savez would append ".npz" to a name without it
-            np.savez(handle, **arrays)
+        out = io.BytesIO()
+        np.savez(out, **arrays)
+        return out.getvalue()
 
     @classmethod
     def load(cls, path: Path) -> KneserNey:

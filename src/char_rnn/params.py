@@ -108,34 +108,22 @@ class TrainParams(_Section):
     early_stopping_patience: int = Field(
         ge=0, description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off"
     )
-    refit_with_tune: bool = Field(
-        description="after fitting the hybrid's weights, train again on training + tuning "
-        "text for the epochs the first fit kept, so the scored RNN reads the text the scored n-gram counts"
-    )
     seed: int = Field(ge=0)
 
 
 class BaselineParams(_Section):
     order: int = Field(ge=1, le=10, description="n of the Kneser-Ney character n-gram")
+
+
+class TuneParams(_Section):
+    """What the tune stage fits on the tuning slice, with the first fit's RNNs, which have not read it."""
+
     cache_window: int = Field(
         ge=0,
         le=100_000,
         description="the hybrid's third part: a cache of the last this many "
         "characters, weighted with the RNN and the n-gram on the tuning slice; 0 = none",
     )
-
-
-class ValidationParams(_Section):
-    max_control_share: float = Field(
-        ge=0.0, le=1.0, description="largest allowed share of control characters (tab and newline excepted)"
-    )
-
-
-class EvaluateParams(_Section):
-    prompt: str = Field(min_length=1, description="fixed prompt for the generated sample")
-    sample_length: int = Field(ge=1, le=10_000)
-    temperature: float = Field(ge=0.0, description="0 picks the most likely character (greedy)")
-    context: int = Field(ge=1, description="characters of preceding text every held-out character is scored with")
     dynamic_rates: list[float] = Field(
         description="SGD learning rates for dynamic evaluation (the RNN learns "
         "from each scored segment before the next), tried on the tuning slice; [] = static scoring only"
@@ -150,6 +138,26 @@ class EvaluateParams(_Section):
         if any(not 0 < rate <= 10 for rate in rates):
             raise ValueError("every rate must be > 0 and <= 10 (static scoring is always tried as well)")
         return rates
+
+
+class RefitParams(_Section):
+    enabled: bool = Field(
+        description="after the tune stage, train fresh RNNs on training + tuning text for the "
+        "epochs the first fit kept, so the scored RNN reads the text the scored n-gram counts"
+    )
+
+
+class ValidationParams(_Section):
+    max_control_share: float = Field(
+        ge=0.0, le=1.0, description="largest allowed share of control characters (tab and newline excepted)"
+    )
+
+
+class EvaluateParams(_Section):
+    prompt: str = Field(min_length=1, description="fixed prompt for the generated sample")
+    sample_length: int = Field(ge=1, le=10_000)
+    temperature: float = Field(ge=0.0, description="0 picks the most likely character (greedy)")
+    context: int = Field(ge=1, description="characters of preceding text every held-out character is scored with")
 
 
 class Metric(str, Enum):
@@ -214,6 +222,8 @@ class Params(_Section):
     train: TrainParams
     validation: ValidationParams
     baseline: BaselineParams
+    tune: TuneParams
+    refit: RefitParams
     evaluate: EvaluateParams
     registry: RegistryParams
     sweep: SweepParams
@@ -229,18 +239,18 @@ class Params(_Section):
             raise ValueError(
                 "registry.metric hybrid_bits_per_char needs split.val_fraction and split.tune_fraction > 0"
             )
-        if self.registry.metric is Metric.hybrid_bits_per_char and not self.train.refit_with_tune:
+        if self.registry.metric is Metric.hybrid_bits_per_char and not self.refit.enabled:
             raise ValueError(
-                "registry.metric hybrid_bits_per_char needs train.refit_with_tune: true (else the scored n-gram"
+                "registry.metric hybrid_bits_per_char needs refit.enabled: true (else the scored n-gram"
                 " has read the tuning slice and the RNN has not, and the weights were fitted with neither)"
             )
-        if self.evaluate.dynamic_rates and not (self.split.val_fraction and self.split.tune_fraction):
+        if self.tune.dynamic_rates and not (self.split.val_fraction and self.split.tune_fraction):
             raise ValueError(
-                "evaluate.dynamic_rates needs split.val_fraction and split.tune_fraction > 0 (the rate"
+                "tune.dynamic_rates needs split.val_fraction and split.tune_fraction > 0 (the rate"
                 " is chosen on the tuning slice, the scored text is the validation tail)"
             )
-        if self.train.refit_with_tune and not self.split.tune_fraction:
-            raise ValueError("train.refit_with_tune needs split.tune_fraction > 0 (there is nothing to refit on)")
+        if self.refit.enabled and not self.split.tune_fraction:
+            raise ValueError("refit.enabled needs split.tune_fraction > 0 (there is nothing to refit on)")
         return self
 
     def digest(self) -> str:

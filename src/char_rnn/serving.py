@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import tempfile
 from dataclasses import fields
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
-from char_rnn.registry import resolve_version
+from char_rnn.lineage import SERVING_PACKAGES, file_sha256, pip_requirements
+from char_rnn.params import Metric
+from char_rnn.registry import Registration, check_registrable, register, resolve_version
 
 RNN_BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
 HYBRID_BUNDLE = (*RNN_BUNDLE, "ngram", "hybrid")
@@ -96,13 +97,6 @@ def signature() -> Any:
     )
 
 
-def pip_requirements() -> list[str]:
-    """The training pins plus what the pyfunc itself imports; explicit, so logging asks no network."""
-    from char_rnn.train import pip_requirements as training_requirements
-
-    return [*training_requirements(), *(f"{name}=={metadata.version(name)}" for name in ("mlflow", "pandas"))]
-
-
 def log_generator(files: dict[str, Path], digests: dict[str, str], example_prompt: str) -> str:
     """Log the pyfunc into the active run as `generator`; returns its model URI for registration."""
     example = pd.DataFrame(
@@ -118,9 +112,31 @@ def log_generator(files: dict[str, Path], digests: dict[str, str], example_promp
             model_config={"sha256": digests},
             signature=signature(),
             input_example=example,
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(*SERVING_PACKAGES),
         )
     return info.model_uri
+
+
+def register_generator(
+    run_id: str,
+    files: dict[str, Path],
+    example_prompt: str,
+    model_name: str,
+    metric: Metric,
+    metrics: dict[str, Any],
+    tags: dict[str, str],
+) -> Registration:
+    """Check the run, log the generator pyfunc of `files` into it, register it and set its alias.
+
+    `files` maps the bundle's names (`model`, `vocab`, ...) to paths; each one's sha256 is recorded
+    in the pyfunc's config and as a version tag. Call with MLflow pointed at the store.
+    """
+    value = check_registrable(run_id, metric, metrics)
+    digests = {name: file_sha256(path) for name, path in files.items()}
+    with mlflow.start_run(run_id=run_id):
+        model_uri = log_generator(files, digests, example_prompt)
+    digest_tags = {f"{name}_sha256": digest for name, digest in digests.items()}
+    return register(model_uri, model_name, metric, value, {**tags, **digest_tags})
 
 
 def load_registered(uri: str) -> Generator:

@@ -1,4 +1,4 @@
-"""The MLflow store: one location for the pipeline, the UI and the tests.
+"""The MLflow store and the pipeline's run: one location for the pipeline, the UI and the tests.
 
 `sqlite:///<root>/mlruns/mlflow.db` with artifacts under `<root>/mlruns/artifacts`, as absolute
 paths, so every stage finds the same store whatever its working directory. `MLFLOW_TRACKING_URI`
@@ -48,8 +48,18 @@ def connect(mlruns: Path) -> str:
 
 
 @contextmanager
+def new_run(mlruns: Path, tags: dict[str, str]) -> Iterator[Any]:
+    """The pipeline's run, opened by the train stage; FAILED if the block raises, FINISHED otherwise."""
+    import mlflow
+
+    experiment_id = connect(mlruns)
+    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+        yield run
+
+
+@contextmanager
 def resumed_run(mlruns: Path, run_id: str) -> Iterator[Any]:
-    """Log into the train stage's run from a later stage (evaluate), so one run holds everything."""
+    """Log into the train stage's run from a later stage, so one run holds everything."""
     import mlflow
 
     connect(mlruns)
@@ -57,12 +67,41 @@ def resumed_run(mlruns: Path, run_id: str) -> Iterator[Any]:
         yield run
 
 
-def save_run_link(path: Path, run_id: str, model_uri: str) -> None:
-    path.write_text(json.dumps({"run_id": run_id, "model_uri": model_uri}, indent=1) + "\n", encoding="utf-8")
+def logged_model_uri(run_id: str, name: str) -> str | None:
+    """The newest model logged as `name` in the run, or None."""
+    import mlflow
+
+    experiment_id = mlflow.get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        max_results=1,
+        output_format="list",
+    )
+    return found[0].model_uri if found else None
 
 
-def load_run_link(path: Path) -> dict[str, str]:
-    return json.loads(path.read_text(encoding="utf-8"))
+def run_link(run_id: str) -> str:
+    """`models/run.json`: which run the later stages log into."""
+    return json.dumps({"run_id": run_id}, indent=1) + "\n"
+
+
+def load_run_link(path: Path) -> str:
+    return json.loads(path.read_text(encoding="utf-8"))["run_id"]
+
+
+def epoch_logger(prefix: str = "") -> Any:
+    """A Keras callback that logs every epoch as it ends, so a long run can be watched in the UI."""
+    import keras
+    import mlflow
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            finite = {prefix + k: float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
+            mlflow.log_metrics(finite, step=epoch)
+
+    return EpochLogger()
 
 
 def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:

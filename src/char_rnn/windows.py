@@ -40,6 +40,11 @@ class WindowSpec:
     train_windows: int
     val_windows: int
 
+    @property
+    def val_start(self) -> int:
+        """Where the validation tail starts in the whole text: everything before it may be trained on."""
+        return self.train_chars + self.tune_chars
+
 
 def build_vocab(text: str) -> list[str]:
     """Sorted by code point: the same text always gives the same ids (the blog's `set()` order did not)."""
@@ -98,8 +103,19 @@ def split_ids(ids: np.ndarray, split: SplitParams, length: int) -> tuple[np.ndar
     return train, tune, val
 
 
-def make_windows(text: str, window: WindowParams, split: SplitParams, vocab_path: Path, out_dir: Path) -> WindowSpec:
-    """The window stage: vocabulary JSON plus one id file per split and the spec they satisfy."""
+@dataclass(frozen=True)
+class Windows:
+    """What the window stage writes: the vocabulary, the three splits' ids and the spec they satisfy."""
+
+    chars: list[str]
+    train: np.ndarray
+    tune: np.ndarray
+    val: np.ndarray
+    spec: WindowSpec
+
+
+def cut_windows(text: str, window: WindowParams, split: SplitParams) -> Windows:
+    """The vocabulary, the contiguous splits as ids and their spec; refused when a split is too short."""
     chars = build_vocab(text)
     train, tune, val = split_ids(encode(text, chars), split, window.length)
     spec = WindowSpec(
@@ -112,20 +128,26 @@ def make_windows(text: str, window: WindowParams, split: SplitParams, vocab_path
         train_windows=count_windows(len(train), window.length, window.stride),
         val_windows=count_windows(len(val), window.length, window.stride),
     )
+    return Windows(chars, train, tune, val, spec)
+
+
+def save_windows(windows: Windows, vocab_path: Path, out_dir: Path) -> None:
+    """One .npy file per split and spec.json in `out_dir`; the vocabulary as JSON at `vocab_path`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab_path.parent.mkdir(parents=True, exist_ok=True)
-    save_vocab(chars, vocab_path)
-    np.save(out_dir / "train.npy", train)
-    np.save(out_dir / "tune.npy", tune)
-    np.save(out_dir / "val.npy", val)
-    (out_dir / "spec.json").write_text(json.dumps(asdict(spec), indent=1) + "\n", encoding="utf-8")
-    return spec
+    save_vocab(windows.chars, vocab_path)
+    for name in ("train", "tune", "val"):
+        np.save(out_dir / f"{name}.npy", getattr(windows, name))
+    (out_dir / "spec.json").write_text(json.dumps(asdict(windows.spec), indent=1) + "\n", encoding="utf-8")
+
+
+def load_spec(out_dir: Path) -> WindowSpec:
+    return WindowSpec(**json.loads((out_dir / "spec.json").read_text(encoding="utf-8")))
 
 
 def load_windows(out_dir: Path) -> tuple[WindowSpec, np.ndarray, np.ndarray]:
     """The spec with the ids training sees: its own split and the validation split."""
-    spec = WindowSpec(**json.loads((out_dir / "spec.json").read_text(encoding="utf-8")))
-    return spec, np.load(out_dir / "train.npy"), np.load(out_dir / "val.npy")
+    return load_spec(out_dir), np.load(out_dir / "train.npy"), np.load(out_dir / "val.npy")
 
 
 def load_text_ids(out_dir: Path) -> np.ndarray:
@@ -149,7 +171,7 @@ def window_dataset(
 
     Only the start offsets are shuffled (seeded, reshuffled every epoch like Keras' `fit`), and as
     one permutation op per epoch: `Dataset.shuffle` would hold one small tensor per window in its
-    buffer, about 400 bytes each, which cost +390 MiB on a 1M-character corpus.
+    buffer, so memory would grow with the number of windows.
     """
     import tensorflow as tf
 

@@ -1,0 +1,180 @@
+"""The hybrid: `p = w_rnn * p_rnn + w_kn * p_kn + w_cache * p_cache`, and `hybrid.json`, its typed record.
+
+The weights are fitted by the tune stage on the tuning slice, which neither the RNN nor the n-gram
+they are weighed against has read and which is not the scored text; the validation text is then
+scored with them fixed, and generation samples from the same mixture. `hybrid.json` also records
+dynamic evaluation's rate, chosen on the same slice. This module is the one place that writes and
+reads that file: a file of an earlier format loads through `load_hybrid` or is refused, naming why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from char_rnn import cache
+from char_rnn.errors import PipelineError
+from char_rnn.heldout import average_rnns
+from char_rnn.ngram import KneserNey
+
+log = logging.getLogger(__name__)
+
+FORMAT = 2
+
+
+class HybridError(PipelineError):
+    """hybrid.json cannot be used: its weights are not a distribution, or it is not a tune stage's file."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The hybrid's mixture weights, fitted on the tuning slice: RNN, n-gram and (with a window) cache."""
+
+    rnn: float
+    ngram: float
+    cache: float = 0.0
+    cache_window: int = 0  # characters the cache looks back; 0 = no cache part
+
+    def __post_init__(self) -> None:
+        parts = (self.rnn, self.ngram, self.cache)
+        finite = all(isinstance(w, (int, float)) and math.isfinite(w) for w in parts)
+        if not finite or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+            raise ValueError(f"hybrid weights must be finite, >= 0 and sum to 1, got {parts}")
+        if not isinstance(self.cache_window, int) or self.cache_window < 0 or (self.cache and not self.cache_window):
+            raise ValueError(f"the cache window must be an integer >= 0, and >= 1 with a cache weight; got {self}")
+
+    def mix(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
+        """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
+        mixed = self.rnn * np.asarray(p_rnn, dtype=np.float64) + self.ngram * np.asarray(p_kn, dtype=np.float64)
+        if not self.cache:
+            return mixed
+        if p_cache is None:
+            raise ValueError("these weights give the cache a share: pass its probabilities")
+        return mixed + self.cache * np.asarray(p_cache, dtype=np.float64)
+
+    def metrics(self) -> dict[str, float]:
+        return {"hybrid_weight_rnn": self.rnn, "hybrid_weight_ngram": self.ngram, "hybrid_weight_cache": self.cache}
+
+
+class DynamicChoice(BaseModel):
+    """Dynamic evaluation's rate, chosen on the tuning slice, and the settings it was chosen for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: float = Field(ge=0.0, description="0 = static scoring won")
+    segment: int = Field(ge=1)
+    context: int = Field(ge=1)
+    tune_bits_per_char: dict[str, float | None] = Field(description="each candidate rate's figure; None = diverged")
+
+
+class Hybrid(BaseModel):
+    """`models/hybrid.json`: what the tune stage chose on the tuning slice (nothing without one)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal[2] = FORMAT
+    tune_chars: int = Field(ge=0)
+    weights: Weights | None = None
+    ngram_order: int | None = Field(
+        default=None,
+        ge=1,
+        description="order of the n-gram the weights were fitted against (None in files older than the record)",
+    )
+    context: int | None = Field(default=None, ge=1, description="held-out context the RNN was scored with")
+    dynamic: DynamicChoice | None = None
+
+
+def dump_hybrid(hybrid: Hybrid) -> str:
+    """The file's text; the stage writes it (whole, atomically) where its layout says."""
+    return hybrid.model_dump_json(indent=1) + "\n"
+
+
+def load_hybrid(path: Path) -> Hybrid:
+    """hybrid.json of this format, or of an earlier one (converted), else `HybridError` naming the file."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise HybridError(f"{path}: not JSON ({exc}); rerun the tune stage") from None
+    if not isinstance(raw, dict):
+        raise HybridError(f"{path}: expected a JSON object; rerun the tune stage")
+    if "format" not in raw:
+        raw = _from_format_1(raw)
+    elif raw["format"] != FORMAT:
+        raise HybridError(
+            f"{path}: format {raw['format']!r} is not known (this version reads {FORMAT} and the"
+            " earlier, unnumbered one); rerun the tune stage"
+        )
+    try:
+        return Hybrid.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
+        raise HybridError(f"{path}: unusable hybrid record ({problems}); rerun the tune stage") from None
+
+
+def _from_format_1(raw: dict[str, Any]) -> dict[str, Any]:
+    """The train stage's file before the tune stage existed; one before the cache held a single `lambda`
+    for the RNN, which reads as (lambda, 1 - lambda, no cache). Refit records moved to the refit stage."""
+    weights = raw.get("weights")
+    if "weights" not in raw and raw.get("lambda") is not None:
+        weights = {"rnn": raw["lambda"], "ngram": 1.0 - raw["lambda"]}
+    return {
+        "format": FORMAT,
+        "tune_chars": raw.get("tune_chars", 0),
+        "weights": weights,
+        "ngram_order": raw.get("ngram_order"),
+        "context": raw.get("context"),
+        "dynamic": raw.get("dynamic"),
+    }
+
+
+def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
+    """Mixture weights that maximise the log-likelihood of a tuning slice, by expectation-maximisation.
+
+    `parts[i][t]` is model i's probability of character t. Each step sets every weight to the mean
+    share of that model in the mixture's probability; the log-likelihood never decreases and is
+    concave in the weights, so the steps climb to its maximum (Jelinek & Mercer's interpolation).
+    They stop when a step gains less than `tolerance` nats per character.
+    """
+    probs = np.asarray(parts, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] == 0:
+        raise ValueError(f"need non-empty probability vectors of the same length, got shape {probs.shape}")
+    weights, previous = np.full(len(probs), 1.0 / len(probs)), -np.inf
+    for _ in range(max_steps):
+        mixed = weights @ probs
+        with np.errstate(divide="ignore"):
+            likelihood = float(np.mean(np.log(mixed)))
+        if not math.isfinite(likelihood):
+            raise ValueError("a tuning character has probability 0 under every part: no weights can score it")
+        if likelihood - previous < tolerance:
+            return weights
+        weights, previous = np.mean(weights[:, None] * probs / mixed, axis=1), likelihood
+    log.warning("the hybrid's weights did not converge in %d steps; using the last ones, %s", max_steps, weights)
+    return weights
+
+
+def fit_hybrid_weights(
+    models: Sequence[Any], ids: np.ndarray, tune: tuple[int, int], order: int, context: int, cache_window: int
+) -> Weights:
+    """Weights on ids[t0:t1] for RNNs trained on ids[:t0] only, against an n-gram fitted on ids[:t0] too.
+
+    Neither model has read the tuning slice, so the weights measure them as they do on unseen text; the
+    cache reads the text before each character, as it will on the scored text; nothing after t1 (the
+    scored text) is read. Several RNNs count as one, their probabilities averaged.
+    """
+    t0, t1 = tune
+    if not 1 <= t0 < t1 <= len(ids):
+        raise ValueError(f"need a non-empty tuning slice after the first character, got {tune}")
+    ngram = KneserNey.fit(ids[:t0], int(models[0].output_shape[-1]), order)
+    parts = [average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1)]
+    if cache_window:
+        parts.append(cache.char_probabilities(ids, t0, t1, cache_window))
+    fitted = [float(w) for w in fit_weights(parts)]
+    return Weights(*fitted, cache_window=cache_window)

@@ -1,0 +1,174 @@
+"""Training: seeded, deterministic Keras fits of one RNN or an ensemble, over streamed windows.
+
+Nothing here writes a file or talks to MLflow: the train and refit stages pass the callbacks that
+log each epoch and write what a fit returns. A loss that becomes NaN raises `TrainingDiverged`
+before any model exists to be saved, so the previous model stays as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from char_rnn.errors import PipelineError
+from char_rnn.params import ModelParams, TrainParams
+from char_rnn.windows import WindowSpec, count_windows, window_dataset
+
+History = dict[str, list[float]]
+
+
+class TrainingDiverged(PipelineError):
+    """The loss became NaN or infinite; no model was written."""
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The fitted members averaged into one model, and each member's history (epoch by epoch)."""
+
+    model: Any
+    histories: list[History]
+
+
+class MemberRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int
+    epochs: int = Field(ge=1, description="epochs trained")
+    kept_epochs: int = Field(ge=1, description="epochs up to the weights kept (early stopping's best)")
+
+
+class FitRecord(BaseModel):
+    """`models/fit.json`: what the refit needs from the first fit, one entry per ensemble member."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    members: list[MemberRecord] = Field(min_length=1)
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same params, same corpus: bit-identical loss histories on CPU."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit(
+    model_params: ModelParams,
+    train_params: TrainParams,
+    spec: WindowSpec,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    callbacks: Sequence[Any] = (),
+    member: int = 0,
+    epochs: int | None = None,
+) -> tuple[Any, History]:
+    """Build, compile and fit one RNN, seeded `train.seed + member`; `callbacks` follow the NaN guard.
+
+    `epochs` (a refit) trains exactly that many epochs without early stopping, on the same learning
+    rate schedule; otherwise `train.epochs`, with early stopping when it is on.
+    """
+    import keras
+
+    from char_rnn.model import build_model, compile_model
+
+    seed = train_params.seed + member
+    seed_everything(seed)
+    name = f"member_{member + 1}" if model_params.ensemble > 1 else None
+    model = build_model(model_params, spec.vocab_size, name, seed)
+    windows = count_windows(len(train_ids), spec.length, spec.stride)
+    compile_model(model, train_params, steps_per_epoch=-(-windows // train_params.batch_size))
+    batches = {"batch_size": train_params.batch_size, "length": spec.length, "stride": spec.stride}
+    train_data = window_dataset(train_ids, shuffle_seed=seed, **batches)
+    val_data = window_dataset(val_ids, shuffle_seed=None, **batches) if spec.val_windows else None
+    stopping = early_stopping(train_params) if epochs is None else []
+    history = model.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=epochs or train_params.epochs,
+        callbacks=[keras.callbacks.TerminateOnNaN(), *stopping, *callbacks],
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=0,
+    ).history
+    last = {k: v[-1] for k, v in history.items()}
+    if not all(math.isfinite(v) for v in last.values()):
+        raise TrainingDiverged(f"training diverged at epoch {len(history['loss'])}: {last}; lower train.learning_rate")
+    return model, history
+
+
+def fit_members(
+    model_params: ModelParams,
+    train_params: TrainParams,
+    spec: WindowSpec,
+    train_ids: np.ndarray,
+    val_ids: np.ndarray,
+    callbacks: Callable[[int], Sequence[Any]],
+    epochs: Sequence[int] | None = None,
+) -> Fit:
+    """`model.ensemble` RNNs one after another (member i seeded `train.seed + i`), averaged into one model.
+
+    `callbacks(i)` gives member i's callbacks; `epochs[i]`, when given, is member i's refit length.
+    """
+    from char_rnn.model import average
+
+    fits = [
+        fit(model_params, train_params, spec, train_ids, val_ids, callbacks(i), i, epochs[i] if epochs else None)
+        for i in range(model_params.ensemble)
+    ]
+    return Fit(average([model for model, _ in fits]), [history for _, history in fits])
+
+
+def kept_epochs(train_params: TrainParams, history: History) -> int:
+    """Epochs up to the weights training kept: the best val_loss with early stopping, else all."""
+    if train_params.early_stopping_patience and "val_loss" in history:
+        return int(np.argmin(history["val_loss"])) + 1
+    return len(history["loss"])
+
+
+def record(train_params: TrainParams, fitted: Fit) -> FitRecord:
+    members = [
+        MemberRecord(
+            seed=train_params.seed + i, epochs=len(history["loss"]), kept_epochs=kept_epochs(train_params, history)
+        )
+        for i, history in enumerate(fitted.histories)
+    ]
+    return FitRecord(members=members)
+
+
+def early_stopping(train_params: TrainParams) -> list[Any]:
+    """Stop when val_loss stops improving and keep the best epoch's weights, not the last."""
+    import keras
+
+    if not train_params.early_stopping_patience:
+        return []
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=train_params.early_stopping_patience, restore_best_weights=True
+        )
+    ]
+
+
+def history_csv(history: History) -> str:
+    """One row per epoch (numbered from 1), one column per Keras metric: what `dvc plots` draws."""
+    keys = sorted(history)
+    out = io.StringIO()
+    writer = csv.writer(out)  # rows end in CRLF, as csv writes them
+    writer.writerow(["epoch", *keys])
+    for epoch, row in enumerate(zip(*(history[k] for k in keys)), start=1):
+        writer.writerow([epoch, *(f"{v:.6g}" for v in row)])
+    return out.getvalue()
+
+
+def read_history(path: Path) -> History:
+    with path.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    return {key: [float(row[key]) for row in rows] for key in rows[0] if key != "epoch"} if rows else {}

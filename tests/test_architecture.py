@@ -14,18 +14,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 
 from char_rnn.layout import Layout
 from char_rnn.params import Params
 from char_rnn.stages import STAGES
+from conftest import REPO
 
 PACKAGES = {"char_rnn": REPO / "src" / "char_rnn", "pipelines": REPO / "pipelines"}
 LINEAGE_CALLS = {"flat", "digest"}  # whole-params calls that are logged, never read to compute an output
 NOT_DATA = {"root", "mlruns", "params"}  # layout paths that are no stage's input or output
-# Inputs a stage finds by name rather than through the layout: ingest reads `corpus.source`, the packaged
-# seed sentence or a file that the README asks users to put under data/raw/.
-BY_NAME = {"ingest": {"data/raw", "src/char_rnn/seed.txt"}}
+# Inputs a stage finds by name rather than through the layout: `corpus.source`, the packaged seed
+# sentence or a file that the README asks users to put under data/raw/. And ingest's dependency on the
+# check stage's record, which it does not read: it only makes every stage wait for check.
+BY_NAME = {
+    "check": {"data/raw", "src/char_rnn/seed.txt"},
+    "ingest": {"data/raw", "src/char_rnn/seed.txt", "reports/check.json"},
+}
+CHECKS_EVERY_PARAM = {"check"}  # loading params.yaml validates all of it: that is this stage's work
 
 
 def module_path(module: str) -> Path:
@@ -170,6 +175,18 @@ def section_keys(section: str) -> set[str]:
     return {f"{section}.{key}" for key in Params.model_fields[section].annotation.model_fields}
 
 
+def all_keys() -> set[str]:
+    return {key for section in Params.model_fields for key in section_keys(section)}
+
+
+def declared_keys(entry: str | dict) -> set[str]:
+    """A dvc.yaml params entry as dotted keys: `train.epochs`, a section, or `params.yaml:` (all of it)."""
+    if isinstance(entry, dict):
+        assert list(entry) == ["params.yaml"] and not entry["params.yaml"], entry
+        return all_keys()
+    return section_keys(entry) if entry in Params.model_fields else {entry}
+
+
 def data_touched(name: str) -> set[str]:
     """Layout paths the stage's functions use (read or written), relative to the project root."""
     layout = Layout(Path("/project"))
@@ -206,12 +223,8 @@ def test_dvc_yaml_declares_what_the_stage_code_imports_reads_and_writes(name: st
     spec = dvc_stages[name]
     deps = paths(spec.get("deps"))
     assert {dep for dep in deps if dep.endswith(".py")} == code_deps(name), "code deps"
-    declared = {
-        key
-        for entry in spec.get("params", [])
-        for key in (section_keys(entry) if entry in Params.model_fields else {entry})
-    }
-    assert declared == params_read(name), "params"
+    declared = {key for entry in spec.get("params", []) for key in declared_keys(entry)}
+    assert declared == (all_keys() if name in CHECKS_EVERY_PARAM else params_read(name)), "params"
     data = {dep for dep in deps if not dep.endswith(".py")}
-    written = paths(spec.get("outs")) | paths(spec.get("metrics"))
+    written = paths(spec.get("outs")) | paths(spec.get("metrics")) | paths(spec.get("plots"))
     assert data | written == data_touched(name) | BY_NAME.get(name, set()), "data deps and outputs"

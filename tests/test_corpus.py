@@ -6,12 +6,12 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from conftest import SEED
 
 from char_rnn import stages
 from char_rnn.corpus import CorpusError, load_corpus, read_source
 from char_rnn.layout import Layout
 from char_rnn.params import CorpusParams, Params, with_overrides
+from conftest import SEED
 
 
 def test_seed_is_the_blog_sentence(layout: Layout, repo_params: Params):

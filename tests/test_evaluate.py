@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-from conftest import SEED
 
 from char_rnn import cache, stages
 from char_rnn.dynamic import dynamic_char_probabilities
@@ -17,6 +16,7 @@ from char_rnn.model import load_model
 from char_rnn.ngram import KneserNey, bits_per_char
 from char_rnn.params import with_overrides
 from char_rnn.windows import load_text_ids, load_windows
+from conftest import SEED
 
 FITTED = ("train", "tune", "refit")  # what evaluate scores: the first fit, what tune chose, the kept model
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, TINY, free_port
 
 from benchmarks.flow_overhead import QUIET, prefect_server, scaffold_project, stop_group
+from conftest import REPO, TINY, free_port
 
 pytestmark = pytest.mark.integration
 

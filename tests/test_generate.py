@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_cli
 
 from char_rnn.generate import GenerationError, Generator, Mixture, Sampling, StepModel
 from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params, with_overrides
+from conftest import REPO, run_cli
 
 CHARS = list(" 가나다라마바사아자차카타파하")
 BLOG = (REPO / "src" / "char_rnn" / "seed.txt").read_text(encoding="utf-8").strip()

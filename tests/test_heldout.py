@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TEXT_VOCAB, write_windows
 
 from char_rnn.heldout import average_rnns, rnn_char_probabilities, scored_span
 from char_rnn.ngram import bits_per_char, perplexity
+from conftest import TEXT_VOCAB, write_windows
 
 
 def test_with_enough_warmup_chunks_equal_one_pass_over_the_whole_text(untrained, text):

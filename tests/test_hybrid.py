@@ -8,7 +8,6 @@ import math
 
 import numpy as np
 import pytest
-from conftest import TEXT_VOCAB
 
 from char_rnn import cache
 from char_rnn.heldout import rnn_char_probabilities
@@ -24,6 +23,7 @@ from char_rnn.hybrid import (
     load_hybrid,
 )
 from char_rnn.ngram import KneserNey, bits_per_char
+from conftest import TEXT_VOCAB
 
 
 def mixed_bits(weights, parts) -> float:

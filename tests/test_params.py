@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
 
 from char_rnn.params import ParamsError, load_params, parse_params, with_overrides
+from conftest import REPO
 
 
 def test_repo_params_reproduce_the_blog(repo_params):

@@ -1,7 +1,13 @@
-"""The whole pipeline through real `dvc` in a temporary git repository, on the blog's defaults."""
+"""The whole pipeline through real `dvc` in a temporary git repository: DVC is the record.
+
+One project for the module, in order: `dvc repro` reproduces the blog; refused changes remove nothing;
+going back to params already run restores them from DVC's run-cache without training or a second
+version; and a fresh clone + `dvc pull` has every output, a clean status and a working model.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO
 
 from char_rnn.stages import STAGES
+from conftest import BIN, REPO
 
 pytestmark = pytest.mark.integration
 
@@ -22,13 +28,15 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "test",
     "GIT_COMMITTER_EMAIL": "test@example.invalid",
 }
+OUTPUT_FOLDERS = ("data", "models", "reports")
 
 
-def sh(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def sh(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    if ok:
+        assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
     return result
 
 
@@ -36,55 +44,146 @@ def ran_stages(output: str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """The working tree's pipeline files in a fresh git + DVC repository, with a local DVC remote."""
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
-        shutil.copy(REPO / name, tmp_path / name)
-    shutil.copytree(REPO / "src", tmp_path / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (tmp_path / "data" / "raw").mkdir(parents=True)
-    (tmp_path / "data" / "raw" / ".gitkeep").touch()
-    sh("git", "init", "-q", cwd=tmp_path)
-    sh("dvc", "init", "-q", cwd=tmp_path)
-    sh("dvc", "remote", "add", "-d", "local", str(tmp_path.parent / "remote"), cwd=tmp_path)
-    sh("git", "add", "-A", cwd=tmp_path)
-    sh("git", "commit", "-qm", "pipeline", cwd=tmp_path)
-    return tmp_path
+def outputs(root: Path) -> dict[str, str]:
+    """md5 of every file the pipeline wrote (and of dvc.lock): what a refused change must not touch."""
+    files = [p for folder in OUTPUT_FOLDERS for p in (root / folder).rglob("*") if p.is_file() and "raw" not in p.parts]
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in [*files, root / "dvc.lock"]}
 
 
-def test_dvc_repro_reproduces_the_blog_and_reruns_only_what_changed(project: Path):
+def edit_params(root: Path, section: str, key: str, value: object, drop: str | None = None) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))
+    if drop:
+        del params[section][drop]
+    params[section][key] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def versions(root: Path) -> list[int]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    return sorted(int(v.version) for v in client.search_model_versions("name='char-rnn-ko'"))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working tree's pipeline files in a fresh git + DVC repository with a local remote; one `dvc repro`."""
+    root = tmp_path_factory.mktemp("dvc") / "project"
+    root.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mlruns/.gitignore", "data/raw/.gitkeep"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "src", root / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    sh("git", "init", "-q", cwd=root)
+    sh("dvc", "init", "-q", cwd=root)
+    sh("dvc", "remote", "add", "-d", "shared", str(root.parent / "remote"), cwd=root)
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", "pipeline", cwd=root)
+    first = sh("dvc", "repro", cwd=root)
+    (root.parent / "first-repro.log").write_text(first.stdout, encoding="utf-8")
+    return root
+
+
+def test_dvc_repro_reproduces_the_blog_and_then_runs_nothing(project: Path) -> None:
     import mlflow
 
-    first = sh("dvc", "repro", cwd=project)
-    ran = ran_stages(first.stdout)
+    ran = ran_stages((project.parent / "first-repro.log").read_text(encoding="utf-8"))
     assert sorted(ran) == sorted(stage.name for stage in STAGES)
-    assert (
-        ran.index("validate") < ran.index("train") < ran.index("tune") < ran.index("evaluate") < ran.index("register")
-    )
+    assert (ran[0], ran[-1]) == ("check", "register") and ran.index("train") < ran.index("tune")
     metrics = json.loads((project / "reports" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["accuracy"] >= 0.98 and metrics["epochs"] == 100
-    shown = sh("dvc", "metrics", "show", cwd=project).stdout
-    assert f"{metrics['accuracy']:.5f}" in shown
-
+    assert f"{metrics['accuracy']:.5f}" in sh("dvc", "metrics", "show", cwd=project).stdout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("char-rnn").experiment_id])
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 100
-    assert len(client.get_metric_history(run.info.run_id, "accuracy")) == 100
     artifacts = {a.path for folder in ("reports", "data") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"reports/loss_accuracy.png", "reports/metrics.json", "data/validation.json"} <= artifacts
     champion = client.get_model_version_by_alias("char-rnn-ko", "champion")
     assert champion.version == 1 and champion.run_id == run.info.run_id
-
     assert ran_stages(sh("dvc", "repro", cwd=project).stdout) == []
     assert "up to date" in sh("dvc", "status", cwd=project).stdout
-    sh("dvc", "push", cwd=project)
-    assert any((project.parent / "remote").rglob("*"))
 
-    params = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
-    params["train"]["epochs"] = 5
-    (project / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True), encoding="utf-8")
-    rerun = ran_stages(sh("dvc", "repro", cwd=project).stdout)
-    assert sorted(rerun) == sorted(["train", "tune", "refit", "evaluate", "register"])
-    assert (rerun[0], rerun[-1]) == ("train", "register")
-    assert client.get_model_version_by_alias("char-rnn-ko", "champion").version == 1
-    assert client.get_model_version_by_alias("char-rnn-ko", "challenger").version == 2
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("train", "epochs", 0, None), "train.epochs: Input should be greater than or equal to 1 (got 0)"),
+        (
+            ("window", "lenght", 20, "length"),
+            "window.lenght: Extra inputs are not permitted (got 20) (did you mean window.length?)",
+        ),
+        (("corpus", "source", "data/raw/missing.txt", None), "neither one of seed, kolaw, kobill, kolaw+kobill"),
+        (("corpus", "source", "data/raw/cp949.txt", None), "not valid UTF-8: byte 0xc7 at offset 0"),
+    ],
+    ids=["bad-train-param", "misspelt-window-key", "missing-corpus", "non-utf8-corpus"],
+)
+def test_a_refused_change_removes_nothing(project: Path, change: tuple, message: str) -> None:
+    before, status, registered = outputs(project), sh("dvc", "status", cwd=project).stdout, versions(project)
+    params = (project / "params.yaml").read_bytes()
+    (project / "data" / "raw" / "cp949.txt").write_bytes("한국어".encode("cp949"))
+    edit_params(project, *change)
+    try:
+        refused = sh("dvc", "repro", cwd=project, ok=False)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+        if change[-1]:  # a misspelt key: DVC would only have said that the right one is missing
+            assert f"{change[0]}.{change[-1]}: Field required" in refused.stderr
+        assert ran_stages(refused.stdout) == ["check"]
+        assert outputs(project) == before
+        assert versions(project) == registered
+    finally:
+        (project / "params.yaml").write_bytes(params)
+        (project / "data" / "raw" / "cp949.txt").unlink()
+    assert sh("dvc", "status", cwd=project).stdout == status
+
+
+def test_going_back_to_params_already_run_restores_them_without_training(project: Path) -> None:
+    model = (project / "models" / "model.keras").read_bytes()
+    edit_params(project, "train", "epochs", 5)
+    changed = ran_stages(sh("dvc", "repro", cwd=project).stdout)
+    assert sorted(changed) == sorted(["check", "train", "tune", "refit", "evaluate", "register"])
+    assert versions(project) == [1, 2]
+    edit_params(project, "train", "epochs", 100)
+    back = sh("dvc", "repro", cwd=project)
+    assert ran_stages(back.stdout) == ["check"], back.stdout  # the rest came back from the run-cache
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in back.stdout
+    assert (project / "models" / "model.keras").read_bytes() == model
+    assert json.loads((project / "reports" / "registration.json").read_text())["version"] == "1"
+    assert versions(project) == [1, 2]
+    assert "up to date" in sh("dvc", "status", cwd=project).stdout
+
+
+def test_a_fresh_clone_pulls_every_output_and_runs_nothing(project: Path) -> None:
+    sh("dvc", "push", "--run-cache", cwd=project)
+    sh("git", "add", "-A", cwd=project)
+    sh("git", "commit", "-qm", "run", cwd=project)
+    assert sh("git", "status", "--porcelain", cwd=project).stdout == ""
+    clone = project.parent / "clone"
+    sh("git", "clone", "-q", str(project), str(clone), cwd=project.parent)
+    pulled = sh("dvc", "pull", cwd=clone)
+    assert "up to date" in sh("dvc", "status", cwd=clone).stdout, pulled.stdout
+    assert outputs(clone) == outputs(project)
+    assert ran_stages(sh("dvc", "repro", cwd=clone).stdout) == []
+    assert "accuracy" in sh("dvc", "metrics", "show", cwd=clone).stdout
+    sh("dvc", "plots", "show", cwd=clone)
+    assert "reports/history.csv" in (clone / "dvc_plots" / "index.html").read_text(encoding="utf-8")
+    generated = sh(
+        "char-rnn",
+        "generate",
+        "-m",
+        "models/model.keras",
+        "--vocab",
+        "data/vocab.json",
+        "-p",
+        "알엔엔 으로",
+        "--length",
+        "10",
+        "--temperature",
+        "0",
+        cwd=clone,
+    )
+    blog = (REPO / "src" / "char_rnn" / "seed.txt").read_text(encoding="utf-8")
+    assert generated.stdout.rstrip("\n") == blog[: len("알엔엔 으로") + 10]
+    # The pulled run id belongs to the first clone's MLflow store: later stages continue it in this one.
+    edit_params(clone, "evaluate", "prompt", "알엔엔")  # read by evaluate and register
+    assert sorted(ran_stages(sh("dvc", "repro", cwd=clone).stdout)) == ["check", "evaluate", "register"]
+    assert versions(clone) == [1]

@@ -11,11 +11,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import BIN, free_port
 
 from char_rnn.generate import GenerationError, Sampling
 from char_rnn.layout import Layout
 from char_rnn.params import Params
+from conftest import BIN, free_port
 
 
 def test_request_rows_take_defaults_for_missing_values() -> None:

@@ -11,9 +11,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 from char_rnn import stages
+from conftest import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SEED, write_windows
 
 from char_rnn import stages
 from char_rnn.layout import Layout
@@ -15,6 +14,7 @@ from char_rnn.params import Params, ValidationParams, with_overrides
 from char_rnn.validation import ValidationFailed, require_success
 from char_rnn.validation import validate as run_suites
 from char_rnn.windows import load_vocab, load_windows
+from conftest import SEED, write_windows
 
 CHECKS = ValidationParams(max_control_share=0.01)
 

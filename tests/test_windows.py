@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SEED, write_windows
 
 from char_rnn.windows import (
     WindowError,
@@ -18,6 +17,7 @@ from char_rnn.windows import (
     window_dataset,
     window_views,
 )
+from conftest import SEED, write_windows
 
 
 def test_blog_sentence_gives_the_blogs_51_windows(tmp_path: Path):

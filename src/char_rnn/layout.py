@@ -54,6 +54,11 @@ class Layout:
         return self.root / "params.yaml"
 
     @property
+    def check(self) -> Path:
+        """What the check stage found: the corpus source and its length, once every param passed."""
+        return self.root / "reports" / "check.json"
+
+    @property
     def raw_dir(self) -> Path:
         return self.root / "data" / "raw"
 

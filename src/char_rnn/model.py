@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
+import json
 import random
+import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
 
+from char_rnn.layout import write_atomically
 from char_rnn.params import Cell, InputEncoding, ModelParams, Schedule, TrainParams
 
 # Batches per call into TensorFlow: for a model as small as the blog's, a Python round trip per step
@@ -101,7 +106,9 @@ def average(members: list[keras.Model]) -> keras.Model:
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     probs = keras.layers.Average(name="mean_probs")([member(ids) for member in members])
     model = keras.Model(ids, probs, name=f"ensemble_of_{len(members)}")
-    model.compile(loss=LOSS(), metrics=[ACCURACY()])  # for `evaluate`: it is never trained as a whole
+    # Compiled for `evaluate` only: it is never trained as a whole. Optimizers are named, or Keras numbers
+    # them per process (rm_sprop_1, ...) and the saved file would depend on what ran before it.
+    model.compile(optimizer=keras.optimizers.RMSprop(name="unused"), loss=LOSS(), metrics=[ACCURACY()])
     return model
 
 
@@ -111,7 +118,7 @@ def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int)
     if params.lr_schedule is Schedule.cosine:
         rate = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=params.epochs * steps_per_epoch)
     model.compile(
-        optimizer=keras.optimizers.Adam(rate, clipnorm=params.clipnorm or None),
+        optimizer=keras.optimizers.Adam(rate, clipnorm=params.clipnorm or None, name="adam"),
         loss=LOSS(),
         metrics=[ACCURACY()],
         steps_per_execution=STEPS_PER_EXECUTION,
@@ -124,11 +131,44 @@ def members(model: keras.Model) -> list[keras.Model]:
 
 
 def save_model(model: keras.Model, path: Path) -> None:
-    """Keras writes in place; a `.partial.keras` sibling plus rename never leaves a half-written model."""
+    """Write the model whole, and as the same bytes whenever the weights are the same.
+
+    Keras stamps a `.keras` file with the time and with Python object ids, so two saves of one model
+    differ; here they do not, so DVC's and the registry's hashes follow the weights alone.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.stem + ".partial.keras")
     model.save(partial)
-    partial.replace(path)
+    write_atomically(path, canonical_keras(partial.read_bytes()))
+    partial.unlink()
+
+
+def canonical_keras(data: bytes) -> bytes:
+    """The archive with fixed entry times, no save date, and object ids numbered in order of appearance."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(data)) as source, zipfile.ZipFile(out, "w") as target:
+        for entry in source.infolist():
+            content = source.read(entry.filename)
+            if entry.filename == "config.json":
+                content = _renumber_shared_objects(content.decode("utf-8")).encode("utf-8")
+            elif entry.filename == "metadata.json":
+                content = json.dumps({**json.loads(content), "date_saved": UNDATED}).encode("utf-8")
+            fixed = zipfile.ZipInfo(entry.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = entry.compress_type
+            target.writestr(fixed, content)
+    return out.getvalue()
+
+
+UNDATED = "1980-01-01@00:00:00"
+
+
+def _renumber_shared_objects(config: str) -> str:
+    numbers: dict[str, int] = {}
+    return re.sub(
+        r'"shared_object_id": (\d+)',
+        lambda match: f'"shared_object_id": {numbers.setdefault(match.group(1), len(numbers) + 1)}',
+        config,
+    )
 
 
 def load_model(path: str) -> keras.Model:

@@ -6,6 +6,7 @@ import, so a typo in params.yaml costs milliseconds, not a TensorFlow start-up.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
@@ -282,7 +283,20 @@ def _describe(err: Any) -> str:
     key = ".".join(str(part) for part in err["loc"]) or "params"
     # A whole section's value says nothing the message does not: show only scalar inputs.
     given = "" if err["type"] == "missing" or isinstance(err["input"], dict) else f" (got {err['input']!r})"
-    return f"  {key}: {err['msg'].removeprefix('Value error, ')}{given}"
+    hint = _did_you_mean(err["loc"]) if err["type"] == "extra_forbidden" else ""
+    return f"  {key}: {err['msg'].removeprefix('Value error, ')}{given}{hint}"
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """The known key a misspelt one is closest to, if any: `window.lenght` -> `window.length`."""
+    *section, key = (str(part) for part in loc)
+    fields = Params.model_fields
+    if section:
+        if section[0] not in fields or len(section) > 1:
+            return ""
+        fields = fields[section[0]].annotation.model_fields
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join([*section, close[0]])}?)" if close else ""
 
 
 def read_yaml(path: Path, what: str, error: type[ParamsError] = ParamsError) -> Any:

@@ -41,6 +41,7 @@ class Registration:
     value: float
     previous_champion: str | None
     previous_value: float | None
+    already_registered: bool = False  # these exact files were a version already: it is reported, not added
 
 
 def is_better(metric: Metric, value: float, than: float) -> bool:
@@ -68,6 +69,37 @@ def check_registrable(run_id: str, metric: Metric, metrics: dict[str, Any]) -> f
     if status != "FINISHED" or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise RegistrationRefused(f"run {run_id} is {status} with {metric.value}={value!r}; nothing registered")
     return float(value)
+
+
+def registered_version(model_name: str, digest_tags: dict[str, str], metric: Metric) -> Registration | None:
+    """The version that holds exactly these files (the same `<file>_sha256` tags, no more), if any.
+
+    Going back to params that were already run restores the same bytes (DVC's cache; the model is
+    saved byte for byte the same from the same weights): they are that version, not a new one.
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    query = " and ".join([f"name = '{model_name}'", *(f"tags.{k} = '{v}'" for k, v in sorted(digest_tags.items()))])
+    same = [
+        version
+        for version in client.search_model_versions(query)
+        if {k for k in version.tags if k.endswith("_sha256")} == set(digest_tags)
+    ]
+    if not same:
+        return None
+    version = min(same, key=lambda v: int(v.version))
+    aliases = client.get_model_version(model_name, version.version).aliases
+    return Registration(
+        model_name=model_name,
+        version=str(version.version),
+        alias=", ".join(sorted(aliases)) or "none",
+        metric=metric.value,
+        value=float(version.tags.get(metric.value, "nan")),
+        previous_champion=None,
+        previous_value=None,
+        already_registered=True,
+    )
 
 
 def register(model_uri: str, model_name: str, metric: Metric, value: float, tags: dict[str, str]) -> Registration:

@@ -28,7 +28,7 @@ from mlflow.pyfunc import PythonModel
 from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
 from char_rnn.lineage import SERVING_PACKAGES, file_sha256, pip_requirements
 from char_rnn.params import Metric
-from char_rnn.registry import Registration, check_registrable, register, resolve_version
+from char_rnn.registry import Registration, check_registrable, register, registered_version, resolve_version
 
 RNN_BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
 HYBRID_BUNDLE = (*RNN_BUNDLE, "ngram", "hybrid")
@@ -126,16 +126,20 @@ def register_generator(
     metrics: dict[str, Any],
     tags: dict[str, str],
 ) -> Registration:
-    """Check the run, log the generator pyfunc of `files` into it, register it and set its alias.
+    """Check the run, log the generator pyfunc of `files` into it, register it and set its alias;
+    files that are a version already are reported as that version.
 
     `files` maps the bundle's names (`model`, `vocab`, ...) to paths; each one's sha256 is recorded
     in the pyfunc's config and as a version tag. Call with MLflow pointed at the store.
     """
     value = check_registrable(run_id, metric, metrics)
     digests = {name: file_sha256(path) for name, path in files.items()}
+    digest_tags = {f"{name}_sha256": digest for name, digest in digests.items()}
+    existing = registered_version(model_name, digest_tags, metric)
+    if existing is not None:
+        return existing
     with mlflow.start_run(run_id=run_id):
         model_uri = log_generator(files, digests, example_prompt)
-    digest_tags = {f"{name}_sha256": digest for name, digest in digests.items()}
     return register(model_uri, model_name, metric, value, {**tags, **digest_tags})
 
 

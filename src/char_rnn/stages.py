@@ -35,6 +35,24 @@ if TYPE_CHECKING:
 Summary = dict[str, Any]
 
 
+def check(params: Params, layout: Layout) -> Summary:
+    """Check every param and the corpus source before any stage runs: a refused change removes nothing.
+
+    DVC deletes a stage's outputs before its command runs, so a bad value found by that stage would
+    cost its last good outputs; this stage runs first and writes only `reports/check.json`, which
+    `dvc.yaml` keeps (persist) when it fails. The params were validated when they were loaded.
+    """
+    from char_rnn.corpus import load_corpus
+    from char_rnn.windows import split_sizes
+
+    text = load_corpus(params.corpus, layout.root)
+    split_sizes(len(text), params.split, params.window.length)
+    # What ingest depends on: it changes with the corpus, not with any other param.
+    found = {"corpus.source": params.corpus.source, "characters": len(text)}
+    _write_json(layout.check, found)
+    return found
+
+
 def ingest(params: Params, layout: Layout) -> Summary:
     """Read corpus.source strictly as UTF-8, normalise it (no BOM, LF, NFC), write data/corpus.txt."""
     from char_rnn.corpus import load_corpus
@@ -161,7 +179,7 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
         segment, steps_context = params.tune.dynamic_segment, params.tune.dynamic_context
         rate, tried = tune_rate(model, ids, span, params.tune.dynamic_rates, segment, steps_context)
         dynamic = DynamicChoice(rate=rate, segment=segment, context=steps_context, tune_bits_per_char=tried)
-    with tracking.resumed_run(layout.mlruns, tracking.load_run_link(layout.train_run)):
+    with tracking.resumed_run(layout.mlruns, tracking.pipeline_run(layout.mlruns, layout.train_run)):
         mlflow.log_metrics({**weights.metrics(), **({"dynamic_rate": dynamic.rate} if dynamic else {})})
     return Hybrid(
         tune_chars=spec.tune_chars, weights=weights, ngram_order=params.baseline.order, context=context, dynamic=dynamic
@@ -182,7 +200,7 @@ def refit(params: Params, layout: Layout) -> Summary:
 
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
     kept = [member.kept_epochs for member in FitRecord.model_validate_json(layout.fit_record.read_text()).members]
-    with tracking.resumed_run(layout.mlruns, tracking.load_run_link(layout.train_run)):
+    with tracking.resumed_run(layout.mlruns, tracking.pipeline_run(layout.mlruns, layout.train_run)):
         fitted = fit_members(
             params.model,
             params.train,
@@ -230,7 +248,7 @@ def evaluate(params: Params, layout: Layout) -> Summary:
     _write_json(layout.metrics, metrics)
     write_atomically(layout.plot, plot_history(history))
     write_atomically(layout.sample, f"{prompt}{text}\n")
-    with tracking.resumed_run(layout.mlruns, tracking.load_run_link(layout.train_run)):
+    with tracking.resumed_run(layout.mlruns, tracking.pipeline_run(layout.mlruns, layout.train_run)):
         mlflow.log_metrics({f"eval_{k}": v for k, v in tracking.finite_metrics(metrics).items()})
         for artifact in (layout.metrics, layout.plot, layout.sample, layout.history, layout.hybrid):
             mlflow.log_artifact(str(artifact), artifact_path="reports")
@@ -249,8 +267,7 @@ def register(params: Params, layout: Layout) -> Summary:
     from char_rnn.lineage import file_md5, git_commit
     from char_rnn.serving import register_generator
 
-    run_id = tracking.load_run_link(layout.train_run)
-    tracking.connect(layout.mlruns)
+    run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
     tags = {
         "git_commit": git_commit(layout.root),
         "corpus_md5": file_md5(layout.corpus),
@@ -299,6 +316,7 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
+    Stage("check", check, needs_tensorflow=False),
     Stage("ingest", ingest, needs_tensorflow=False),
     Stage("window", window, needs_tensorflow=False),
     Stage("validate", validate, needs_tensorflow=False),

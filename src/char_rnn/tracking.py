@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 EXPERIMENT = "char-rnn"
+CONTINUES = "char_rnn.continues"  # tag of a run that continues a pulled run of another store
 
 
 def tracking_uri(mlruns: Path) -> str:
@@ -87,8 +88,36 @@ def run_link(run_id: str) -> str:
     return json.dumps({"run_id": run_id}, indent=1) + "\n"
 
 
-def load_run_link(path: Path) -> str:
-    return json.loads(path.read_text(encoding="utf-8"))["run_id"]
+def pipeline_run(mlruns: Path, link: Path) -> str:
+    """The run the stages after train log into: the one `link` (models/run.json) names.
+
+    A run id belongs to one MLflow store, and run.json travels with the outputs (`dvc pull`). When
+    this store has no such run, the stages log into this store's continuation of it instead: a run
+    tagged `char_rnn.continues` with the id, created by the first stage that needs it and found by
+    that tag afterwards, so evaluate and register still share one run and nothing fails.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    experiment_id = connect(mlruns)
+    run_id = json.loads(link.read_text(encoding="utf-8"))["run_id"]
+    client = MlflowClient()
+    try:
+        return client.get_run(run_id).info.run_id
+    except MlflowException:
+        pass
+    query = f"tags.`{CONTINUES}` = '{run_id}'"
+    for found in client.search_runs([experiment_id], filter_string=query, max_results=1):
+        return found.info.run_id
+    note = (
+        f"Continues run `{run_id}` of another MLflow store, whose outputs arrived here with `dvc pull`;"
+        " its training and epochs are logged there."
+    )
+    run = client.create_run(
+        experiment_id, run_name=f"continues-{run_id[:8]}", tags={CONTINUES: run_id, "mlflow.note.content": note}
+    )
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
 
 
 def epoch_logger(prefix: str = "") -> Any:

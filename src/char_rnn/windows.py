@@ -77,30 +77,38 @@ def window_starts(n_ids: int, length: int, stride: int) -> np.ndarray:
     return np.arange(0, max(0, n_ids - length), stride, dtype=np.int64)
 
 
+def split_sizes(n_chars: int, split: SplitParams, length: int) -> tuple[int, int, int]:
+    """Characters in (train, tune, val), or `WindowError` when a split is too short for a window.
+
+    Needs only the corpus's length, so the check stage refuses a bad split before any stage runs.
+    """
+    n_val = round(n_chars * split.val_fraction)
+    n_tune = round(n_chars * split.tune_fraction)
+    n_train = n_chars - n_val - n_tune
+    if split.tune_fraction and not n_tune:
+        raise WindowError(
+            f"split.tune_fraction={split.tune_fraction} leaves no tuning character in {n_chars}; raise it or use 0"
+        )
+    if count_windows(n_train, length, 1) == 0:
+        raise WindowError(
+            f"the training text has {n_train} characters; window.length={length} needs at least"
+            f" {length + 1} (shorten window.length or use a longer corpus)"
+        )
+    if n_val and count_windows(n_val, length, 1) == 0:
+        raise WindowError(
+            f"split.val_fraction={split.val_fraction} leaves {n_val} validation characters;"
+            f" window.length={length} needs at least {length + 1}"
+        )
+    return n_train, n_tune, n_val
+
+
 def split_ids(ids: np.ndarray, split: SplitParams, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Contiguous (train, tune, val): validation is the tail, the tuning slice sits just before it.
 
     Nothing is interleaved, so no validation character has been seen in training, even in a window.
     """
-    n_val = round(len(ids) * split.val_fraction)
-    n_tune = round(len(ids) * split.tune_fraction)
-    n_train = len(ids) - n_val - n_tune
-    train, tune, val = ids[:n_train], ids[n_train : n_train + n_tune], ids[n_train + n_tune :]
-    if split.tune_fraction and not n_tune:
-        raise WindowError(
-            f"split.tune_fraction={split.tune_fraction} leaves no tuning character in {len(ids)}; raise it or use 0"
-        )
-    if count_windows(len(train), length, 1) == 0:
-        raise WindowError(
-            f"the training text has {len(train)} characters; window.length={length} needs at least"
-            f" {length + 1} (shorten window.length or use a longer corpus)"
-        )
-    if n_val and count_windows(len(val), length, 1) == 0:
-        raise WindowError(
-            f"split.val_fraction={split.val_fraction} leaves {len(val)} validation characters;"
-            f" window.length={length} needs at least {length + 1}"
-        )
-    return train, tune, val
+    n_train, n_tune, _ = split_sizes(len(ids), split, length)
+    return ids[:n_train], ids[n_train : n_train + n_tune], ids[n_train + n_tune :]
 
 
 @dataclass(frozen=True)

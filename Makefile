@@ -1,5 +1,7 @@
 # Two entry points for a fresh machine: `make run` and `make test`. Both build .venv first.
-PYTHON ?= python3.11
+# Python 3.11, 3.12 or 3.13 (TensorFlow 2.21 has wheels for each); the first one found, 3.11 first.
+PYTHON ?= $(or $(shell for v in 3.11 3.12 3.13; do command -v python$$v && break; done),\
+	$(error no python3.11, python3.12 or python3.13 on PATH; install one, or run make PYTHON=/path/to/python))
 VENV := .venv
 BIN := $(VENV)/bin
 export MLFLOW_DISABLE_TELEMETRY := true

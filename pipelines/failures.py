@@ -19,9 +19,18 @@ PERMANENT_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, No
 class StageFailed(Exception):
     """Raised by the flow so that its Failed state names the stage that failed and why."""
 
-    def __init__(self, stage: str, cause: BaseException) -> None:
-        super().__init__(f"stage {stage!r} failed: {type(cause).__name__}: {cause}")
+    def __init__(self, stage: str, why: str) -> None:
+        super().__init__(f"stage {stage!r} failed: {why}")
         self.stage = stage
+
+
+def one_line(exc: BaseException) -> str:
+    """`ValidationFailed: validation failed: corpus: ...; windows: ...`: a message's lines on one line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    name = type(exc).__name__
+    # A worker's error already starts with its original class name.
+    prefix = "" if name == "RemotePipelineError" else f"{name}: "
+    return prefix + (lines[0] + (" " + "; ".join(lines[1:]) if lines[1:] else "") if lines else name)
 
 
 class TransientError(Exception):

@@ -12,15 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import Task, flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
-from prefect.states import Completed, State
+from prefect.states import Completed, Failed, State
 
 from char_rnn import stages
+from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params, load_params, with_overrides
-from pipelines.failures import StageFailed, retry_if_transient
+from pipelines.failures import StageFailed, one_line, retry_if_transient
 from pipelines.versioning import is_up_to_date, record_run, require_dvc_project, warm_up
 from pipelines.worker import ModelWorker
 
@@ -44,15 +46,24 @@ def check_unchanged(root: str, params: Params) -> bool:
 
 
 @task(**TASK_OPTIONS)
-def run_stage(stage: str, root: str, params: Params) -> dict[str, Any]:
-    return stages.stage(stage).run(params, Layout(Path(root)))
+def run_stage(stage: str, root: str, params: Params) -> dict[str, Any] | State:
+    return expected_failures(stages.stage(stage).run, params, Layout(Path(root)))
 
 
 @task(**TASK_OPTIONS)
 def run_in_worker(
     stage: str, worker: ModelWorker, params: Params, timeout_s: float, tags: dict[str, str] | None
-) -> dict[str, Any]:
-    return worker.call(stage, params, timeout_s, tags)
+) -> dict[str, Any] | State:
+    return expected_failures(worker.call, stage, params, timeout_s, tags)
+
+
+def expected_failures(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | State:
+    """A user's error (bad params, failed validation, NaN loss, ...) ends the task Failed with its message
+    on one line and no traceback, which is kept for bugs; none of these is retried."""
+    try:
+        return call(*args)
+    except PipelineError as exc:
+        return Failed(message=one_line(exc))
 
 
 @task(name="dvc-commit", **TASK_OPTIONS)
@@ -75,10 +86,27 @@ def resolve_params(layout: Layout, params: Params | None, overrides: dict[str, A
 
 
 def _stage(name: str, call: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return call(*args)
-    except Exception as exc:
-        raise StageFailed(name, exc) from exc
+    """Run a task (or a plain step) and stop the flow with `StageFailed` naming it when it fails."""
+    if not isinstance(call, Task):
+        try:
+            return call(*args)
+        except PipelineError as exc:
+            raise StageFailed(name, one_line(exc)) from None
+    state = call(*args, return_state=True)
+    if not state.is_completed():
+        raise StageFailed(name, state.message or state.name)
+    return state.result()
+
+
+def report(results: dict[str, Any]) -> str:
+    """The flow run's markdown artifact: the MLflow run, what each stage did, the registry's decision."""
+    train = results.get("train", {})
+    lines = ["## char-rnn run", ""]
+    if "run_url" in train:
+        lines.append(f"MLflow run [{train['run_name']}]({train['run_url']})")
+        lines.append("")
+    lines += [f"- **{name}**: {result['summary']}" for name, result in results.items() if "summary" in result]
+    return "\n".join(lines) + "\n"
 
 
 @flow(
@@ -101,6 +129,20 @@ def char_rnn_pipeline(
     time budget, after which the training process is stopped; push: `dvc push` when a remote is set.
     """
     layout = Layout(Path(root).resolve()) if root else Layout.discover()
+    try:
+        return _run(layout, params, overrides, skip_if_unchanged, train_timeout_s, push)
+    except StageFailed as exc:
+        return Failed(message=str(exc))
+
+
+def _run(
+    layout: Layout,
+    params: Params | None,
+    overrides: dict[str, Any] | None,
+    skip_if_unchanged: bool,
+    train_timeout_s: float,
+    push: bool,
+) -> dict[str, Any] | State:
     _stage("setup", require_dvc_project, layout)
     run_params = _stage("params", resolve_params, layout, params, overrides)
     where = str(layout.root)
@@ -118,4 +160,5 @@ def char_rnn_pipeline(
             results[stage] = _stage(stage, call, stage, worker, run_params, budget, tags)
     dvc_ready.join()
     results["dvc"] = _stage("dvc-commit", record, where, run_params, push)
+    create_markdown_artifact(report(results), key="char-rnn-run", description="what the run did and decided")
     return results

@@ -33,6 +33,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
+from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from char_rnn.errors import PipelineError
@@ -126,12 +127,12 @@ def log_summary(parent_id: str, rows: list[dict[str, Any]], metric: Metric, best
     client = MlflowClient()
     columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "trial", k))
     client.log_table(parent_id, {col: [row.get(col) for row in rows] for col in columns}, SUMMARY_ARTIFACT)
-    for step, row in enumerate(rows):
+    for step, row in enumerate(rows, start=1):
         if _finite(row.get(metric.value)):
-            client.log_metric(parent_id, f"trial_{metric.value}", row[metric.value], step=step)
+            client.log_metric(parent_id, f"sweep/{metric.value}", row[metric.value], step=step)
     client.set_tag(parent_id, "sweep.failed_trials", str(sum(row["status"] != "ok" for row in rows)))
     if best is not None:
-        client.log_metric(parent_id, f"best_{metric.value}", best[metric.value])
+        client.log_metric(parent_id, f"sweep/best_{metric.value}", best[metric.value])
         client.set_tag(parent_id, "sweep.best_trial", best["trial"])
         client.set_tag(parent_id, "sweep.best_run_id", best["run_id"])
 
@@ -201,15 +202,29 @@ def char_rnn_sweep(
     root: str | None = None,
     sweep_id: str | None = None,
     train_timeout_s: float = 3600.0,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State:
     """Run the sweep `spec` on the project at `root` (default: the one around the working directory).
 
     Call it through `run_sweep`, which sizes the task runner to `spec.max_parallel` (the decorator's
     runner runs two at once). params/overrides: the base config, as in the `char-rnn` flow; every
     trial's overrides go on top and are all validated before the first stage runs.
     """
-    logger = get_run_logger()
     layout = Layout(Path(root).resolve()) if root else Layout.discover()
+    try:
+        return _sweep(spec, layout, params, overrides, sweep_id, train_timeout_s)
+    except StageFailed as exc:
+        return Failed(message=str(exc))
+
+
+def _sweep(
+    spec: SweepParams,
+    layout: Layout,
+    params: Params | None,
+    overrides: dict[str, Any] | None,
+    sweep_id: str | None,
+    train_timeout_s: float,
+) -> dict[str, Any]:
+    logger = get_run_logger()
     base = _stage("params", resolve_params, layout, params, overrides)
     trials = _stage("sweep spec", plan_trials, base, spec)
     where = str(layout.root)
@@ -237,7 +252,7 @@ def char_rnn_sweep(
         best = pick_best(rows, metric)
         log_summary(parent_id, rows, metric, best)
         if best is None:
-            raise StageFailed("sweep", AllTrialsFailed(f"all {len(rows)} trials failed; nothing registered"))
+            raise StageFailed("sweep", f"AllTrialsFailed: all {len(rows)} trials failed; nothing registered")
         winner = next(trial for trial in trials if trial.name == best["trial"])
         registration = _stage("register", register_best, winner, where, best["run_dir"])
         close_parent_run(parent_id, "FINISHED", registration)

@@ -102,6 +102,11 @@ def write_params(layout: Layout, params: Params) -> list[str]:
 
         yaml = YAML()
         yaml.preserve_quotes = True
+        yaml.width = 4096  # never re-wrap a line
+        # ruamel writes None as nothing (`random:`); the file says `null`, and so should every rewrite.
+        yaml.representer.add_representer(
+            type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
+        )
         document = yaml.load(layout.params.read_text(encoding="utf-8"))
         for dotted, value in changed.items():
             section, key = dotted.split(".", 1)

@@ -181,9 +181,12 @@ def main() -> None:
     sys.stdout = sys.stderr
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     threading.Thread(target=_die_with_parent, args=(parent,), daemon=True).start()
+    from char_rnn.quiet import import_tensorflow
+
+    import_tensorflow()  # the warm-up, most of a small run's cost
     import mlflow.keras  # noqa: F401
 
-    import char_rnn.model  # noqa: F401 - warm-up (TensorFlow, Keras): most of a small run's cost
+    import char_rnn.model  # noqa: F401
 
     for line in sys.stdin:
         replies.write(json.dumps(_handle(json.loads(line), layout), ensure_ascii=False, default=str) + "\n")

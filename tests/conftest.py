@@ -90,6 +90,16 @@ def write_windows(text: str, folder: Path, length: int = 20, stride: int = 1, va
     return windows.spec
 
 
+def as_runtime(model: object) -> object:
+    """A Keras model as every generator reads it: saved, then loaded by the NumPy runtime."""
+    from char_rnn import inference
+    from char_rnn.model import save_model
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_model(model, Path(folder) / "model.keras")
+        return inference.load(Path(folder) / "model.keras")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,41 +14,41 @@ from char_rnn.dynamic import dynamic_char_probabilities
 from char_rnn.evaluation import heldout_metrics
 from char_rnn.heldout import rnn_char_probabilities
 from char_rnn.hybrid import Weights, load_hybrid
+from char_rnn.layout import Layout
 from char_rnn.model import load_model
 from char_rnn.ngram import KneserNey, bits_per_char
-from char_rnn.params import with_overrides
+from char_rnn.params import Params, with_overrides
 from char_rnn.windows import load_text_ids, load_windows
-from conftest import SEED
-
-FITTED = ("train", "tune", "refit")  # what evaluate scores: the first fit, what tune chose, the kept model
+from conftest import REPO, SEED, TINY
 
 
-def fit(params, layout) -> dict:
-    return {name: stages.stage(name).run(params, layout) for name in FITTED}
-
-
-@pytest.fixture
-def held_out(layout, tiny_params):
-    """A corpus long enough for a validation tail and a tuning slice: the seed sentence, varied."""
-    (layout.root / "data" / "raw").mkdir(parents=True)
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, repo_params: Params):
+    """A corpus long enough for a validation tail and a tuning slice (the seed sentence, varied), fitted
+    and evaluated once for the module: (layout, params, metrics)."""
+    root = tmp_path_factory.mktemp("held-out")
+    shutil.copy(REPO / "params.yaml", root / "params.yaml")
+    (root / "mlruns").mkdir()
+    shutil.copy(migrated_store, root / "mlruns" / "mlflow.db")
+    (root / "data" / "raw").mkdir(parents=True)
     text = "\n".join(SEED[i:] + SEED[:i] for i in range(0, 71, 7))
-    (layout.root / "data" / "raw" / "text.txt").write_text(text, encoding="utf-8")
-    params = with_overrides(
-        tiny_params,
-        {
-            "corpus.source": "data/raw/text.txt",
-            "split.val_fraction": 0.2,
-            "split.tune_fraction": 0.1,
-            "train.epochs": 30,
-            "train.early_stopping_patience": 2,
-            "train.learning_rate": 0.01,
-            "tune.cache_window": 30,
-            "tune.dynamic_rates": [0.01, 0.1],
-        },
-    )
-    for stage in ("ingest", "window", "validate", "baseline"):
-        stages.stage(stage).run(params, layout)
-    return layout, params
+    (root / "data" / "raw" / "text.txt").write_text(text, encoding="utf-8")
+    overrides = {"corpus.source": "data/raw/text.txt", "split.val_fraction": 0.2, "split.tune_fraction": 0.1,
+                 "train.epochs": 30, "train.early_stopping_patience": 2, "train.learning_rate": 0.01,
+                 "tune.cache_window": 30, "tune.dynamic_rates": [0.01, 0.1]}  # fmt: skip
+    params, layout = with_overrides(with_overrides(repo_params, TINY), overrides), Layout(root)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        results = stages.run_all(params, layout)
+    return layout, params, results
+
+
+def history(layout: Layout, run_id: str, key: str) -> list[float]:
+    from mlflow import MlflowClient
+
+    from char_rnn.tracking import tracking_uri
+
+    return [m.value for m in MlflowClient(tracking_uri(layout.mlruns)).get_metric_history(run_id, key)]
 
 
 def test_without_split_metrics_are_the_blogs(layout, tiny_params):
@@ -60,9 +62,8 @@ def test_without_split_metrics_are_the_blogs(layout, tiny_params):
 
 
 def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
-    layout, params = held_out
-    fit(params, layout)
-    metrics = stages.evaluate(params, layout)
+    layout, params, results = held_out
+    metrics = results["evaluate"]
     spec = json.loads((layout.windows / "spec.json").read_text(encoding="utf-8"))
     baseline = json.loads(layout.baseline.read_text(encoding="utf-8"))
     assert metrics["heldout_chars"] == spec["val_chars"] == baseline["scored_chars"]
@@ -96,41 +97,10 @@ def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
 
 
 def test_early_stopping_restores_the_best_epoch(held_out):
-    import mlflow
-
-    layout, params = held_out
-    run_id = fit(params, layout)["train"]["run_id"]
-    val_loss = [m.value for m in mlflow.MlflowClient().get_metric_history(run_id, "val_loss")]
+    layout, params, results = held_out
+    val_loss = history(layout, results["train"]["run_id"], "val/loss")
     assert len(val_loss) < params.train.epochs, "the run should have stopped early"
-    metrics = stages.evaluate(params, layout)
-    assert metrics["loss"] == pytest.approx(min(val_loss), rel=1e-4)
-
-
-def test_refit_reads_the_tuning_slice_after_the_weights_are_fitted_without_it(held_out):
-    import mlflow
-    import numpy as np
-
-    from char_rnn.training import FitRecord
-
-    layout, params = held_out
-    fit(params, layout)
-    plain = load_hybrid(layout.hybrid)
-    plain_weights = load_model(str(layout.model)).get_weights()
-    assert all(np.array_equal(a, b) for a, b in zip(plain_weights, load_model(str(layout.fit_model)).get_weights()))
-    refit = with_overrides(params, {"refit.enabled": True})
-    run_id = fit(refit, layout)["train"]["run_id"]
-    # The first fit is the plain run again (seeded): the weights come from it, before the tuning slice is read.
-    assert load_hybrid(layout.hybrid) == plain and 0.0 <= plain.weights.rnn <= 1.0
-    client = mlflow.MlflowClient()
-    val_loss = [m.value for m in client.get_metric_history(run_id, "val_loss")]
-    (member,) = FitRecord.model_validate_json(layout.fit_record.read_text()).members
-    assert member.kept_epochs == int(np.argmin(val_loss)) + 1 and member.epochs == len(val_loss)
-    assert len(client.get_metric_history(run_id, "refit_loss")) == member.kept_epochs
-    refit_weights = load_model(str(layout.model)).get_weights()
-    assert not all(np.array_equal(a, b) for a, b in zip(plain_weights, refit_weights, strict=True))
-    metrics = stages.evaluate(refit, layout)
-    assert metrics["hybrid_weight_rnn"] == plain.weights.rnn
-    assert metrics["epochs"] == member.kept_epochs
+    assert results["evaluate"]["loss"] == pytest.approx(min(val_loss), rel=1e-4)
 
 
 def test_refit_needs_a_tuning_slice_and_the_hybrid_metric_needs_the_refit(tiny_params):
@@ -142,3 +112,29 @@ def test_refit_needs_a_tuning_slice_and_the_hybrid_metric_needs_the_refit(tiny_p
     with pytest.raises(ParamsError, match="hybrid_bits_per_char needs refit.enabled: true"):
         with_overrides(tiny_params, split)
     assert with_overrides(tiny_params, {**split, "refit.enabled": True}).refit.enabled
+
+
+def test_refit_reads_the_tuning_slice_the_weights_were_fitted_without(held_out):
+    """Last in the module: it replaces the scored model with the refit."""
+    import numpy as np
+
+    from char_rnn.training import FitRecord
+
+    layout, params, results = held_out
+    plain, plain_weights = load_hybrid(layout.hybrid), load_model(str(layout.model)).get_weights()
+    first_fit = load_model(str(layout.fit_model)).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(plain_weights, first_fit, strict=True))  # without refit: kept
+    refit = with_overrides(params, {"refit.enabled": True})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        stages.refit(refit, layout)
+        metrics = stages.evaluate(refit, layout)
+    (member,) = FitRecord.model_validate_json(layout.fit_record.read_text()).members
+    val_loss = history(layout, results["train"]["run_id"], "val/loss")
+    assert member.kept_epochs == int(np.argmin(val_loss)) + 1 and member.epochs == len(val_loss)
+    assert len(history(layout, results["train"]["run_id"], "refit/loss")) == member.kept_epochs
+    refit_weights = load_model(str(layout.model)).get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(plain_weights, refit_weights, strict=True))
+    # The weights were fitted by tune on the first fit, before the refit read the tuning slice.
+    assert load_hybrid(layout.hybrid) == plain and metrics["hybrid_weight_rnn"] == plain.weights.rnn
+    assert metrics["epochs"] == member.kept_epochs

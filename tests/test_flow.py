@@ -161,7 +161,7 @@ def test_run_is_tracked_registered_and_recorded_by_dvc(served: dict[str, Any], r
     root, x = served["root"], runs["x"]
     assert x.state.is_completed(), x.state.message
     (run,) = _training_runs(root)
-    assert [m.step for m in _mlflow(root).get_metric_history(run.info.run_id, "loss")] == [0, 1, 2]
+    assert [m.step for m in _mlflow(root).get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
     lock = __import__("yaml").safe_load((root / "dvc.lock").read_text(encoding="utf-8"))["stages"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["prefect.flow_run_id"] == str(x.id)

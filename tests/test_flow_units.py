@@ -54,11 +54,34 @@ def test_overrides_are_validated_like_params_yaml(layout: Layout) -> None:
         resolve_params(layout, None, {"train.epochs": 0})
 
 
-def test_run_params_are_written_into_params_yaml_keeping_comments(layout: Layout, tiny_params: Params) -> None:
+def test_run_params_are_written_into_params_yaml_changing_nothing_else(layout: Layout, tiny_params: Params) -> None:
+    before = layout.params.read_text(encoding="utf-8").splitlines()
     assert write_params(layout, tiny_params) == ["evaluate.sample_length", "train.epochs"]
     assert load_params(layout.params) == tiny_params
-    assert "# the blog's SimpleRNN(units=100)" in layout.params.read_text(encoding="utf-8")
+    after = layout.params.read_text(encoding="utf-8").splitlines()
+    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
+    assert [new.split("#")[0].strip() for _, new in changed] == ["epochs: 3", "sample_length: 5"]
+    assert "  random: null            # or N: a seeded sample of N configs of the grid" in after
     assert write_params(layout, tiny_params) == []
+
+
+def test_a_failure_reads_as_one_line_naming_its_kind() -> None:
+    from char_rnn.validation import ValidationFailed
+    from pipelines.failures import RemotePipelineError, one_line
+
+    assert one_line(ValidationFailed("validation failed:\n  corpus: a\n  windows: b")) == (
+        "ValidationFailed: validation failed: corpus: a; windows: b"
+    )
+    assert one_line(RemotePipelineError("TrainingDiverged: loss is NaN")) == "TrainingDiverged: loss is NaN"
+
+
+def test_the_run_report_links_the_mlflow_run_and_says_what_each_stage_did() -> None:
+    from pipelines.flow import report
+
+    markdown = report({"train": {"run_name": "seed · x", "run_url": "http://127.0.0.1:5000/#/r", "summary": "3 epochs"},
+                       "register": {"summary": "char-rnn-ko version 2 is champion: better"}, "dvc": {}})  # fmt: skip
+    assert "MLflow run [seed · x](http://127.0.0.1:5000/#/r)" in markdown
+    assert "- **register**: char-rnn-ko version 2 is champion: better" in markdown
 
 
 def test_a_stage_past_its_budget_is_stopped(layout: Layout, tiny_params: Params) -> None:

@@ -1,4 +1,7 @@
-"""The step generator: same text as the full model, seeded, greedy at temperature 0, vocabulary only."""
+"""Generation: seeded, greedy at temperature 0, vocabulary only, the hybrid's mixture, the champion's text.
+
+That the NumPy runtime computes the Keras model's probabilities is tests/test_inference.py's.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from char_rnn.generate import GenerationError, Generator, Mixture, Sampling, StepModel
+from char_rnn.generate import GenerationError, Generator, Mixture, Sampling
 from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params, with_overrides
-from conftest import REPO, run_cli
+from conftest import REPO, as_runtime, run_cli
 
 CHARS = list(" 가나다라마바사아자차카타파하")
 BLOG = (REPO / "src" / "char_rnn" / "seed.txt").read_text(encoding="utf-8").strip()
@@ -21,13 +24,11 @@ PROMPT = "알엔엔 으로"
 
 def untrained(params: Params, overrides: dict[str, object] | None = None) -> object:
     """Random weights are enough where only the mechanics matter: no training, milliseconds."""
-    import keras
-
     from char_rnn.model import average, build_model
 
-    keras.utils.set_random_seed(1)
     model_params = with_overrides(params, overrides or {}).model
-    return average([build_model(model_params, len(CHARS), f"member_{i}") for i in range(model_params.ensemble)])
+    members = [build_model(model_params, len(CHARS), f"member_{i}", seed=i) for i in range(model_params.ensemble)]
+    return as_runtime(average(members))
 
 
 @pytest.fixture(scope="module")
@@ -48,35 +49,6 @@ def seed_project(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path,
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
         stages.run_all(repo_params, layout)
     return layout
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {},
-        {"model.cell": "lstm", "model.layers": 2, "model.dropout": 0.2},
-        {"model.cell": "gru", "model.input": "embedding", "model.embedding_dim": 8},
-        {"model.cell": "lstm", "model.recurrent_dropout": 0.2},
-        {"model.cell": "gru", "model.input": "embedding", "model.embedding_dim": 8, "model.ensemble": 3},
-    ],
-    ids=["simple_rnn", "lstm-2-layers-dropout", "gru-embedding", "lstm-recurrent-dropout", "gru-ensemble-of-3"],
-)
-def test_step_generator_equals_the_full_model(repo_params: Params, overrides: dict[str, object]) -> None:
-    model = untrained(repo_params, {"model.units": 16, **overrides})
-    ids = np.array([3, 1, 4, 1, 5, 9, 2, 6], dtype=np.int32)
-    full = np.asarray(model(ids[None], training=False))[0]
-    steps = StepModel(model)
-    states, stepped = steps.initial_state(1), []
-    for i in ids:
-        probs, states = steps.step(np.array([i], dtype=np.int32), states)
-        stepped.append(np.asarray(probs)[0])
-    np.testing.assert_allclose(np.array(stepped), full, atol=1e-5)
-    # The compiled loop, greedy, against the full model's argmax re-run over the growing text.
-    text = list(ids)
-    for _ in range(6):
-        text.append(int(np.argmax(np.asarray(model(np.array([text], dtype=np.int32), training=False))[0, -1])))
-    generated = Generator(model, CHARS).generate("".join(CHARS[i] for i in ids), Sampling(6, 0.0)).texts[0]
-    assert generated == "".join(CHARS[i] for i in text[len(ids) :])
 
 
 def test_same_seed_same_text_and_another_seed_another(generator: Generator) -> None:

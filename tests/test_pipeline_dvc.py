@@ -95,7 +95,7 @@ def test_dvc_repro_reproduces_the_blog_and_then_runs_nothing(project: Path) -> N
     assert f"{metrics['accuracy']:.5f}" in sh("dvc", "metrics", "show", cwd=project).stdout
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
     [run] = client.search_runs([client.get_experiment_by_name("char-rnn").experiment_id])
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 100
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 100
     artifacts = {a.path for folder in ("reports", "data") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"reports/loss_accuracy.png", "reports/metrics.json", "data/validation.json"} <= artifacts
     champion = client.get_model_version_by_alias("char-rnn-ko", "champion")

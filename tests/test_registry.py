@@ -1,17 +1,18 @@
-"""Registration against a real MLflow store: aliases, refusals, and sha256-checked loading."""
+"""The registry against a real MLflow store: versions and their files, aliases moved by hand, refusals."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from char_rnn import registry
 from char_rnn.layout import Layout
 from char_rnn.lineage import ModelIntegrityError, file_sha256
 from char_rnn.params import Metric
-from char_rnn.registry import CHALLENGER, CHAMPION, RegistrationRefused
-from char_rnn.serving import register_generator
+from char_rnn.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistrationRefused
 
 NAME = "char-rnn-test"
 CHARS = list(" 가나다")
@@ -37,16 +38,8 @@ def write_model(path: Path, seed: int) -> None:
     from char_rnn.model import build_model, save_model
     from char_rnn.params import ModelParams
 
-    params = ModelParams(
-        cell="simple_rnn",
-        units=8,
-        layers=1,
-        dropout=0.0,
-        recurrent_dropout=0.0,
-        input="one_hot",
-        embedding_dim=8,
-        ensemble=1,
-    )
+    params = ModelParams(cell="simple_rnn", units=8, layers=1, dropout=0.0, recurrent_dropout=0.0,
+                         input="one_hot", embedding_dim=8, ensemble=1)  # fmt: skip
     save_model(build_model(params, len(CHARS), seed=seed), path)
 
 
@@ -59,11 +52,19 @@ def run(status: str = "FINISHED") -> str:
     return active.info.run_id
 
 
-def register_run(files: dict[str, Path], bits: float, status: str = "FINISHED", seed: int | None = None):
-    """Register the files with this figure; with `seed`, first replace the model by another training's."""
+def publish(files: dict[str, Path], seed: int | None = None) -> str:
+    """What the register stage does once the gate has spoken: log the pyfunc, register it with its sha256."""
+    import mlflow
+
+    from char_rnn.serving import log_generator
+
     if seed is not None:
         write_model(files["model"], seed)
-    return register_generator(run(status), files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
+    digests = {name: file_sha256(path) for name, path in files.items()}
+    with mlflow.start_run(run_id=run()):
+        uri = log_generator(files, digests, "가나").model_uri
+    tags = {f"{name}_sha256": digest for name, digest in digests.items()}
+    return registry.register_version(uri, NAME, tags, "registered by a test")
 
 
 def aliases() -> dict[str, str]:
@@ -72,71 +73,64 @@ def aliases() -> dict[str, str]:
     return {alias: str(version) for alias, version in MlflowClient().get_registered_model(NAME).aliases.items()}
 
 
-def test_first_version_becomes_champion_with_its_sha256(files: dict[str, Path]) -> None:
+def test_a_version_records_the_sha256_of_every_file_and_its_description(files: dict[str, Path]) -> None:
     from mlflow import MlflowClient
 
-    first = register_run(files, 2.0)
-    assert (first.version, first.alias, first.previous_champion) == ("1", CHAMPION, None)
-    assert aliases() == {CHAMPION: "1"}
-    tags = MlflowClient().get_model_version(NAME, "1").tags
-    assert tags["model_sha256"] == file_sha256(files["model"])
-    assert tags["vocab_sha256"] == file_sha256(files["vocab"])
+    assert publish(files) == "1"
+    version = MlflowClient().get_model_version(NAME, "1")
+    assert version.tags["model_sha256"] == file_sha256(files["model"])
+    assert version.tags["vocab_sha256"] == file_sha256(files["vocab"])
+    assert version.description == "registered by a test"
+    assert registry.current_champion(NAME) is None  # registering moves no alias: the gate decides
 
 
-def test_not_better_becomes_challenger_and_better_takes_champion(files: dict[str, Path]) -> None:
-    register_run(files, 2.0)
-    worse = register_run(files, 2.5, seed=1)
-    assert (worse.alias, worse.previous_champion, worse.previous_value) == (CHALLENGER, "1", 2.0)
-    tie = register_run(files, 2.0, seed=2)
-    assert tie.alias == CHALLENGER
-    assert aliases() == {CHAMPION: "1", CHALLENGER: "3"}
-    better = register_run(files, 1.5, seed=3)
-    assert (better.version, better.alias) == ("4", CHAMPION)
-    assert aliases() == {CHAMPION: "4", CHALLENGER: "3"}
-
-
-def test_files_already_registered_are_reported_as_their_version(files: dict[str, Path]) -> None:
-    """Going back to params that were already run restores the same bytes: no second version."""
+def test_crowning_keeps_the_previous_champion_and_rollback_restores_it(files: dict[str, Path]) -> None:
     from mlflow import MlflowClient
 
-    first = register_run(files, 2.0)
-    register_run(files, 2.5, seed=1)
-    write_model(files["model"], seed=0)  # the first model's bytes again
-    again = register_run(files, 2.0)
-    assert (again.version, again.alias, again.already_registered) == ("1", CHAMPION, True)
-    assert not first.already_registered
-    assert sorted(int(v.version) for v in MlflowClient().search_model_versions(f"name='{NAME}'")) == [1, 2]
+    first, second, third = publish(files), publish(files, seed=1), publish(files, seed=2)
+    assert registry.crown(NAME, first) is None and aliases() == {CHAMPION: "1"}
+    registry.make_challenger(NAME, third)
+    assert registry.crown(NAME, second) == "1"
+    assert aliases() == {CHAMPION: "2", PREVIOUS_CHAMPION: "1", CHALLENGER: "3"}
+    promoted = registry.promote(f"models:/{NAME}/{third}", "better on yesterday's bills", by="reviewer")
+    assert promoted == {"model_name": NAME, "champion": "3", "previous_champion": "2"}
+    assert aliases() == {CHAMPION: "3", PREVIOUS_CHAMPION: "2"}  # the challenger won: its alias is gone
+    tags = MlflowClient().get_model_version(NAME, "3").tags
+    assert (tags["promoted_by"], tags["promoted_reason"]) == ("reviewer", "better on yesterday's bills")
+    assert "Promoted to champion by reviewer" in MlflowClient().get_model_version(NAME, "3").description
+    assert registry.rollback(NAME, by="on-call")["champion"] == "2"
+    assert aliases() == {CHAMPION: "2", PREVIOUS_CHAMPION: "3"}
+    with pytest.raises(RegistrationRefused, match="needs a reason"):
+        registry.promote(f"models:/{NAME}/1", " ", by="someone")
 
 
-def test_the_same_model_bundled_as_a_hybrid_is_another_version(files: dict[str, Path], layout: Layout) -> None:
-    import json
+def test_rollback_needs_a_previous_champion(files: dict[str, Path]) -> None:
+    registry.crown(NAME, publish(files))
+    with pytest.raises(registry.ModelNotFound, match="no @previous-champion"):
+        registry.rollback(NAME, by="on-call")
 
+
+@pytest.mark.parametrize("status, bits", [("FAILED", 1.0), ("FINISHED", float("nan"))])
+def test_a_failed_run_is_refused_before_anything_is_logged(files: dict[str, Path], status: str, bits: float) -> None:
+    with pytest.raises(RegistrationRefused, match="nothing registered"):
+        registry.check_registrable(run(status), Metric.bits_per_char, {"bits_per_char": bits})
+    assert registry.check_registrable(run(), Metric.bits_per_char, {"bits_per_char": 1.5}) == 1.5
+
+
+def test_files_already_registered_are_found_exactly(files: dict[str, Path], layout: Layout) -> None:
+    """Going back to params that were already run restores the same bytes: that version, no second one."""
     import numpy as np
 
     from char_rnn.ngram import KneserNey
 
-    register_run(files, 2.0)
+    publish(files)
+    digests = {f"{name}_sha256": file_sha256(path) for name, path in files.items()}
+    assert registry.registered_version(NAME, digests) == "1"
+    write_model(files["model"], seed=1)
+    assert registry.registered_version(NAME, {**digests, "model_sha256": file_sha256(files["model"])}) is None
+    # The same model bundled as a hybrid holds more files: another version, not this one.
     layout.ngram.write_bytes(KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).to_bytes())
-    layout.hybrid.write_text(json.dumps({"weights": {"rnn": 0.5, "ngram": 0.5}, "tune_chars": 9}), encoding="utf-8")
-    hybrid = {**files, "ngram": layout.ngram, "hybrid": layout.hybrid}
-    version = register_generator(
-        run(), hybrid, "가나", NAME, Metric.hybrid_bits_per_char, {"hybrid_bits_per_char": 1.0}, {}
-    )
-    assert (version.version, version.already_registered) == ("2", False)
-
-
-@pytest.mark.parametrize("status, bits", [("FAILED", 1.0), ("FINISHED", float("nan"))])
-def test_failed_run_is_refused_and_no_alias_moves(files: dict[str, Path], status: str, bits: float) -> None:
-    from mlflow import MlflowClient
-
-    register_run(files, 2.0)
-    refused = run(status)
-    with pytest.raises(RegistrationRefused, match="nothing registered"):
-        register_generator(refused, files, "가나", NAME, Metric.bits_per_char, {"bits_per_char": bits}, {})
-    assert aliases() == {CHAMPION: "1"}
-    assert [str(v.version) for v in MlflowClient().search_model_versions(f"name='{NAME}'")] == ["1"]
-    experiment = MlflowClient().get_run(refused).info.experiment_id
-    assert list(MlflowClient().search_logged_models([experiment], filter_string=f"source_run_id='{refused}'")) == []
+    assert registry.registered_version(NAME, {**digests, "ngram_sha256": file_sha256(layout.ngram)}) is None
 
 
 def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout) -> None:
@@ -144,7 +138,7 @@ def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout) 
 
     from char_rnn.serving import load_registered
 
-    register_run(files, 2.0)
+    registry.crown(NAME, publish(files))
     uri = f"models:/{NAME}@{CHAMPION}"
     assert load_registered(uri).chars == CHARS  # intact: loads
     (stored,) = layout.mlruns.glob("artifacts/models/*/artifacts/artifacts/model.keras")
@@ -155,9 +149,7 @@ def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout) 
         mlflow.pyfunc.load_model(uri)  # what `mlflow models serve` does first
 
 
-def test_the_hybrid_is_registered_with_its_ngram_and_weight(files: dict[str, Path], layout: Layout) -> None:
-    import json
-
+def test_the_hybrid_is_registered_with_its_ngram_and_weights(files: dict[str, Path], layout: Layout) -> None:
     import mlflow
     import numpy as np
 
@@ -167,12 +159,8 @@ def test_the_hybrid_is_registered_with_its_ngram_and_weight(files: dict[str, Pat
     layout.ngram.write_bytes(KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).to_bytes())
     weights = {"rnn": 0.25, "ngram": 0.5, "cache": 0.25, "cache_window": 50}
     layout.hybrid.write_text(json.dumps({"weights": weights}), encoding="utf-8")  # a train stage's file, before tune
-    hybrid = {**files, "ngram": layout.ngram, "hybrid": layout.hybrid}
-    version = register_generator(
-        run(), hybrid, "가나", NAME, Metric.hybrid_bits_per_char, {"hybrid_bits_per_char": 3.0}, {}
-    )
-    assert version.alias == CHAMPION
-    tags = mlflow.MlflowClient().get_model_version(NAME, version.version).tags
+    registry.crown(NAME, publish({**files, "ngram": layout.ngram, "hybrid": layout.hybrid}))
+    tags = mlflow.MlflowClient().get_model_version(NAME, "1").tags
     assert tags["ngram_sha256"] == file_sha256(layout.ngram) and tags["hybrid_sha256"] == file_sha256(layout.hybrid)
     generator = load_registered(f"models:/{NAME}@{CHAMPION}")
     assert generator.mixture is not None and asdict(generator.mixture.weights) == weights

@@ -9,7 +9,7 @@ from char_rnn.layout import Layout
 def test_the_linked_run_is_the_one_the_stages_log_into(layout: Layout) -> None:
     import mlflow
 
-    with tracking.new_run(layout.mlruns, {"git_commit": "none"}) as run:
+    with tracking.new_run(layout.mlruns, "a run", {"git_commit": "none"}) as run:
         pass
     layout.train_run.parent.mkdir(parents=True)
     layout.train_run.write_text(tracking.run_link(run.info.run_id), encoding="utf-8")
@@ -30,5 +30,5 @@ def test_a_run_of_another_store_is_continued_here_once(layout: Layout) -> None:
     assert "another MLflow store" in continued.data.tags["mlflow.note.content"]
     assert continued.info.status == "FINISHED"
     with tracking.resumed_run(layout.mlruns, first):
-        mlflow.log_metric("eval_loss", 1.0)
-    assert mlflow.get_run(first).data.metrics == {"eval_loss": 1.0}
+        mlflow.log_metric("heldout/loss", 1.0)
+    assert mlflow.get_run(first).data.metrics == {"heldout/loss": 1.0}

@@ -66,8 +66,8 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(layout, tiny_para
     results = stages.run_all(tiny_params, layout)
     client = mlflow.MlflowClient(tracking_uri=mlflow_server)
     run_id = results["train"]["run_id"]
-    assert [m.step for m in client.get_metric_history(run_id, "accuracy")] == [0, 1, 2]
-    assert client.get_run(run_id).data.metrics["eval_bits_per_char"] == pytest.approx(
+    assert [m.step for m in client.get_metric_history(run_id, "train/accuracy")] == [1, 2, 3]
+    assert client.get_run(run_id).data.metrics["memorised/bits_per_char"] == pytest.approx(
         results["evaluate"]["bits_per_char"]
     )
     assert client.get_model_version_by_alias("char-rnn-ko", "champion").run_id == run_id

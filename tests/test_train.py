@@ -83,8 +83,8 @@ def test_loss_goes_down_and_every_epoch_is_logged(windowed, tiny_params):
 
     params = with_overrides(tiny_params, {"train.epochs": 8})
     run_id = stages.train(params, windowed)["run_id"]
-    history = mlflow.MlflowClient().get_metric_history(run_id, "loss")
-    assert [m.step for m in history] == list(range(8))
+    history = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
+    assert [m.step for m in history] == list(range(1, 9))  # epochs, counted from 1
     assert history[-1].value < history[0].value - 0.1
     run = mlflow.get_run(run_id)
     assert run.data.params["model.cell"] == "simple_rnn" and run.data.params["data.train_windows"] == "51"
@@ -108,7 +108,9 @@ def test_an_ensemble_averages_members_trained_with_their_own_seeds(windowed, tin
     )
     assert not np.array_equal(members[0].get_weights()[0], members[1].get_weights()[0])
     client = mlflow.MlflowClient()
-    first, second = ([m.value for m in client.get_metric_history(run_id, key)] for key in ("loss", "member2_loss"))
+    first, second = (
+        [m.value for m in client.get_metric_history(run_id, key)] for key in ("train/loss", "train/member2/loss")
+    )
     assert len(first) == len(second) == 4 and first != second
     for stage in ("tune", "refit"):
         stages.stage(stage).run(params, windowed)

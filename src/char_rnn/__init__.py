@@ -14,5 +14,6 @@ for _key, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "GIT_PYTHON_REFRESH": "quiet",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # the registry's downloads drew bars on stderr
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # its INFO lines (store migrations, system metrics) drown the progress
 }.items():
     os.environ.setdefault(_key, _value)

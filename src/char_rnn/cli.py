@@ -1,9 +1,17 @@
-"""`char-rnn`: the command line, a thin driver over `char_rnn.stages` (and what dvc.yaml calls)."""
+"""`char-rnn`: the command line, a thin driver over `char_rnn.stages` (and what dvc.yaml calls).
+
+Every command shows its progress on stderr and ends with a one-line summary on stdout; `--quiet`
+shows neither (errors only), `--json` prints each stage's result as JSON instead of its summary.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
+import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +23,7 @@ import typer
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params, load_params
+from char_rnn.quiet import import_tensorflow
 from char_rnn.stages import STAGES, Stage
 from char_rnn.stages import run_all as run_all_stages
 
@@ -25,22 +34,47 @@ app = typer.Typer(
 )
 
 ParamsOption = typer.Option(None, "--params", help="params file (default: params.yaml at the project root)")
+OUTPUT = {"quiet": False, "json": False}
 
 
-def _run(stage: Callable[[Params, Layout], dict[str, Any]], params_path: Path | None) -> None:
+@app.callback()
+def options(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress and no summary; errors only"),
+    as_json: bool = typer.Option(False, "--json", help="print each stage's result as JSON, not its summary"),
+) -> None:
+    OUTPUT.update(quiet=quiet, json=as_json)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("char_rnn")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def fail(exc: BaseException) -> typer.Exit:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    if OUTPUT["json"]:
+        typer.echo(json.dumps(result, ensure_ascii=False, indent=1, default=str))
+    elif not OUTPUT["quiet"] and "summary" in result:
+        typer.echo(f"{name}: {result['summary']}")
+
+
+def _run(stage: Callable[[Params, Layout], dict[str, Any]], name: str, params_path: Path | None) -> None:
     layout = Layout.discover()
     try:
-        params = load_params(params_path or layout.params)
-        result = stage(params, layout)
+        report(name, stage(load_params(params_path or layout.params), layout))
     except (PipelineError, FileNotFoundError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from None
-    typer.echo(json.dumps(result, ensure_ascii=False, indent=1, default=str))
+        raise fail(exc) from None
 
 
 def _stage_command(stage: Stage) -> None:
     def command(params: Path | None = ParamsOption) -> None:
-        _run(stage.run, params)
+        if stage.needs_tensorflow:
+            import_tensorflow()
+        _run(stage.run, stage.name, params)
 
     command.__doc__ = stage.help
     app.command(stage.name)(command)
@@ -53,41 +87,98 @@ for _stage in STAGES:
 @app.command("run")
 def run_all(params: Path | None = ParamsOption) -> None:
     """Run every stage in this process, without DVC (use `dvc repro` to get caching and dvc.lock)."""
-    _run(run_all_stages, params)
+    layout = Layout.discover()
+    import_tensorflow()
+    try:
+        run_all_stages(load_params(params or layout.params), layout, done=report)
+    except (PipelineError, FileNotFoundError) as exc:
+        raise fail(exc) from None
 
 
 @app.command("check-params")
 def check_params(params: Path | None = ParamsOption) -> None:
     """Validate a params file and print it with dotted keys; exits 1 naming every bad key."""
-    _run(lambda p, _layout: p.flat(), params)
+    layout = Layout.discover()
+    try:
+        flat = load_params(params or layout.params).flat()
+    except PipelineError as exc:
+        raise fail(exc) from None
+    typer.echo(json.dumps(flat, ensure_ascii=False, indent=1))
 
 
 @app.command("ui")
 def ui(port: int = typer.Option(5000, help="port on 127.0.0.1")) -> None:
-    """Open the MLflow UI on 127.0.0.1 over the pipeline's store (one worker: starts in ~15 s, not ~60 s)."""
+    """Open the MLflow UI on 127.0.0.1 over the pipeline's store (one worker: starts in ~15 s, not ~60 s).
+
+    Ctrl-C or SIGTERM stops the server and every process it started.
+    """
     from char_rnn.tracking import artifact_root, tracking_uri
 
     layout = Layout.discover()
     layout.mlruns.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        tracking_uri(layout.mlruns),
-        "--default-artifact-root",
-        artifact_root(layout.mlruns),
-    ]
-    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call(command, env=env))
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--backend-store-uri", tracking_uri(layout.mlruns), "--default-artifact-root", artifact_root(layout.mlruns),
+    ]  # fmt: skip
+    server = subprocess.Popen(command, env=env, start_new_session=True)  # its own group: stopped as one
+    stop = lambda *_: _stop_group(server)  # noqa: E731
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}  (Ctrl-C stops it; runs and models under 'Model training')")
+    raise typer.Exit(server.wait())
+
+
+def _stop_group(server: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM to the server's whole process group, SIGKILL to whatever is left after a grace period."""
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    with contextlib.suppress(ProcessLookupError):  # workers the server started outlive it briefly: they go too
+        os.killpg(server.pid, signal.SIGKILL)
+
+
+@app.command("promote")
+def promote(
+    uri: str = typer.Argument(..., help="the version to serve: models:/<name>/<version>"),
+    reason: str = typer.Option(..., "--reason", help="why, recorded on the version with who decided"),
+    by: str | None = typer.Option(None, help="who decides (default: the login name)"),
+) -> None:
+    """Make a version the champion by hand; the champion it replaces becomes @previous-champion."""
+    from char_rnn import registry
+
+    _registry_command(lambda: registry.promote(uri, reason, by or getpass.getuser()))
+
+
+@app.command("rollback")
+def rollback(
+    model: str | None = typer.Option(None, help="registered model (default: registry.model_name)"),
+    by: str | None = typer.Option(None, help="who decides (default: the login name)"),
+    params: Path | None = ParamsOption,
+) -> None:
+    """Make @previous-champion the champion again (and the champion it replaces the previous one)."""
+    from char_rnn import registry
+
+    layout = Layout.discover()
+    name = model or load_params(params or layout.params).registry.model_name
+    _registry_command(lambda: registry.rollback(name, by or getpass.getuser()))
+
+
+def _registry_command(act: Callable[[], dict[str, Any]]) -> None:
+    from char_rnn.tracking import connect
+
+    connect(Layout.discover().mlruns)
+    try:
+        result = act()
+    except PipelineError as exc:
+        raise fail(exc) from None
+    replaced = f"; version {result['previous_champion']} is @previous-champion" if result["previous_champion"] else ""
+    result["summary"] = f"version {result['champion']} of {result['model_name']} is @champion{replaced}"
+    report("registry", result)
 
 
 @app.command("generate")

@@ -105,8 +105,11 @@ def evaluate(
     return metrics
 
 
-def plot_history(history: History) -> bytes:
-    """The blog's figure as PNG bytes: loss (yellow) and accuracy (blue) per epoch on twin axes."""
+def plot_history(history: History, refit: bool = False) -> bytes:
+    """The blog's figure as PNG bytes: loss (yellow) and accuracy (blue) per epoch on twin axes.
+
+    After a refit the scored model's epochs are the refit's, and the title says so.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,6 +123,7 @@ def plot_history(history: History) -> bytes:
     if "val_loss" in history:
         loss_ax.plot(epochs, history["val_loss"], "r", label="val loss")
         acc_ax.plot(epochs, history["val_accuracy"], "g", label="val accuracy")
+    loss_ax.set_title("refit on training + tuning text" if refit else "training")
     loss_ax.set_xlabel("epoch")
     loss_ax.set_ylabel("loss")
     acc_ax.set_ylabel("accuracy")

@@ -58,12 +58,28 @@ def rnn_char_probabilities(
 ) -> np.ndarray:
     """P(ids[t] | context) from the model for every t in [start, end), each once, in order.
 
-    `ids[:start]` is context only; start must be >= 1 (see `scoring_rows`).
+    `ids[:start]` is context only; start must be >= 1 (see `scoring_rows`). `model` is anything with
+    Keras' `predict_on_batch`: ids (batch, time) -> probabilities (batch, time, vocab).
     """
+    return _score(
+        model, ids, start, end, warmup, chunk, batch_size, lambda dist, true: dist[np.arange(len(true)), true]
+    )
+
+
+def rnn_char_hits(
+    model: Any, ids: np.ndarray, start: int, end: int | None = None, warmup: int = WARMUP, chunk: int = CHUNK
+) -> np.ndarray:
+    """1 where the model's most likely next character is ids[t], else 0; scored like the probabilities."""
+    return _score(model, ids, start, end, warmup, chunk, 16, lambda dist, true: dist.argmax(axis=-1) == true)
+
+
+def _score(
+    model: Any, ids: np.ndarray, start: int, end: int | None, warmup: int, chunk: int, batch_size: int, pick: Any
+) -> np.ndarray:
     ids = np.asarray(ids, dtype=np.int32)
     end = len(ids) if end is None else end
     rows = scoring_rows(len(ids), start, end, warmup, chunk)
-    probs = np.empty(end - start)
+    scores = np.empty(end - start)
     # Rows of equal shape batch together: all of them except near the text's start and end.
     by_shape: dict[tuple[int, int], list[tuple[int, int, int]]] = {}
     for s, a, e in rows:
@@ -71,16 +87,11 @@ def rnn_char_probabilities(
     for group in by_shape.values():
         for i in range(0, len(group), batch_size):
             batch = group[i : i + batch_size]
-            for (_, a, e), p in zip(batch, _batch_probabilities(model, ids, batch)):
-                probs[a - start : e - start] = p
-    return probs
-
-
-def _batch_probabilities(model: Any, ids: np.ndarray, rows: list[tuple[int, int, int]]) -> list[np.ndarray]:
-    """One forward pass over rows of equal shape; only the outputs that predict a scored character are kept."""
-    out = np.asarray(model.predict_on_batch(np.stack([ids[s : e - 1] for s, _, e in rows])))
-    # The output at input position t - 1 predicts character t: rows keep outputs a-1 .. e-2 for a .. e-1.
-    return [o[a - 1 - s : e - 1 - s][np.arange(e - a), ids[a:e]] for o, (s, a, e) in zip(out, rows)]
+            out = np.asarray(model.predict_on_batch(np.stack([ids[s : e - 1] for s, _, e in batch])))
+            # The output at input position t - 1 predicts character t: keep outputs a-1 .. e-2 for a .. e-1.
+            for o, (s, a, e) in zip(out, batch):
+                scores[a - start : e - start] = pick(o[a - 1 - s : e - 1 - s], ids[a:e])
+    return scores
 
 
 def average_rnns(

@@ -175,7 +175,10 @@ class Metric(str, Enum):
 
 class RegistryParams(_Section):
     model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    metric: Metric = Field(description="metric that decides champion vs challenger")
+    metric: Metric = Field(description="what is served (the hybrid or the RNN alone) and compared with the champion")
+    min_improvement: float = Field(
+        ge=0.0, lt=1.0, description="relative gain over the champion, re-scored on the same text, needed to promote"
+    )
 
 
 SWEEPABLE = ("model", "train")

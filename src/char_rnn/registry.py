@@ -1,20 +1,24 @@
-"""Model registry: every finished run becomes a version; aliases, not copies, mark the champion.
+"""Model registry: every finished run becomes a version; aliases, not copies, mark what serves.
 
-A version becomes `champion` when there is none yet or when it beats the champion on the chosen
-metric; otherwise it becomes `challenger`. A run that failed or has no finite metric is refused
-before anything is logged or registered, so a failed run never moves an alias.
+`@champion` serves. The register stage moves it only when the gate (`char_rnn.gate`) says the new
+version beats it on the same text; otherwise the new version is `@challenger`. A person can decide
+otherwise (`promote`, with a reason that is recorded), and the champion a promotion replaces keeps
+`@previous-champion`, so `rollback` is one command. A run that failed or has no finite metric is
+refused before anything is logged or registered, so a failed run never moves an alias.
 
 What a version holds is the generator pyfunc (`char_rnn.serving`: the `.keras` file and the
-vocabulary, and for the hybrid also the n-gram and hybrid.json), which the register stage logs into
-the pipeline's run before it calls `register`. The sha256 of every bundled file is tagged on the
-version (`model_sha256`, `vocab_sha256`, ...) and checked before any of them is loaded again.
+vocabulary, and for the hybrid also the n-gram and hybrid.json). The sha256 of every bundled file is
+tagged on the version (`model_sha256`, `vocab_sha256`, ...) and checked before any of them is loaded
+again; files that are a version already are that version, not a new one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import re
-from dataclasses import dataclass
+import time
 from typing import Any
 
 from char_rnn.errors import PipelineError
@@ -22,6 +26,7 @@ from char_rnn.params import Metric
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+PREVIOUS_CHAMPION = "previous-champion"  # the champion a promotion replaced: what a rollback restores
 
 
 class RegistrationRefused(PipelineError):
@@ -30,22 +35,6 @@ class RegistrationRefused(PipelineError):
 
 class ModelNotFound(PipelineError):
     """The registry has no version behind this URI."""
-
-
-@dataclass(frozen=True)
-class Registration:
-    model_name: str
-    version: str
-    alias: str
-    metric: str
-    value: float
-    previous_champion: str | None
-    previous_value: float | None
-    already_registered: bool = False  # these exact files were a version already: it is reported, not added
-
-
-def is_better(metric: Metric, value: float, than: float) -> bool:
-    return value > than if metric.higher_is_better else value < than
 
 
 def _champion(client: Any, name: str) -> Any | None:
@@ -71,7 +60,7 @@ def check_registrable(run_id: str, metric: Metric, metrics: dict[str, Any]) -> f
     return float(value)
 
 
-def registered_version(model_name: str, digest_tags: dict[str, str], metric: Metric) -> Registration | None:
+def registered_version(model_name: str, digest_tags: dict[str, str]) -> str | None:
     """The version that holds exactly these files (the same `<file>_sha256` tags, no more), if any.
 
     Going back to params that were already run restores the same bytes (DVC's cache; the model is
@@ -79,50 +68,91 @@ def registered_version(model_name: str, digest_tags: dict[str, str], metric: Met
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient()
     query = " and ".join([f"name = '{model_name}'", *(f"tags.{k} = '{v}'" for k, v in sorted(digest_tags.items()))])
     same = [
-        version
-        for version in client.search_model_versions(query)
+        int(version.version)
+        for version in MlflowClient().search_model_versions(query)
         if {k for k in version.tags if k.endswith("_sha256")} == set(digest_tags)
     ]
-    if not same:
-        return None
-    version = min(same, key=lambda v: int(v.version))
-    aliases = client.get_model_version(model_name, version.version).aliases
-    return Registration(
-        model_name=model_name,
-        version=str(version.version),
-        alias=", ".join(sorted(aliases)) or "none",
-        metric=metric.value,
-        value=float(version.tags.get(metric.value, "nan")),
-        previous_champion=None,
-        previous_value=None,
-        already_registered=True,
-    )
+    return str(min(same)) if same else None
 
 
-def register(model_uri: str, model_name: str, metric: Metric, value: float, tags: dict[str, str]) -> Registration:
-    """Register the logged model as a new version and set its alias; call with MLflow pointed at the store."""
+def register_version(model_uri: str, model_name: str, tags: dict[str, str], description: str) -> str:
+    """A new version of the logged model, with its tags and description; no alias moves here."""
     import mlflow
     from mlflow import MlflowClient
 
+    with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered ..." lines: the stage says more
+        version = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+    MlflowClient().update_model_version(model_name, version, description=description)
+    return version
+
+
+def current_champion(model_name: str) -> Any | None:
+    """The version behind `@champion`, or None (no model or no champion yet)."""
+    from mlflow import MlflowClient
+
+    return _champion(MlflowClient(), model_name)
+
+
+def crown(model_name: str, version: str) -> str | None:
+    """Make `version` the champion; the one it replaces keeps `@previous-champion`, so a rollback is one
+    command. Returns the replaced version. A challenger alias on `version` is dropped: it won."""
+    from mlflow import MlflowClient
+
     client = MlflowClient()
-    champion = _champion(client, model_name)
-    previous = float(champion.tags[metric.value]) if champion and metric.value in champion.tags else None
-    version = mlflow.register_model(model_uri, model_name, tags={**tags, metric.value: repr(value)})
-    wins = champion is None or previous is None or is_better(metric, value, previous)
-    alias = CHAMPION if wins else CHALLENGER
-    client.set_registered_model_alias(model_name, alias, version.version)
-    return Registration(
-        model_name=model_name,
-        version=str(version.version),
-        alias=alias,
-        metric=metric.value,
-        value=value,
-        previous_champion=str(champion.version) if champion else None,
-        previous_value=previous,
+    replaced = _champion(client, model_name)
+    if replaced is not None and str(replaced.version) != version:
+        client.set_registered_model_alias(model_name, PREVIOUS_CHAMPION, replaced.version)
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    if CHALLENGER in client.get_model_version(model_name, version).aliases:
+        client.delete_registered_model_alias(model_name, CHALLENGER)
+    return str(replaced.version) if replaced is not None and str(replaced.version) != version else None
+
+
+def make_challenger(model_name: str, version: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().set_registered_model_alias(model_name, CHALLENGER, version)
+
+
+def note_decision(model_name: str, version: str, decision: str, tags: dict[str, str]) -> None:
+    """Add a decision to the version's description (newest last) and record it in its tags."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    current = client.get_model_version(model_name, version).description or ""
+    client.update_model_version(model_name, version, description="\n\n".join(filter(None, [current, decision])))
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, value)
+
+
+def promote(uri: str, reason: str, by: str) -> dict[str, str | None]:
+    """A person's decision: `uri`'s version becomes champion, whatever the gate said, with who and why."""
+    version = resolve_version(uri)
+    if not reason.strip():
+        raise RegistrationRefused("a promotion needs a reason (--reason), recorded on the version")
+    replaced = crown(version.name, str(version.version))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    note_decision(
+        version.name,
+        str(version.version),
+        f"**Promoted to champion by {by}** ({when}): {reason}",
+        {"promoted_by": by, "promoted_reason": reason, "promoted_at": when},
     )
+    return {"model_name": version.name, "champion": str(version.version), "previous_champion": replaced}
+
+
+def rollback(model_name: str, by: str) -> dict[str, str | None]:
+    """`@previous-champion` becomes champion again; the champion it replaces becomes the previous one."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        previous = MlflowClient().get_model_version_by_alias(model_name, PREVIOUS_CHAMPION)
+    except MlflowException:
+        raise ModelNotFound(f"{model_name} has no @{PREVIOUS_CHAMPION} to roll back to") from None
+    return promote(f"models:/{model_name}/{previous.version}", "rollback to the previous champion", by)
 
 
 def resolve_version(uri: str) -> Any:

@@ -2,7 +2,7 @@
 
 What a registered version holds: the `.keras` file and the vocabulary as pyfunc artifacts (for the
 hybrid also the n-gram and hybrid.json with the mixture's weights, so that it samples from the mixture), their
-sha256 in the model config (and, by `registry.register`, as version tags), a signature, an input
+sha256 in the model config (and, by the register stage, as version tags), a signature, an input
 example and pinned requirements. The model is logged *as code* (MLflow 3 refuses to unpickle models
 by default): the stored code is a two-line shim that imports `CharRNNGenerator` from the installed
 package, so nothing but this module's reviewed code runs at load time, and serving needs the
@@ -26,26 +26,31 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
-from char_rnn.lineage import SERVING_PACKAGES, file_sha256, pip_requirements
-from char_rnn.params import Metric
-from char_rnn.registry import Registration, check_registrable, register, registered_version, resolve_version
+from char_rnn.lineage import SERVING_PACKAGES, pip_requirements
+from char_rnn.registry import resolve_version
 
 RNN_BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
 HYBRID_BUNDLE = (*RNN_BUNDLE, "ngram", "hybrid")
-SHIM = (
-    "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\n"
-    "set_model(CharRNNGenerator())\n"
-)
+SHIM = "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\nset_model({model})\n"
 
 
 class CharRNNGenerator(PythonModel):
-    """Loads the bundled files only if they hash to the recorded sha256; generates row by row."""
+    """Loads the bundled files only if they hash to the recorded sha256; generates row by row.
+
+    The digests are written into the logged code itself (`CharRNNGenerator({...})`). Versions
+    registered before that carry them in their model config instead, which MLflow also copied into
+    the run's params.
+    """
 
     generator: Generator
 
+    def __init__(self, digests: dict[str, str] | None = None) -> None:
+        self.digests = digests
+
     def load_context(self, context: Any) -> None:
         files = bundle_files(context.artifacts, Path("."))
-        self.generator = load_generator(files, (context.model_config or {}).get("sha256", {}))
+        digests = self.digests if self.digests is not None else (context.model_config or {}).get("sha256", {})
+        self.generator = load_generator(files, digests)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -97,50 +102,27 @@ def signature() -> Any:
     )
 
 
-def log_generator(files: dict[str, Path], digests: dict[str, str], example_prompt: str) -> str:
-    """Log the pyfunc into the active run as `generator`; returns its model URI for registration."""
+def log_generator(files: dict[str, Path], digests: dict[str, str], example_prompt: str) -> Any:
+    """Log the pyfunc into the active run as `generator`; returns its ModelInfo (URI, model id).
+
+    `step=-1`: MLflow copies the run's metrics of that step onto the logged model, and no metric is
+    logged at -1, so the model carries only the figures the caller attaches to it.
+    """
     example = pd.DataFrame(
         {"prompt": [example_prompt], "length": [20], "temperature": [0.0], "top_k": [0], "seed": [0]}
     )
     with tempfile.TemporaryDirectory() as tmp:
         shim = Path(tmp) / "char_rnn_generator.py"
-        shim.write_text(SHIM, encoding="utf-8")
-        info = mlflow.pyfunc.log_model(
+        shim.write_text(SHIM.format(model=f"CharRNNGenerator({dict(sorted(digests.items()))!r})"), encoding="utf-8")
+        return mlflow.pyfunc.log_model(
             name="generator",
             python_model=str(shim),
             artifacts={name: str(path) for name, path in files.items()},
-            model_config={"sha256": digests},
             signature=signature(),
             input_example=example,
             pip_requirements=pip_requirements(*SERVING_PACKAGES),
+            step=-1,
         )
-    return info.model_uri
-
-
-def register_generator(
-    run_id: str,
-    files: dict[str, Path],
-    example_prompt: str,
-    model_name: str,
-    metric: Metric,
-    metrics: dict[str, Any],
-    tags: dict[str, str],
-) -> Registration:
-    """Check the run, log the generator pyfunc of `files` into it, register it and set its alias;
-    files that are a version already are reported as that version.
-
-    `files` maps the bundle's names (`model`, `vocab`, ...) to paths; each one's sha256 is recorded
-    in the pyfunc's config and as a version tag. Call with MLflow pointed at the store.
-    """
-    value = check_registrable(run_id, metric, metrics)
-    digests = {name: file_sha256(path) for name, path in files.items()}
-    digest_tags = {f"{name}_sha256": digest for name, digest in digests.items()}
-    existing = registered_version(model_name, digest_tags, metric)
-    if existing is not None:
-        return existing
-    with mlflow.start_run(run_id=run_id):
-        model_uri = log_generator(files, digests, example_prompt)
-    return register(model_uri, model_name, metric, value, {**tags, **digest_tags})
 
 
 def load_registered(uri: str) -> Generator:

@@ -50,7 +50,7 @@ def check(params: Params, layout: Layout) -> Summary:
     # What ingest depends on: it changes with the corpus, not with any other param.
     found = {"corpus.source": params.corpus.source, "characters": len(text)}
     _write_json(layout.check, found)
-    return found
+    return {**found, "summary": f"params.yaml and corpus {params.corpus.source!r} ({len(text):,} characters) are fine"}
 
 
 def ingest(params: Params, layout: Layout) -> Summary:
@@ -59,7 +59,8 @@ def ingest(params: Params, layout: Layout) -> Summary:
 
     text = load_corpus(params.corpus, layout.root)
     write_atomically(layout.corpus, text)
-    return {"corpus": str(layout.corpus), "characters": len(text)}
+    summary = f"{len(text):,} characters of {params.corpus.source!r} in {layout.corpus.relative_to(layout.root)}"
+    return {"corpus": str(layout.corpus), "characters": len(text), "summary": summary}
 
 
 def window(params: Params, layout: Layout) -> Summary:
@@ -69,7 +70,12 @@ def window(params: Params, layout: Layout) -> Summary:
 
     windows = cut_windows(read_corpus(layout.corpus), params.window, params.split)
     save_windows(windows, layout.vocab, layout.windows)
-    return asdict(windows.spec)
+    spec = windows.spec
+    summary = (
+        f"{spec.vocab_size} characters in the vocabulary; {spec.train_windows:,} training windows of"
+        f" {spec.length}; tuning {spec.tune_chars:,} and validation {spec.val_chars:,} characters"
+    )
+    return {**asdict(spec), "summary": summary}
 
 
 def validate(params: Params, layout: Layout) -> Summary:
@@ -84,7 +90,9 @@ def validate(params: Params, layout: Layout) -> Summary:
     report = run_suites(text, chars, spec, train_ids, val_ids, params.validation)
     _write_json(layout.validation_report, report)
     require_success(report)
-    return {"success": report["success"], "report": str(layout.validation_report)}
+    passed = sum(len(suite["expectations"]) for suite in report["suites"])
+    summary = f"all {passed} expectations passed (report: {layout.validation_report.relative_to(layout.root)})"
+    return {"success": report["success"], "report": str(layout.validation_report), "summary": summary}
 
 
 def baseline(params: Params, layout: Layout) -> Summary:
@@ -105,45 +113,91 @@ def baseline(params: Params, layout: Layout) -> Summary:
     }
     write_atomically(layout.ngram, ngram.to_bytes())
     _write_json(layout.baseline, result)
-    return result
+    summary = (
+        f"{params.baseline.order}-gram: {result['ngram_bits_per_char']:.4f} bits/char on {len(probs):,} characters"
+    )
+    return {**result, "summary": summary}
 
 
 def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) -> Summary:
     """Fit the RNN(s) on the training text, seeded and deterministic; open the MLflow run, log every epoch."""
     import mlflow
 
-    from char_rnn import tracking
+    from char_rnn import notes, progress, tracking
     from char_rnn.lineage import file_md5, git_commit
     from char_rnn.model import save_model
     from char_rnn.training import fit_members, history_csv, record
+    from char_rnn.validation import counts
     from char_rnn.windows import load_windows
 
     spec, train_ids, val_ids = load_windows(layout.windows)
+    commit, model = git_commit(layout.root), params.model
     lineage = {
-        "git_commit": git_commit(layout.root),
+        "git_commit": commit,
+        "mlflow.source.git.commit": commit,
         "corpus_md5": file_md5(layout.corpus),
+        "corpus": params.corpus.source,
         "params_sha256": params.digest(),
         **(tags or {}),
     }
-    with tracking.new_run(layout.mlruns, lineage) as run:
-        mlflow.log_params({**params.flat(), **{f"data.{k}": v for k, v in asdict(spec).items()}})
+    name = tracking.run_name(
+        params.corpus.source, model.cell.value, model.units, model.layers, model.ensemble, params.train.epochs, commit
+    )
+    if "prefect.flow_run_name" in lineage:
+        name += f" · {lineage['prefect.flow_run_name']}"
+    passed, failed = counts(json.loads(layout.validation_report.read_text(encoding="utf-8")))
+    with tracking.new_run(layout.mlruns, name, lineage) as run:
+        logged = {key: value for key, value in params.flat().items() if not key.startswith("sweep.")}
+        mlflow.log_params({**logged, **{f"data.{k}": v for k, v in asdict(spec).items()}})
+        mlflow.log_metrics({"validation/passed": passed, "validation/failed": failed})
         for artifact in (layout.validation_report, layout.vocab):
             mlflow.log_artifact(str(artifact), artifact_path="data")
-        fitted = fit_members(
-            params.model,
-            params.train,
-            spec,
-            train_ids,
-            val_ids,
-            lambda i: [tracking.epoch_logger(f"member{i + 1}_" if i else "")],
+        _log_datasets(params.corpus.source, layout, lineage["corpus_md5"], spec)
+        tracking.set_note_section(
+            run.info.run_id, "Data", notes.data(params.corpus.source, spec, lineage["corpus_md5"], passed, failed)
         )
+
+        def callbacks(i: int) -> list[Any]:
+            label = progress.member_label("", i, model.ensemble)
+            return [tracking.epoch_logger("train", i), progress.epoch_progress(label, params.train.epochs)]
+
+        fitted = fit_members(model, params.train, spec, train_ids, val_ids, callbacks)
+        fit_record = record(params.train, fitted)
         save_model(fitted.model, layout.fit_model)
         write_atomically(layout.fit_history, history_csv(fitted.histories[0]))
-        write_atomically(layout.fit_record, record(params.train, fitted).model_dump_json(indent=1) + "\n")
+        write_atomically(layout.fit_record, fit_record.model_dump_json(indent=1) + "\n")
         mlflow.log_artifact(str(layout.fit_history), artifact_path="reports")
+        tracking.set_note_section(run.info.run_id, "Model", notes.model(model, params.train, fit_record))
     write_atomically(layout.train_run, tracking.run_link(run.info.run_id))
-    history = fitted.histories[0]
-    return {"run_id": run.info.run_id, "epochs": len(history["loss"]), "loss": history["loss"][-1]}
+    history, url = fitted.histories[0], tracking.run_url(run.info.run_id)
+    summary = (
+        f"{len(history['loss'])} epochs, loss {history['loss'][-1]:.4f}, accuracy {history['accuracy'][-1]:.3f};"
+        f" MLflow run {name!r}: {url}"
+    )
+    return {
+        "run_id": run.info.run_id,
+        "run_url": url,
+        "run_name": name,
+        "loss": history["loss"][-1],
+        "epochs": [member.epochs for member in fit_record.members],
+        "summary": summary,
+    }
+
+
+def _log_datasets(corpus: str, layout: Layout, corpus_md5: str, spec: Any) -> None:
+    """The corpus and its splits as the run's dataset inputs, each with the md5 DVC records for it."""
+    from char_rnn import tracking
+    from char_rnn.lineage import file_md5
+
+    tracking.log_dataset(corpus, layout.corpus, corpus_md5, "corpus")
+    for split, chars, context in (
+        ("train", spec.train_chars, "train"),
+        ("tune", spec.tune_chars, "tune"),
+        ("val", spec.val_chars, "validation"),
+    ):
+        if chars:
+            path = layout.windows / f"{split}.npy"
+            tracking.log_dataset(f"{corpus}/{context}", path, file_md5(path), context)
 
 
 def tune(params: Params, layout: Layout) -> Summary:
@@ -154,14 +208,17 @@ def tune(params: Params, layout: Layout) -> Summary:
     spec = load_spec(layout.windows)
     hybrid = _tune_on_slice(params, layout) if spec.tune_chars else Hybrid(tune_chars=0)
     write_atomically(layout.hybrid, dump_hybrid(hybrid))
-    return hybrid.model_dump(mode="json", exclude={"dynamic": {"tune_bits_per_char"}})
+    summary = "no tuning slice: nothing to fit"
+    if hybrid.weights is not None:
+        weights = hybrid.weights
+        summary = f"hybrid weights RNN {weights.rnn:.3f}, n-gram {weights.ngram:.3f}, cache {weights.cache:.3f}"
+        summary += f"; dynamic evaluation's rate {hybrid.dynamic.rate}" if hybrid.dynamic else ""
+    return {**hybrid.model_dump(mode="json", exclude={"dynamic": {"tune_bits_per_char"}}), "summary": summary}
 
 
 def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
-    """The RNNs of the first fit have not read the tuning slice; nothing after it is read."""
-    import mlflow
-
-    from char_rnn import tracking
+    """The RNNs of the first fit have not read the tuning slice; nothing after it is read. What is
+    chosen here reaches the run with evaluate's figures (hybrid/*, dynamic/*)."""
     from char_rnn.dynamic import tune_rate
     from char_rnn.hybrid import DynamicChoice, Hybrid, fit_hybrid_weights
     from char_rnn.model import load_model, members
@@ -179,8 +236,6 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
         segment, steps_context = params.tune.dynamic_segment, params.tune.dynamic_context
         rate, tried = tune_rate(model, ids, span, params.tune.dynamic_rates, segment, steps_context)
         dynamic = DynamicChoice(rate=rate, segment=segment, context=steps_context, tune_bits_per_char=tried)
-    with tracking.resumed_run(layout.mlruns, tracking.pipeline_run(layout.mlruns, layout.train_run)):
-        mlflow.log_metrics({**weights.metrics(), **({"dynamic_rate": dynamic.rate} if dynamic else {})})
     return Hybrid(
         tune_chars=spec.tune_chars, weights=weights, ngram_order=params.baseline.order, context=context, dynamic=dynamic
     )
@@ -192,40 +247,38 @@ def refit(params: Params, layout: Layout) -> Summary:
     if not params.refit.enabled:
         write_atomically(layout.model, layout.fit_model.read_bytes())
         write_atomically(layout.history, layout.fit_history.read_bytes())
-        return {"refit": False, "model": str(layout.model)}
-    from char_rnn import tracking
+        return {"refit": False, "model": str(layout.model), "summary": "off: the first fit is the model"}
+    from char_rnn import notes, progress, tracking
     from char_rnn.model import save_model
     from char_rnn.training import FitRecord, fit_members, history_csv
     from char_rnn.windows import load_spec, load_text_ids
 
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
     kept = [member.kept_epochs for member in FitRecord.model_validate_json(layout.fit_record.read_text()).members]
-    with tracking.resumed_run(layout.mlruns, tracking.pipeline_run(layout.mlruns, layout.train_run)):
+    run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
+
+    def callbacks(i: int) -> list[Any]:
+        label = progress.member_label("refit", i, params.model.ensemble)
+        return [tracking.epoch_logger("refit", i), progress.epoch_progress(label, kept[i])]
+
+    with tracking.resumed_run(layout.mlruns, run_id):
         fitted = fit_members(
-            params.model,
-            params.train,
-            spec,
-            ids[: spec.val_start],
-            ids[spec.val_start :],
-            lambda i: [tracking.epoch_logger((f"member{i + 1}_" if i else "") + "refit_")],
-            kept,
+            params.model, params.train, spec, ids[: spec.val_start], ids[spec.val_start :], callbacks, kept
         )
+        tracking.set_note_section(run_id, "Refit", notes.refit(kept, spec))
     save_model(fitted.model, layout.model)
     write_atomically(layout.history, history_csv(fitted.histories[0]))
-    return {"refit": True, "epochs": kept, "model": str(layout.model)}
+    summary = f"retrained on training + tuning text for {', '.join(map(str, kept))} epochs"
+    return {"refit": True, "epochs": kept, "model": str(layout.model), "summary": summary}
 
 
 def evaluate(params: Params, layout: Layout) -> Summary:
     """Score the model next to the n-gram and the hybrid, plot its epochs, write a sample; log all to the run."""
-    import mlflow
-    import mlflow.keras
-
-    from char_rnn import tracking
     from char_rnn.evaluation import evaluate as score_all
     from char_rnn.evaluation import plot_history
     from char_rnn.generate import load_generator, sample
     from char_rnn.hybrid import load_hybrid
-    from char_rnn.lineage import keras_signature, pip_requirements
+    from char_rnn.model import load_model
     from char_rnn.ngram import KneserNey
     from char_rnn.training import read_history
     from char_rnn.windows import load_spec, load_text_ids
@@ -233,61 +286,174 @@ def evaluate(params: Params, layout: Layout) -> Summary:
     spec, ids, history = load_spec(layout.windows), load_text_ids(layout.windows), read_history(layout.history)
     generator = load_generator(bundle(params, layout))
     ngram = generator.mixture.ngram if generator.mixture else KneserNey.load(layout.ngram)  # read once
-    metrics = score_all(
-        generator.model,
-        ngram,
-        load_hybrid(layout.hybrid),
-        spec,
-        ids,
-        history,
-        params.evaluate.context,
-        params.train.batch_size,
+    hybrid, model = load_hybrid(layout.hybrid), load_model(str(layout.model))  # Keras: window loss, dynamic steps
+    metrics = score_all(model, ngram, hybrid, spec, ids, history, params.evaluate.context, params.train.batch_size)
+    written = sample(
+        generator, params.evaluate.prompt, params.evaluate.sample_length, params.evaluate.temperature, params.train.seed
     )
-    prompt, length = params.evaluate.prompt, params.evaluate.sample_length
-    text = sample(generator, prompt, length, params.evaluate.temperature, params.train.seed).texts[0]
+    dropped = f"(not in the vocabulary, dropped from the prompt: {written.dropped!r})\n" if written.dropped else ""
     _write_json(layout.metrics, metrics)
-    write_atomically(layout.plot, plot_history(history))
-    write_atomically(layout.sample, f"{prompt}{text}\n")
-    with tracking.resumed_run(layout.mlruns, tracking.pipeline_run(layout.mlruns, layout.train_run)):
-        mlflow.log_metrics({f"eval_{k}": v for k, v in tracking.finite_metrics(metrics).items()})
+    write_atomically(layout.plot, plot_history(history, refit=params.refit.enabled))
+    write_atomically(layout.sample, f"{written.prompt}{written.texts[0]}\n{dropped}")
+    _log_evaluation(params, layout, model, spec, metrics, history, written.prompt + written.texts[0])
+    return {**metrics, "summary": _evaluation_line(metrics)}
+
+
+def _evaluation_line(metrics: dict[str, Any]) -> str:
+    from char_rnn.notes import change
+
+    if "heldout_chars" not in metrics:
+        return f"accuracy {metrics['accuracy']:.4f}, {metrics['bits_per_char']:.4f} bits/char on the memorised text"
+    line = (
+        f"{metrics['bits_per_char']:.4f} bits/char held out vs the n-gram's {metrics['ngram_bits_per_char']:.4f}"
+        f" ({change(metrics['rnn_vs_ngram'])})"
+    )
+    if "hybrid_bits_per_char" in metrics:
+        line += f"; hybrid {metrics['hybrid_bits_per_char']:.4f} ({change(metrics['hybrid_vs_ngram'])})"
+    return line
+
+
+def _log_evaluation(
+    params: Params,
+    layout: Layout,
+    model: Any,
+    spec: Any,
+    metrics: dict[str, Any],
+    history: dict[str, list[float]],
+    text: str,
+) -> None:
+    """The figures under their run names, the reports, and the evaluated Keras model with its figures."""
+    import mlflow
+    import mlflow.keras
+
+    from char_rnn import notes, tracking
+    from char_rnn.lineage import keras_signature, pip_requirements
+
+    run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
+    held_out = spec.val_chars > 0
+    figures = tracking.evaluation_metrics(metrics, held_out)
+    with tracking.resumed_run(layout.mlruns, run_id):
         for artifact in (layout.metrics, layout.plot, layout.sample, layout.history, layout.hybrid):
             mlflow.log_artifact(str(artifact), artifact_path="reports")
-        mlflow.keras.log_model(
-            generator.model,
+        # step=-1: no run metric is at that step, so the model carries only the figures attached below.
+        info = mlflow.keras.log_model(
+            model,
             name="model",
             signature=keras_signature(spec.vocab_size),
             pip_requirements=pip_requirements(),
+            step=-1,
         )
-    return metrics
+        mlflow.log_metrics(figures, step=len(history["loss"]), model_id=info.model_id)
+        tracking.attach_last_epoch(run_id, info.model_id, "refit" if params.refit.enabled else "train")
+        tracking.set_note_section(run_id, "Evaluation", notes.evaluation(metrics, held_out, text))
 
 
 def register(params: Params, layout: Layout) -> Summary:
-    """Register the model in MLflow and set alias champion (if it beats the champion) or challenger."""
-    from char_rnn import tracking
-    from char_rnn.lineage import file_md5, git_commit
-    from char_rnn.serving import register_generator
+    """Register the model in MLflow: champion if it beats the champion re-scored on this run's text, else
+    challenger; files already registered are reported as their version."""
+    from char_rnn import registry, tracking
+    from char_rnn.lineage import file_sha256
+    from char_rnn.windows import load_spec
 
-    run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
-    tags = {
-        "git_commit": git_commit(layout.root),
-        "corpus_md5": file_md5(layout.corpus),
-        "model_md5": file_md5(layout.model),
-        "params_sha256": params.digest(),
+    run_id, spec = tracking.pipeline_run(layout.mlruns, layout.train_run), load_spec(layout.windows)
+    name, metric = params.registry.model_name, params.registry.metric
+    key = tracking.metric_key(metric.value, held_out=spec.val_chars > 0)
+    value = registry.check_registrable(run_id, metric, json.loads(layout.metrics.read_text(encoding="utf-8")))
+    files = bundle(params, layout)
+    digests = {f"{file}_sha256": file_sha256(path) for file, path in files.items()}
+    existing = registry.registered_version(name, digests)
+    if existing is not None:
+        result = {"model_name": name, "version": existing, "already_registered": True, "metric": key, "value": value}
+        _write_json(layout.registration, result)
+        return {**result, "summary": f"these files are {name} version {existing} already: nothing registered"}
+    decision = _gate(params, layout, files, spec)
+    version = _publish(params, layout, run_id, files, digests, (key, value), decision)
+    result = {
+        "model_name": name,
+        "version": version,
+        "alias": decision.alias,
+        "metric": key,
+        "value": value,
+        "already_registered": False,
+        "gate": asdict(decision),
+    }
+    _write_json(layout.registration, result)
+    return {**result, "summary": f"{name} version {version} is {decision.alias}: {decision.reason}"}
+
+
+def _gate(params: Params, layout: Layout, files: dict[str, Path], spec: Any) -> Any:
+    """The candidate and the current champion scored on this run's text, as each would serve it."""
+    from char_rnn import gate, registry
+    from char_rnn.corpus import read_corpus
+    from char_rnn.errors import PipelineError
+    from char_rnn.generate import load_generator
+    from char_rnn.heldout import scored_span
+    from char_rnn.serving import load_registered
+
+    metric, name = params.registry.metric, params.registry.model_name
+    text = gate.Text(read_corpus(layout.corpus), *scored_span(spec), params.evaluate.context)
+    candidate = gate.score(load_generator(files), text, metric)
+    champion = registry.current_champion(name)
+    if champion is None:
+        return gate.first(candidate, metric, text.chars)
+    version = str(champion.version)
+    try:
+        scorer = load_registered(f"models:/{name}/{version}")
+    except (PipelineError, OSError) as exc:
+        return gate.unfair(candidate, version, f"its files cannot be used ({exc})", metric, text.chars)
+    if missing := gate.unreadable(scorer.chars, text):
+        return gate.unfair(candidate, version, f"its vocabulary lacks {missing} of this text", metric, text.chars)
+    return gate.decide(
+        candidate, gate.score(scorer, text, metric), version, metric, params.registry.min_improvement, text.chars
+    )
+
+
+def _publish(
+    params: Params,
+    layout: Layout,
+    run_id: str,
+    files: dict[str, Path],
+    digests: dict[str, str],
+    figure: tuple[str, float],
+    decision: Any,
+) -> str:
+    """Log the generator pyfunc into the run, register it with the run's lineage and the gate's decision,
+    and move the aliases."""
+    import mlflow
+
+    from char_rnn import registry, tracking
+    from char_rnn.lineage import file_md5
+    from char_rnn.serving import log_generator
+
+    name = params.registry.model_name
+    lineage = tracking.lineage_tags(run_id)
+    gate_tags = {"gate.decision": decision.alias, "gate.reason": decision.reason}
+    compared = {"candidate": decision.candidate, "champion": decision.champion,
+                "relative_change": decision.relative_change}  # fmt: skip
+    figures = {figure[0]: figure[1], **{f"gate/{k}": v for k, v in compared.items() if v is not None}}
+    with tracking.resumed_run(layout.mlruns, run_id):
+        info = log_generator(
+            files, {key.removesuffix("_sha256"): value for key, value in digests.items()}, params.evaluate.prompt
+        )
+        mlflow.log_metrics(figures, model_id=info.model_id)
+    model_uri = info.model_uri
+    version_tags = {
+        **lineage,
+        **digests,
+        figure[0]: repr(figure[1]),
+        **gate_tags,
         "run_id": run_id,
+        "model_md5": file_md5(layout.model),
         "keras_model_uri": tracking.logged_model_uri(run_id, "model") or "none",
     }
-    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
-    registration = register_generator(
-        run_id,
-        bundle(params, layout),
-        params.evaluate.prompt,
-        params.registry.model_name,
-        params.registry.metric,
-        metrics,
-        tags,
-    )
-    _write_json(layout.registration, asdict(registration))
-    return asdict(registration)
+    description = f"**{decision.alias}**: {decision.reason}"
+    version = registry.register_version(model_uri, name, version_tags, description)
+    if decision.alias == registry.CHAMPION:
+        registry.crown(name, version)
+    else:
+        registry.make_challenger(name, version)
+    tracking.set_note_section(run_id, "Registry", f"Version {version} of `{name}` → {description}")
+    return version
 
 
 def bundle(params: Params, layout: Layout) -> dict[str, Path]:
@@ -333,6 +499,14 @@ def stage(name: str) -> Stage:
     return next(s for s in STAGES if s.name == name)
 
 
-def run_all(params: Params, layout: Layout) -> dict[str, Summary]:
-    """Every stage in order, in this process: what `dvc repro` does, without DVC's bookkeeping."""
-    return {s.name: s.run(params, layout) for s in STAGES}
+def run_all(params: Params, layout: Layout, done: Callable[[str, Summary], None] | None = None) -> dict[str, Summary]:
+    """Every stage in order, in this process: what `dvc repro` does, without DVC's bookkeeping.
+
+    `done(name, summary)` is called as each stage finishes (the CLI prints its line).
+    """
+    results = {}
+    for s in STAGES:
+        results[s.name] = s.run(params, layout)
+        if done is not None:
+            done(s.name, results[s.name])
+    return results

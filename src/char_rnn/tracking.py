@@ -1,8 +1,15 @@
-"""The MLflow store and the pipeline's run: one location for the pipeline, the UI and the tests.
+"""The MLflow store and the pipeline's run, as a reviewer reads it in the UI.
 
-`sqlite:///<root>/mlruns/mlflow.db` with artifacts under `<root>/mlruns/artifacts`, as absolute
-paths, so every stage finds the same store whatever its working directory. `MLFLOW_TRACKING_URI`
-overrides it (a remote `mlflow server`, for instance). MLflow 3 refuses a bare `./mlruns` file store.
+One store for the pipeline, the UI and the tests: `sqlite:///<root>/mlruns/mlflow.db` with artifacts
+under `<root>/mlruns/artifacts`, as absolute paths, so every stage finds the same store whatever its
+working directory. `MLFLOW_TRACKING_URI` overrides it (a shared `mlflow server`). MLflow 3 refuses a
+bare `./mlruns` file store.
+
+One run per training, named for what ran, with a description the stages fill in section by section,
+and one metric name per figure, grouped by prefix so the UI draws one section per group: `train/`,
+`val/`, `refit/` per epoch (steps are epochs, from 1), and the evaluation's `heldout/` (or
+`memorised/` without a validation split: the blog's setting scores the text it trained on),
+`hybrid/`, `dynamic/`.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +25,9 @@ from typing import Any
 
 EXPERIMENT = "char-rnn"
 CONTINUES = "char_rnn.continues"  # tag of a run that continues a pulled run of another store
+NOTE = "mlflow.note.content"  # the run's description in the UI, markdown
+NOTE_SECTIONS = ("Data", "Model", "Evaluation", "Registry")  # in this order, each written by one stage
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` / `char-rnn ui` serve the local store
 
 
 def tracking_uri(mlruns: Path) -> str:
@@ -49,13 +60,66 @@ def connect(mlruns: Path) -> str:
 
 
 @contextmanager
-def new_run(mlruns: Path, tags: dict[str, str]) -> Iterator[Any]:
-    """The pipeline's run, opened by the train stage; FAILED if the block raises, FINISHED otherwise."""
+def new_run(mlruns: Path, name: str, tags: dict[str, str]) -> Iterator[Any]:
+    """The pipeline's run, opened by the train stage; FAILED if the block raises, FINISHED otherwise.
+
+    CPU and memory are sampled while it is open (MLflow's system metrics, every few seconds).
+    """
     import mlflow
 
     experiment_id = connect(mlruns)
-    with mlflow.start_run(experiment_id=experiment_id, tags=tags) as run:
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags, log_system_metrics=True) as run:
         yield run
+
+
+SYSTEM_METRICS_INTERVAL_S = 5.0
+
+
+def run_name(corpus: str, cell: str, units: int, layers: int, ensemble: int, epochs: int, commit: str) -> str:
+    """What ran, readable in the runs list: `kolaw · gru(256) ×5 · 80 epochs · 1a2b3c4`."""
+    size = f"{cell}({units})" + (f" {layers} layers" if layers > 1 else "") + (f" ×{ensemble}" if ensemble > 1 else "")
+    return " · ".join([Path(corpus).stem if "/" in corpus else corpus, size, f"{epochs} epochs", commit[:7]])
+
+
+def run_url(run_id: str) -> str:
+    """The run's page in the UI: the tracking server's, or the local UI's (`make ui`)."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    base = uri.rstrip("/") if uri.startswith("http") else LOCAL_UI
+    return f"{base}/#/experiments/{mlflow.get_run(run_id).info.experiment_id}/runs/{run_id}"
+
+
+def set_note_section(run_id: str, title: str, markdown: str) -> None:
+    """Write one section of the run's description, keeping the other stages' sections."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    sections = _sections(client.get_run(run_id).data.tags.get(NOTE, ""))
+    sections[title] = markdown.strip()
+    ordered = [t for t in NOTE_SECTIONS if t in sections] + [t for t in sections if t not in NOTE_SECTIONS]
+    client.set_tag(run_id, NOTE, "\n\n".join(f"### {t}\n\n{sections[t]}" for t in ordered))
+
+
+def _sections(note: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for block in note.split("### ")[1:]:
+        title, _, body = block.partition("\n")
+        found[title.strip()] = body.strip()
+    return found
+
+
+def log_dataset(name: str, path: Path, digest: str, context: str) -> None:
+    """A dataset input of the active run (the Datasets column), named, with DVC's md5 as its digest."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow registers its local source twice, then warns it cannot choose
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        source = resolve_dataset_source(str(path))
+    mlflow.log_input(MetaDataset(source=source, name=name, digest=digest), context=context)
 
 
 @contextmanager
@@ -81,6 +145,25 @@ def logged_model_uri(run_id: str, name: str) -> str | None:
         output_format="list",
     )
     return found[0].model_uri if found else None
+
+
+LINEAGE = (
+    "corpus",
+    "corpus_md5",
+    "git_commit",
+    "params_sha256",
+    "prefect.flow_run_id",
+    "prefect.flow_run_name",
+    "prefect.deployment",
+)
+
+
+def lineage_tags(run_id: str) -> dict[str, str]:
+    """The run's lineage (corpus, commit, params hash, Prefect flow run and deployment), to copy onto a version."""
+    from mlflow import MlflowClient
+
+    tags = MlflowClient().get_run(run_id).data.tags
+    return {key: tags[key] for key in LINEAGE if key in tags}
 
 
 def run_link(run_id: str) -> str:
@@ -120,17 +203,66 @@ def pipeline_run(mlruns: Path, link: Path) -> str:
     return run.info.run_id
 
 
-def epoch_logger(prefix: str = "") -> Any:
-    """A Keras callback that logs every epoch as it ends, so a long run can be watched in the UI."""
+def epoch_logger(group: str, member: int = 0) -> Any:
+    """A Keras callback that logs every epoch as it ends, so a long run can be watched in the UI.
+
+    `group` is `train` for the first fit (its validation figures go to `val/`) or `refit`; an
+    ensemble's member i > 0 logs as `train/member<i+1>/loss`. Steps are epochs, counted from 1.
+    """
     import keras
     import mlflow
 
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            finite = {prefix + k: float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
-            mlflow.log_metrics(finite, step=epoch)
+            finite = {epoch_key(group, k, member): float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
+            mlflow.log_metrics(finite, step=epoch + 1)
 
     return EpochLogger()
+
+
+def epoch_key(group: str, name: str, member: int = 0) -> str:
+    """`train/loss`, `val/accuracy`, `train/member2/loss`, `refit/val_loss`: Keras' name under its group."""
+    prefix = "val" if name.startswith("val_") and group == "train" else group
+    name = name.removeprefix("val_") if group == "train" else name
+    return f"{prefix}/{f'member{member + 1}/' if member else ''}{name}"
+
+
+def attach_last_epoch(run_id: str, model_id: str, group: str) -> None:
+    """Attach the last epoch of `group`'s curves (member 1's) to a logged model, so the Logged models table
+    shows how training ended. Re-logged with their own step and timestamp: the run's history gains nothing."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    keys = [key for key in run.data.metrics if key.split("/")[0] in (group, "val") and "member" not in key]
+    if group == "refit":
+        keys = [key for key in keys if key.startswith("refit/")]
+    last = [client.get_metric_history(run_id, key)[-1] for key in keys]
+    client.log_batch(run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in last])
+
+
+def evaluation_metrics(metrics: dict[str, Any], held_out: bool) -> dict[str, float]:
+    """metrics.json's figures under their run names: one name per figure, grouped by prefix.
+
+    The final training figures are left out: they are the last step of `train/` already.
+    """
+    group = "heldout" if held_out else "memorised"
+    named = {}
+    for key, value in finite_metrics(metrics).items():
+        if key in ("train_loss", "train_accuracy", "epochs"):
+            continue
+        head, _, rest = key.partition("_")
+        if head in ("hybrid", "dynamic"):
+            named[f"{head}/{rest}"] = value
+        else:
+            named[f"{group}/{'chars' if key == 'heldout_chars' else key}"] = value
+    return named
+
+
+def metric_key(metric: str, held_out: bool) -> str:
+    """The run's (and so the registry's) name for a `registry.metric`: `hybrid/bits_per_char`, ..."""
+    return next(iter(evaluation_metrics({metric: 0.0}, held_out)))
 
 
 def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,14 +92,18 @@ def fit(
     train_data = window_dataset(train_ids, shuffle_seed=seed, **batches)
     val_data = window_dataset(val_ids, shuffle_seed=None, **batches) if spec.val_windows else None
     stopping = early_stopping(train_params) if epochs is None else []
-    history = model.fit(
-        train_data,
-        validation_data=val_data,
-        epochs=epochs or train_params.epochs,
-        callbacks=[keras.callbacks.TerminateOnNaN(), *stopping, *callbacks],
-        shuffle=False,  # the dataset shuffles itself, seeded
-        verbose=0,
-    ).history
+    with warnings.catch_warnings():
+        # With fewer batches per epoch than STEPS_PER_EXECUTION, Keras warns that the data "ran out" at
+        # every epoch's end: that is where the epoch ends, and nothing is lost.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        history = model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=epochs or train_params.epochs,
+            callbacks=[keras.callbacks.TerminateOnNaN(), *stopping, *callbacks],
+            shuffle=False,  # the dataset shuffles itself, seeded
+            verbose=0,
+        ).history
     last = {k: v[-1] for k, v in history.items()}
     if not all(math.isfinite(v) for v in last.values()):
         raise TrainingDiverged(f"training diverged at epoch {len(history['loss'])}: {last}; lower train.learning_rate")

@@ -142,6 +142,12 @@ def validate(
     return {"success": all(s["success"] for s in suites), "suites": suites}
 
 
+def counts(report: dict[str, Any]) -> tuple[int, int]:
+    """(passed, failed) expectations of a report, both suites together."""
+    results = [e["success"] for suite in report["suites"] for e in suite["expectations"]]
+    return sum(results), len(results) - sum(results)
+
+
 def require_success(report: dict[str, Any]) -> None:
     """Raise `ValidationFailed` naming every failed expectation with its observed values."""
     if not report["success"]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from char_rnn import progress
 from char_rnn.errors import PipelineError
 from char_rnn.params import SplitParams, WindowParams
 
@@ -63,9 +64,20 @@ def load_vocab(path: Path) -> list[str]:
     return payload["chars"]
 
 
+ENCODE_CHUNK = 5_000_000  # characters encoded between two progress lines on a large corpus
+
+
 def encode(text: str, chars: list[str]) -> np.ndarray:
+    """The text as vocabulary ids; a corpus of tens of millions of characters reports its progress."""
     index = {c: i for i, c in enumerate(chars)}
-    return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
+    if len(text) <= ENCODE_CHUNK:
+        return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
+    ids = np.empty(len(text), dtype=np.int32)
+    for start in range(0, len(text), ENCODE_CHUNK):
+        part = text[start : start + ENCODE_CHUNK]
+        ids[start : start + len(part)] = np.fromiter((index[c] for c in part), dtype=np.int32, count=len(part))
+        progress.log.info("window: encoded %s of %s characters", f"{start + len(part):,}", f"{len(text):,}")
+    return ids
 
 
 def count_windows(n_ids: int, length: int, stride: int) -> int:

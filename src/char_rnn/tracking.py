@@ -26,7 +26,9 @@ from typing import Any
 EXPERIMENT = "char-rnn"
 CONTINUES = "char_rnn.continues"  # tag of a run that continues a pulled run of another store
 NOTE = "mlflow.note.content"  # the run's description in the UI, markdown
-NOTE_SECTIONS = ("Data", "Model", "Evaluation", "Registry")  # in this order, each written by one stage
+# In this order, the outcome first (a long description shows its first lines until "Show more"), each
+# section written by one stage.
+NOTE_SECTIONS = ("Evaluation", "Registry", "Data", "Model", "Refit")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` / `char-rnn ui` serve the local store
 
 

@@ -26,8 +26,8 @@ from pipelines.failures import StageFailed, one_line, retry_if_transient
 from pipelines.versioning import is_up_to_date, record_run, require_dvc_project, warm_up
 from pipelines.worker import ModelWorker
 
-IN_FLOW_PROCESS = tuple(s.name for s in stages.STAGES if not s.needs_tensorflow)
-IN_WORKER = tuple(s.name for s in stages.STAGES if s.needs_tensorflow)  # in the model worker, which can be stopped
+IN_FLOW_PROCESS = tuple(s.name for s in stages.STAGES if not s.in_worker)
+IN_WORKER = tuple(s.name for s in stages.STAGES if s.in_worker)  # in the model worker, which can be stopped
 TRAINING = ("train", "refit")  # bounded by the run's training budget; the other stages by STAGE_TIMEOUT_S
 STAGE_TIMEOUT_S = 900.0  # tune, evaluate and register: minutes at most, even on the full corpus
 UP_TO_DATE = "up to date: corpus, params and code unchanged since the last successful run"

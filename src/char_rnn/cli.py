@@ -22,7 +22,7 @@ import typer
 
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
-from char_rnn.params import Params, load_params
+from char_rnn.params import load_params
 from char_rnn.quiet import import_tensorflow
 from char_rnn.stages import STAGES, Stage
 from char_rnn.stages import run_all as run_all_stages
@@ -62,19 +62,20 @@ def report(name: str, result: dict[str, Any]) -> None:
         typer.echo(f"{name}: {result['summary']}")
 
 
-def _run(stage: Callable[[Params, Layout], dict[str, Any]], name: str, params_path: Path | None) -> None:
+def _run(stage: Stage, params_path: Path | None) -> None:
     layout = Layout.discover()
     try:
-        report(name, stage(load_params(params_path or layout.params), layout))
+        params = load_params(params_path or layout.params)
+        if stage.tensorflow(params):
+            import_tensorflow()
+        report(stage.name, stage.run(params, layout))
     except (PipelineError, FileNotFoundError) as exc:
         raise fail(exc) from None
 
 
 def _stage_command(stage: Stage) -> None:
     def command(params: Path | None = ParamsOption) -> None:
-        if stage.needs_tensorflow:
-            import_tensorflow()
-        _run(stage.run, stage.name, params)
+        _run(stage, params)
 
     command.__doc__ = stage.help
     app.command(stage.name)(command)
@@ -88,9 +89,11 @@ for _stage in STAGES:
 def run_all(params: Path | None = ParamsOption) -> None:
     """Run every stage in this process, without DVC (use `dvc repro` to get caching and dvc.lock)."""
     layout = Layout.discover()
-    import_tensorflow()
     try:
-        run_all_stages(load_params(params or layout.params), layout, done=report)
+        loaded = load_params(params or layout.params)
+        if any(stage.tensorflow(loaded) for stage in STAGES):
+            import_tensorflow()
+        run_all_stages(loaded, layout, done=report)
     except (PipelineError, FileNotFoundError) as exc:
         raise fail(exc) from None
 

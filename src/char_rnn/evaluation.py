@@ -23,21 +23,31 @@ from char_rnn import cache
 from char_rnn.dynamic import dynamic_char_probabilities
 from char_rnn.heldout import rnn_char_probabilities, scored_span
 from char_rnn.hybrid import DynamicChoice, Hybrid, Weights
+from char_rnn.inference import NumpyModel
 from char_rnn.ngram import KneserNey, bits_per_char, perplexity
 from char_rnn.training import History
-from char_rnn.windows import WindowSpec, window_dataset
+from char_rnn.windows import WindowSpec, window_views
 
 HELDOUT_METHOD = "every validation character once, predicted from at least evaluate.context characters before it"
 
 
-def score(model: Any, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dict[str, float]:
-    data = window_dataset(ids, spec.length, spec.stride, batch_size, shuffle_seed=None)
-    loss, accuracy = model.evaluate(data, verbose=0)
+def score(model: NumpyModel, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dict[str, float]:
+    """Keras' `evaluate` over the windows of `ids`, in NumPy: the mean cross-entropy and accuracy over
+    every position of every window (all windows are equally long, so Keras' per-batch means average
+    to the same figure)."""
+    inputs, targets = window_views(np.asarray(ids, dtype=np.int32), spec.length, spec.stride)
+    nats, hits = 0.0, 0
+    for start in range(0, len(inputs), batch_size):
+        probs = model.probabilities(inputs[start : start + batch_size])
+        true = np.take_along_axis(probs, targets[start : start + batch_size, :, None], axis=-1)[..., 0]
+        nats -= float(np.log(np.clip(true, 1e-7, 1 - 1e-7)).sum())  # as Keras clips them
+        hits += int((probs.argmax(axis=-1) == targets[start : start + batch_size]).sum())
+    loss = nats / targets.size
     return {
-        "loss": float(loss),
-        "accuracy": float(accuracy),
-        "bits_per_char": float(loss) / math.log(2),
-        "perplexity": math.exp(min(float(loss), 700.0)),
+        "loss": loss,
+        "accuracy": hits / targets.size,
+        "bits_per_char": loss / math.log(2),
+        "perplexity": math.exp(min(loss, 700.0)),
     }
 
 
@@ -79,7 +89,7 @@ def dynamic_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, dynamic: Dyna
 
 
 def evaluate(
-    model: Any,
+    model: NumpyModel,
     ngram: KneserNey,
     hybrid: Hybrid,
     spec: WindowSpec,
@@ -87,8 +97,13 @@ def evaluate(
     history: History,
     context: int,
     batch_size: int,
+    trainable: Any = None,
 ) -> dict[str, Any]:
-    """Every figure of `reports/metrics.json` for the whole-corpus `ids`, which the stage writes and logs."""
+    """Every figure of `reports/metrics.json` for the whole-corpus `ids`, which the stage writes and logs.
+
+    `model` (the NumPy runtime) scores; `trainable`, the Keras model, is needed only for dynamic
+    evaluation, which takes gradient steps (the stage loads it only then).
+    """
     on_val = spec.val_chars > 0
     windows = ids[spec.val_start :] if on_val else ids[: spec.train_chars]
     metrics: dict[str, Any] = score(model, windows, spec, batch_size)
@@ -96,7 +111,7 @@ def evaluate(
     if on_val:
         metrics |= heldout_metrics(model, ngram, hybrid.weights, ids, spec, context)
         if hybrid.dynamic is not None:
-            metrics |= dynamic_metrics(model, ids, spec, hybrid.dynamic)
+            metrics |= dynamic_metrics(trainable, ids, spec, hybrid.dynamic)
             metrics["dynamic_vs_ngram"] = metrics["dynamic_bits_per_char"] / metrics["ngram_bits_per_char"] - 1
         metrics["bits_per_char_method"] = HELDOUT_METHOD
     metrics["train_loss"] = history["loss"][-1]

@@ -278,16 +278,16 @@ def evaluate(params: Params, layout: Layout) -> Summary:
     from char_rnn.evaluation import plot_history
     from char_rnn.generate import load_generator, sample
     from char_rnn.hybrid import load_hybrid
-    from char_rnn.model import load_model
     from char_rnn.ngram import KneserNey
     from char_rnn.training import read_history
     from char_rnn.windows import load_spec, load_text_ids
 
     spec, ids, history = load_spec(layout.windows), load_text_ids(layout.windows), read_history(layout.history)
-    generator = load_generator(bundle(params, layout))
+    generator, hybrid = load_generator(bundle(params, layout)), load_hybrid(layout.hybrid)
     ngram = generator.mixture.ngram if generator.mixture else KneserNey.load(layout.ngram)  # read once
-    hybrid, model = load_hybrid(layout.hybrid), load_model(str(layout.model))  # Keras: window loss, dynamic steps
-    metrics = score_all(model, ngram, hybrid, spec, ids, history, params.evaluate.context, params.train.batch_size)
+    trainable = _keras_model(layout) if hybrid.dynamic is not None and spec.val_chars else None
+    metrics = score_all(generator.model, ngram, hybrid, spec, ids, history, params.evaluate.context,
+                        params.train.batch_size, trainable)  # fmt: skip
     written = sample(
         generator, params.evaluate.prompt, params.evaluate.sample_length, params.evaluate.temperature, params.train.seed
     )
@@ -295,8 +295,15 @@ def evaluate(params: Params, layout: Layout) -> Summary:
     _write_json(layout.metrics, metrics)
     write_atomically(layout.plot, plot_history(history, refit=params.refit.enabled))
     write_atomically(layout.sample, f"{written.prompt}{written.texts[0]}\n{dropped}")
-    _log_evaluation(params, layout, model, spec, metrics, history, written.prompt + written.texts[0])
+    _log_evaluation(layout, spec, metrics, written.prompt + written.texts[0])
     return {**metrics, "summary": _evaluation_line(metrics)}
+
+
+def _keras_model(layout: Layout) -> Any:
+    """The model as Keras holds it, for what NumPy cannot do: dynamic evaluation's gradient steps."""
+    from char_rnn.model import load_model
+
+    return load_model(str(layout.model))
 
 
 def _evaluation_line(metrics: dict[str, Any]) -> str:
@@ -313,38 +320,18 @@ def _evaluation_line(metrics: dict[str, Any]) -> str:
     return line
 
 
-def _log_evaluation(
-    params: Params,
-    layout: Layout,
-    model: Any,
-    spec: Any,
-    metrics: dict[str, Any],
-    history: dict[str, list[float]],
-    text: str,
-) -> None:
-    """The figures under their run names, the reports, and the evaluated Keras model with its figures."""
+def _log_evaluation(layout: Layout, spec: Any, metrics: dict[str, Any], text: str) -> None:
+    """The figures under their run names (at the last epoch's step) and the reports."""
     import mlflow
-    import mlflow.keras
 
     from char_rnn import notes, tracking
-    from char_rnn.lineage import keras_signature, pip_requirements
 
     run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
     held_out = spec.val_chars > 0
-    figures = tracking.evaluation_metrics(metrics, held_out)
     with tracking.resumed_run(layout.mlruns, run_id):
+        mlflow.log_metrics(tracking.evaluation_metrics(metrics, held_out), step=metrics["epochs"])
         for artifact in (layout.metrics, layout.plot, layout.sample, layout.history, layout.hybrid):
             mlflow.log_artifact(str(artifact), artifact_path="reports")
-        # step=-1: no run metric is at that step, so the model carries only the figures attached below.
-        info = mlflow.keras.log_model(
-            model,
-            name="model",
-            signature=keras_signature(spec.vocab_size),
-            pip_requirements=pip_requirements(),
-            step=-1,
-        )
-        mlflow.log_metrics(figures, step=len(history["loss"]), model_id=info.model_id)
-        tracking.attach_last_epoch(run_id, info.model_id, "refit" if params.refit.enabled else "train")
         tracking.set_note_section(run_id, "Evaluation", notes.evaluation(metrics, held_out, text))
 
 
@@ -431,11 +418,13 @@ def _publish(
     compared = {"candidate": decision.candidate, "champion": decision.champion,
                 "relative_change": decision.relative_change}  # fmt: skip
     figures = {figure[0]: figure[1], **{f"gate/{k}": v for k, v in compared.items() if v is not None}}
+    epochs = ("refit",) if params.refit.enabled else ("train", "val")
     with tracking.resumed_run(layout.mlruns, run_id):
         info = log_generator(
             files, {key.removesuffix("_sha256"): value for key, value in digests.items()}, params.evaluate.prompt
         )
         mlflow.log_metrics(figures, model_id=info.model_id)
+        tracking.attach_figures(run_id, info.model_id, (*epochs, "heldout", "memorised", "hybrid", "dynamic"))
     model_uri = info.model_uri
     version_tags = {
         **lineage,
@@ -444,7 +433,6 @@ def _publish(
         **gate_tags,
         "run_id": run_id,
         "model_md5": file_md5(layout.model),
-        "keras_model_uri": tracking.logged_model_uri(run_id, "model") or "none",
     }
     description = f"**{decision.alias}**: {decision.reason}"
     version = registry.register_version(model_uri, name, version_tags, description)
@@ -468,13 +456,18 @@ def _write_json(path: Path, content: Any) -> None:
     write_atomically(path, json.dumps(content, indent=1, ensure_ascii=False, default=str) + "\n")
 
 
+def _never(params: Params) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Stage:
     """A stage as the drivers see it: its name (the CLI command, the dvc.yaml stage, the Prefect task)."""
 
     name: str
     run: Callable[..., Summary]
-    needs_tensorflow: bool  # the Prefect flow runs these in its model worker, a process it can stop
+    in_worker: bool  # trains or scores models: the Prefect flow runs it in its model worker, which it can stop
+    tensorflow: Callable[[Params], bool] = _never  # whether it imports TensorFlow with these params
 
     @property
     def help(self) -> str:
@@ -482,16 +475,16 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("check", check, needs_tensorflow=False),
-    Stage("ingest", ingest, needs_tensorflow=False),
-    Stage("window", window, needs_tensorflow=False),
-    Stage("validate", validate, needs_tensorflow=False),
-    Stage("baseline", baseline, needs_tensorflow=False),
-    Stage("train", train, needs_tensorflow=True),
-    Stage("tune", tune, needs_tensorflow=True),
-    Stage("refit", refit, needs_tensorflow=True),
-    Stage("evaluate", evaluate, needs_tensorflow=True),
-    Stage("register", register, needs_tensorflow=True),
+    Stage("check", check, in_worker=False),
+    Stage("ingest", ingest, in_worker=False),
+    Stage("window", window, in_worker=False),
+    Stage("validate", validate, in_worker=False),
+    Stage("baseline", baseline, in_worker=False),
+    Stage("train", train, in_worker=True, tensorflow=lambda p: True),
+    Stage("tune", tune, in_worker=True, tensorflow=lambda p: p.split.tune_fraction > 0),
+    Stage("refit", refit, in_worker=True, tensorflow=lambda p: p.refit.enabled),
+    Stage("evaluate", evaluate, in_worker=True, tensorflow=lambda p: bool(p.tune.dynamic_rates)),  # gradients
+    Stage("register", register, in_worker=True),  # scores with the NumPy runtime
 )
 
 

@@ -134,21 +134,6 @@ def resumed_run(mlruns: Path, run_id: str) -> Iterator[Any]:
         yield run
 
 
-def logged_model_uri(run_id: str, name: str) -> str | None:
-    """The newest model logged as `name` in the run, or None."""
-    import mlflow
-
-    experiment_id = mlflow.get_run(run_id).info.experiment_id
-    found = mlflow.search_logged_models(
-        experiment_ids=[experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
-        order_by=[{"field_name": "creation_time", "ascending": False}],
-        max_results=1,
-        output_format="list",
-    )
-    return found[0].model_uri if found else None
-
-
 LINEAGE = (
     "corpus",
     "corpus_md5",
@@ -229,17 +214,15 @@ def epoch_key(group: str, name: str, member: int = 0) -> str:
     return f"{prefix}/{f'member{member + 1}/' if member else ''}{name}"
 
 
-def attach_last_epoch(run_id: str, model_id: str, group: str) -> None:
-    """Attach the last epoch of `group`'s curves (member 1's) to a logged model, so the Logged models table
-    shows how training ended. Re-logged with their own step and timestamp: the run's history gains nothing."""
+def attach_figures(run_id: str, model_id: str, groups: tuple[str, ...]) -> None:
+    """Attach the run's latest figures of `groups` (`refit`, `heldout`, ...) to a logged model, so the
+    Logged models table shows how the model ended and scored. Each is logged again with its own step
+    and timestamp, which MLflow keeps once: the run's history gains nothing."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     client = MlflowClient()
-    run = client.get_run(run_id)
-    keys = [key for key in run.data.metrics if key.split("/")[0] in (group, "val") and "member" not in key]
-    if group == "refit":
-        keys = [key for key in keys if key.startswith("refit/")]
+    keys = [key for key in client.get_run(run_id).data.metrics if key.split("/")[0] in groups and "/member" not in key]
     last = [client.get_metric_history(run_id, key)[-1] for key in keys]
     client.log_batch(run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in last])
 

@@ -118,6 +118,27 @@ def test_mixture_samples_are_seeded_and_from_the_vocabulary(repo_params: Params,
     assert hybrid.generate("다라", Sampling(length=60, temperature=5.0, seed=3)).texts != greedy
 
 
+@pytest.mark.parametrize("window", [0, 6])
+def test_the_sampled_mixture_is_the_scored_mixture(repo_params: Params, ngram, window: int) -> None:
+    """Teacher-forced through the generation loop, the mixture gives the true text the probabilities
+    that held-out scoring (`char_rnn.heldout`, the n-gram's and the cache's vectorised scoring) gave it."""
+    weights = Weights(0.5, 0.3, 0.2, cache_window=window) if window else Weights(0.6, 0.4)
+    hybrid = Generator(untrained(repo_params, {"model.ensemble": 2}), CHARS, Mixture(ngram, weights))
+    ids = np.array([CHARS.index(c) for c in "다라 가나다 아자차 파하 가나다라 바사 " * 3], dtype=np.int32)
+    prompt, seen = 3, []
+
+    def teacher(mixed: np.ndarray, n: int) -> np.ndarray:
+        seen.append(mixed[0, ids[n]])
+        return ids[None, n]
+
+    text = np.empty((1, len(ids)), dtype=np.int32)
+    text[0, :prompt] = ids[:prompt]
+    hybrid.mixture_loop(text, prompt, teacher)
+    np.testing.assert_array_equal(text[0], ids)
+    scored = hybrid.char_probabilities(ids, prompt, len(ids), context=len(ids))
+    np.testing.assert_allclose(seen, scored, rtol=1e-5)
+
+
 def test_a_mixture_that_does_not_fit_is_refused(repo_params: Params, ngram) -> None:
     from char_rnn.ngram import KneserNey
 

@@ -163,7 +163,18 @@ def test_the_cache_counts_each_char_among_the_last_window_before_it(text, start,
     probs = cache.char_probabilities(text, start, end, window)
     expected = [np.mean(text[max(t - window, 0) : t] == text[t]) for t in range(start, end)]
     np.testing.assert_allclose(probs, expected)
-    dist = cache.distribution(text[:end], TEXT_VOCAB, window)
     recent = text[max(end - window, 0) : end]
+    dist = cache.Recent(text[None, :end], TEXT_VOCAB, window).distribution()[0]
     np.testing.assert_allclose(dist, [np.mean(recent == c) for c in range(TEXT_VOCAB)])
     assert dist.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("prompt", "window"), [(1, 7), (5, 5), (30, 4), (2, 50)])
+def test_the_generation_cache_counts_what_the_scored_cache_counts(text, prompt, window):
+    """`Recent`, pushed one character at a time for a batch, against the scored cache's formula per row."""
+    rows = np.stack([text[:200], text[100:300], text[::-1][:200]])
+    recent = cache.Recent(rows[:, :prompt], TEXT_VOCAB, window)
+    for n in range(prompt, rows.shape[1]):
+        expected = [np.bincount(row[max(n - window, 0) : n], minlength=TEXT_VOCAB) / min(n, window) for row in rows]
+        np.testing.assert_allclose(recent.distribution(), expected, atol=1e-12)
+        recent.push(rows[:, n])

@@ -73,6 +73,21 @@ def test_distributions_sum_to_one_and_cover_every_char(order: int):
         assert (dist > 0).all()
 
 
+@pytest.mark.parametrize("order", [1, 3, 5])
+@pytest.mark.parametrize("length", [0, 1, 2, 4, 9])
+def test_a_batch_of_next_distributions_is_what_scoring_gives_each_row(order: int, length: int):
+    """Generation's batched lookup against `char_probabilities`, every row and every candidate character."""
+    vocab_size = len(VOCAB) + 2  # two characters training never saw, as a prompt may hold
+    model = KneserNey.fit(TRAIN, vocab_size, order)
+    rng = np.random.default_rng(length)
+    contexts = np.stack([TRAIN[i : i + length] for i in (0, 7, 20, 33)] + [rng.integers(0, vocab_size, length)])
+    batch = model.next_distributions(contexts)
+    for row, context in zip(batch, contexts):
+        scored = [model.char_probabilities(np.append(context, c), length)[0] for c in range(vocab_size)]
+        np.testing.assert_allclose(row, scored, rtol=1e-12)
+        assert row.sum() == pytest.approx(1.0)
+
+
 def test_probabilities_follow_the_written_out_formula():
     order, vocab_size = 4, len(VOCAB) + 2
     model = KneserNey.fit(TRAIN, vocab_size, order)

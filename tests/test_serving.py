@@ -10,12 +10,14 @@ import time
 import urllib.error
 import urllib.request
 
+import pandas as pd
 import pytest
 
-from char_rnn.generate import GenerationError, Sampling
+from char_rnn.generate import GenerationError, Generator, Mixture, Sampling
+from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params
-from conftest import BIN, free_port
+from conftest import BIN, TEXT_VOCAB, as_runtime, free_port
 
 
 def test_request_rows_take_defaults_for_missing_values() -> None:
@@ -29,6 +31,25 @@ def test_request_rows_take_defaults_for_missing_values() -> None:
         sampling_of({"length": 2.5})
     with pytest.raises(GenerationError, match="must be a number"):
         sampling_of({"seed": "abc"})
+
+
+def test_a_prompt_that_is_not_text_is_refused_alike_by_the_rnn_and_the_hybrid(untrained, text) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from char_rnn.ngram import KneserNey
+    from char_rnn.serving import CharRNNGenerator
+
+    chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
+    mixture = Mixture(KneserNey.fit(text, TEXT_VOCAB, 3), Weights(0.5, 0.3, 0.2, cache_window=5))
+    for generator in (Generator(as_runtime(untrained), chars), Generator(as_runtime(untrained), chars, mixture)):
+        served = CharRNNGenerator({})
+        served.generator = generator
+        answer = served.predict(None, pd.DataFrame([{"prompt": chars[3] + chars[1], "length": 5, "temperature": 0}]))
+        assert len(answer["text"][0]) == 5
+        for bad in (5, 2.5, None, [chars[0]]):
+            with pytest.raises(MlflowException, match="prompt must be text") as refused:
+                served.predict(None, pd.DataFrame([{"prompt": bad, "length": 5}]))
+            assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400
 
 
 def post(url: str, payload: dict) -> tuple[int, dict]:
@@ -104,6 +125,7 @@ def test_served_champion_answers_invocations(layout: Layout, tiny_params: Params
         assert set(first["text"] + second["text"]) <= vocab
         assert (first["dropped"], second["dropped"]) == ("", "#")
         assert post(url, {"dataframe_records": [{"prompt": "###"}]})[0] == 400
+        assert post(url, {"dataframe_records": [{"prompt": 5}]})[0] == 400
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)

@@ -33,9 +33,31 @@ def char_probabilities(ids: np.ndarray, start: int, end: int | None, window: int
     return (here - first) / np.minimum(t + lo, window)
 
 
-def distribution(context: np.ndarray, vocab_size: int, window: int) -> np.ndarray:
-    """The full next-character distribution after `context` (ids, at least one): sums to one."""
-    recent = np.asarray(context, dtype=np.int64)[-window:]
-    if not len(recent):
-        raise ValueError("the cache needs at least one character of context")
-    return np.bincount(recent, minlength=vocab_size) / len(recent)
+class Recent:
+    """The last `window` characters of each row, counted, as generation appends one character at a time:
+    the cache's distribution is then one division, not a count over the window per character."""
+
+    def __init__(self, prompt: np.ndarray, vocab_size: int, window: int) -> None:
+        recent = np.asarray(prompt, dtype=np.int64)[:, -window:]
+        if not recent.shape[1]:
+            raise ValueError("the cache needs at least one character of context")
+        self.window, self.size = window, recent.shape[1]
+        self.ring = np.zeros((len(recent), window), dtype=np.int64)
+        self.ring[:, : self.size] = recent
+        self.oldest = self.size % window  # where the next character goes: the oldest one once the ring is full
+        self.counts = np.zeros((len(recent), vocab_size))
+        np.add.at(self.counts, (np.arange(len(recent))[:, None], recent), 1.0)
+
+    def distribution(self) -> np.ndarray:
+        """(batch, V): each character's share of the last `window` (or fewer, at first) characters."""
+        return self.counts / self.size
+
+    def push(self, ids: np.ndarray) -> None:
+        rows = np.arange(len(ids))
+        if self.size == self.window:
+            self.counts[rows, self.ring[:, self.oldest]] -= 1.0
+        else:
+            self.size += 1
+        self.ring[:, self.oldest] = ids
+        self.counts[rows, ids] += 1.0
+        self.oldest = (self.oldest + 1) % self.window

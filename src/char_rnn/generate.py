@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,12 +75,10 @@ class Mixture:
     ngram: KneserNey
     weights: Weights
 
-    def mix(self, p_rnn: np.ndarray, contexts: np.ndarray) -> np.ndarray:
-        """(batch, vocab) mixture after each row of `contexts` (the ids generated so far)."""
-        p_kn = np.stack([self.ngram.distribution(row) for row in contexts])
-        window, vocab = self.weights.cache_window, self.ngram.vocab_size
-        p_cache = np.stack([cache.distribution(row, vocab, window) for row in contexts]) if window else None
-        return self.weights.mix(p_rnn, p_kn, p_cache)
+    def mix(self, p_rnn: np.ndarray, contexts: np.ndarray, recent: cache.Recent | None) -> np.ndarray:
+        """(batch, vocab) mixture after each row of `contexts` (the ids so far); `recent` is the cache."""
+        p_cache = recent.distribution() if recent is not None else None
+        return self.weights.mix(p_rnn, self.ngram.next_distributions(contexts), p_cache)
 
 
 def known_prompt(prompt: str, chars: list[str]) -> tuple[str, str]:
@@ -146,17 +145,32 @@ class Generator:
 
     def _run_mixture(self, prompt_ids: list[int], batch: int, sampling: Sampling) -> np.ndarray:
         """As `NumpyModel.run`, each character drawn from the mixture after the text so far."""
-        assert self.mixture is not None
         rng = np.random.default_rng(seed_of(sampling))
-        text = np.tile(np.asarray(prompt_ids, dtype=np.int32), (batch, 1))
-        states = self.model.initial_state(batch)
-        for t in range(text.shape[1]):
-            probs, states = self.model.step(text[:, t], states)
-        for _ in range(sampling.length):
-            ids = pick(self.mixture.mix(probs, text), sampling.temperature, sampling.top_k, rng)
-            text = np.concatenate([text, ids[:, None]], axis=1)
-            probs, states = self.model.step(ids, states)
+        text = np.empty((batch, len(prompt_ids) + sampling.length), dtype=np.int32)
+        text[:, : len(prompt_ids)] = prompt_ids
+        self.mixture_loop(
+            text, len(prompt_ids), lambda mixed, n: pick(mixed, sampling.temperature, sampling.top_k, rng)
+        )
         return text[:, len(prompt_ids) :]
+
+    def mixture_loop(self, text: np.ndarray, prompt: int, choose: Callable[[np.ndarray, int], np.ndarray]) -> None:
+        """Fills text[:, prompt:] column by column with `choose(the mixture after text[:, :n], n)`.
+
+        Sampling chooses by drawing; a test chooses the true text, to check that this loop's
+        distributions are the ones held-out scoring measured (`char_probabilities`).
+        """
+        assert self.mixture is not None
+        mixture, order = self.mixture, self.mixture.ngram.order
+        window = mixture.weights.cache_window
+        recent = cache.Recent(text[:, :prompt], self.model.vocab_size, window) if window else None
+        states = self.model.initial_state(len(text))
+        for t in range(prompt):
+            probs, states = self.model.step(text[:, t], states)
+        for n in range(prompt, text.shape[1]):
+            text[:, n] = choose(mixture.mix(probs, text[:, max(n - order + 1, 0) : n], recent), n)
+            if recent is not None:
+                recent.push(text[:, n])
+            probs, states = self.model.step(text[:, n], states)
 
 
 def sample(generator: Generator, prompt: str, length: int, temperature: float, seed: int) -> Generation:

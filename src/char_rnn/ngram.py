@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +130,9 @@ class KneserNey:
         probs = np.full(len(positions), 1.0 / self.vocab_size)
         for k, table in enumerate(self.tables, start=1):
             begin = positions - (k - 1)  # where the k-1 characters of context start
-            usable = begin >= 0
-            context = np.where(usable, ranks[k - 1][np.maximum(begin, 0)], UNSEEN)
+            usable = begin >= 0  # none for a text shorter than the order: ranks[k - 1] may then be empty
+            context = np.full(len(positions), UNSEEN, dtype=np.int64)
+            context[usable] = ranks[k - 1][begin[usable]]
             probs = _interpolate(table, context, self._gram_counts(k, context, window[positions]), probs)
         return probs
 
@@ -140,18 +142,53 @@ class KneserNey:
 
     def distribution(self, context: np.ndarray) -> np.ndarray:
         """The full next-character distribution after `context` (ids): sums to 1, positive everywhere."""
-        context = np.asarray(context, dtype=np.int64)
-        context = context[max(len(context) - self.order + 1, 0) :]  # older characters never matter
-        ranks = self.context_ranks(context)
-        probs = np.full(self.vocab_size, 1.0 / self.vocab_size)
-        chars = np.arange(self.vocab_size, dtype=np.int64)
-        for k, table in enumerate(self.tables, start=1):
-            if k - 1 > len(context):
-                break
-            rank = ranks[k - 1][len(context) - (k - 1)]
-            ctx = np.full(self.vocab_size, rank)
-            probs = _interpolate(table, ctx, self._gram_counts(k, ctx, chars), probs)
+        return self.next_distributions(np.asarray(context, dtype=np.int64)[None, :])[0]
+
+    def next_distributions(self, contexts: np.ndarray) -> np.ndarray:
+        """(batch, V): the next character's distribution after each row of `contexts` (the ids so far,
+        oldest first; all rows equally long), for every row and character at once.
+
+        Generation asks this once per character, so nothing here loops over rows or characters: each
+        order's counts for a context are a contiguous run of its sorted keys (`_followers`), scattered
+        into the rows that have that context.
+        """
+        contexts = np.asarray(contexts, dtype=np.int64)
+        contexts = contexts[:, max(contexts.shape[1] - self.order + 1, 0) :]  # older characters never matter
+        probs = np.full((len(contexts), self.vocab_size), 1.0 / self.vocab_size)
+        for k in range(1, min(self.order, contexts.shape[1] + 1) + 1):
+            probs = self._interpolate_rows(k, self._suffix_rank(contexts, k - 1), probs)
         return probs
+
+    def _suffix_rank(self, contexts: np.ndarray, m: int) -> np.ndarray:
+        """Per row, the rank of its last m ids among the training m-grams (UNSEEN if never seen)."""
+        rank = np.zeros(len(contexts), dtype=np.int64)
+        for j, column in enumerate(contexts[:, contexts.shape[1] - m :].T, start=1):
+            rank = self._lookup(j, rank, column)
+        return rank
+
+    def _interpolate_rows(self, k: int, context: np.ndarray, lower: np.ndarray) -> np.ndarray:
+        """`_interpolate` for whole distributions: (batch, V) at order k after each row's context rank."""
+        table, offsets = self.tables[k - 1], self._followers[k - 1]
+        safe = np.maximum(context, 0)
+        total = np.where(context != UNSEEN, table.totals[safe], 0.0)
+        seen = np.flatnonzero(total > 0)
+        out = lower.copy()
+        out[seen] *= table.backoff[safe[seen], None]
+        begin, end = offsets[safe[seen]], offsets[safe[seen] + 1]
+        sizes = end - begin
+        rows = np.repeat(seen, sizes)
+        keys = np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        share = np.maximum(table.counts[keys] - table.discount, 0.0) / total[rows]
+        out[rows, table.keys[keys] % self.vocab_size] += share
+        return out
+
+    @cached_property
+    def _followers(self) -> list[np.ndarray]:
+        """Per order, where each context's k-grams start in the sorted keys (context rank * V + char)."""
+        return [
+            np.searchsorted(table.keys, np.arange(len(table.totals) + 1, dtype=np.int64) * self.vocab_size)
+            for table in self.tables
+        ]
 
     def bits_per_char(self, ids: np.ndarray, start: int, end: int | None = None) -> float:
         return bits_per_char(self.char_probabilities(ids, start, end))

@@ -59,11 +59,19 @@ class CharRNNGenerator(PythonModel):
         rows = []
         for row in model_input.to_dict(orient="records"):
             try:
-                result = self.generator.generate(str(row["prompt"]), sampling_of(row))
+                result = self.generator.generate(prompt_of(row), sampling_of(row))
             except GenerationError as exc:  # the caller's mistake: HTTP 400, not 500
                 raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
             rows.append({"text": result.texts[0], "dropped": result.dropped})
         return pd.DataFrame(rows, columns=["text", "dropped"])
+
+
+def prompt_of(row: dict[str, Any]) -> str:
+    """The prompt as sent: a number or a list is refused, not turned into its digits, on every model."""
+    prompt = row.get("prompt")
+    if not isinstance(prompt, str):
+        raise GenerationError(f"prompt must be text, got {prompt!r}")
+    return prompt
 
 
 def sampling_of(row: dict[str, Any]) -> Sampling:

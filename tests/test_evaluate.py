@@ -51,6 +51,7 @@ def history(layout: Layout, run_id: str, key: str) -> list[float]:
     return [m.value for m in MlflowClient(tracking_uri(layout.mlruns)).get_metric_history(run_id, key)]
 
 
+@pytest.mark.integration  # the whole pipeline
 def test_without_split_metrics_are_the_blogs(layout, tiny_params):
     results = stages.run_all(tiny_params, layout)
     metrics = results["evaluate"]
@@ -61,6 +62,7 @@ def test_without_split_metrics_are_the_blogs(layout, tiny_params):
     assert layout.sample.read_text(encoding="utf-8").startswith(tiny_params.evaluate.prompt)
 
 
+@pytest.mark.integration  # the whole pipeline
 def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     layout, params, results = held_out
     metrics = results["evaluate"]
@@ -96,6 +98,7 @@ def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
     assert metrics["dynamic_bits_per_char"] == pytest.approx(bits_per_char(p_dynamic))
 
 
+@pytest.mark.integration  # the whole pipeline
 def test_early_stopping_restores_the_best_epoch(held_out):
     layout, params, results = held_out
     val_loss = history(layout, results["train"]["run_id"], "val/loss")
@@ -114,6 +117,7 @@ def test_refit_needs_a_tuning_slice_and_the_hybrid_metric_needs_the_refit(tiny_p
     assert with_overrides(tiny_params, {**split, "refit.enabled": True}).refit.enabled
 
 
+@pytest.mark.integration  # the whole pipeline
 def test_refit_reads_the_tuning_slice_the_weights_were_fitted_without(held_out):
     """Last in the module: it replaces the scored model with the refit."""
     import numpy as np

@@ -21,9 +21,17 @@ from prefect.states import Completed, Failed, State
 from char_rnn import stages
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
+from char_rnn.lock import ProjectBusy, project_lock
 from char_rnn.params import Params, load_params, with_overrides
 from pipelines.failures import StageFailed, one_line, retry_if_transient
-from pipelines.versioning import is_up_to_date, record_run, require_dvc_project, warm_up
+from pipelines.versioning import (
+    holding_dvc_lock,
+    is_up_to_date,
+    record_run,
+    refuse_while_dvc_repro_runs,
+    require_dvc_project,
+    warm_up,
+)
 from pipelines.worker import ModelWorker
 
 IN_FLOW_PROCESS = tuple(s.name for s in stages.STAGES if not s.in_worker)
@@ -130,8 +138,10 @@ def char_rnn_pipeline(
     """
     layout = Layout(Path(root).resolve()) if root else Layout.discover()
     try:
-        return _run(layout, params, overrides, skip_if_unchanged, train_timeout_s, push)
-    except StageFailed as exc:
+        with project_lock(layout.lock, f"flow run {flow_run.get_name()}"):
+            refuse_while_dvc_repro_runs(layout)
+            return _run(layout, params, overrides, skip_if_unchanged, train_timeout_s, push)
+    except (StageFailed, ProjectBusy) as exc:
         return Failed(message=str(exc))
 
 
@@ -150,7 +160,7 @@ def _run(
         return Completed(message=UP_TO_DATE)
     results: dict[str, Any] = {}
     dvc_ready = warm_up(layout)  # while the stages run; joined before the first DVC command
-    with ModelWorker.claim(layout.root) as worker:  # starts importing TensorFlow while the light stages run
+    with holding_dvc_lock(layout), ModelWorker.claim(layout.root) as worker:  # TensorFlow loads meanwhile
         for stage in IN_FLOW_PROCESS:
             results[stage] = _stage(stage, run_stage.with_options(name=stage), stage, where, run_params)
         for stage in IN_WORKER:

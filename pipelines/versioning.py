@@ -13,10 +13,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import chdir, contextmanager, suppress
+from pathlib import Path
 from typing import Any
 
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
+from char_rnn.lock import ProjectBusy, exclusive
 from char_rnn.params import Params, load_params
 from pipelines.failures import TransientError
 
@@ -68,6 +70,36 @@ def warm_up(layout: Layout) -> threading.Thread:
     thread = threading.Thread(target=open_once, name="dvc-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def refuse_while_dvc_repro_runs(layout: Layout) -> None:
+    """Raise `ProjectBusy` when a `dvc repro` is running in this project.
+
+    `dvc repro` takes the project's lock stage by stage (each `char-rnn <stage>` takes it), so between
+    two of its stages the lock is free; a flow that started there would share the workspace with it.
+    The flow checks for the `dvc repro` process itself after taking the lock (from then on, every
+    stage of a new `dvc repro` is refused).
+    """
+    import psutil
+
+    for process in psutil.process_iter(["cmdline", "cwd"]):
+        command = process.info["cmdline"] or []
+        dvc = any(Path(part).name == "dvc" for part in command[:3])
+        if dvc and "repro" in command and process.info["cwd"] == str(layout.root):
+            raise ProjectBusy(f"another run is using this project (dvc repro, pid {process.pid}); wait for it to end")
+
+
+@contextmanager
+def holding_dvc_lock(layout: Layout) -> Iterator[None]:
+    """Hold DVC's own repository lock while the flow's stages run.
+
+    A `dvc repro` started meanwhile then fails at once with DVC's "Unable to acquire lock", before
+    it deletes any stage's outputs (it deletes them before running a stage's command, which is too
+    late to refuse). DVC takes this lock only between stage commands, so it is free while one runs.
+    The flow releases it before its own DVC commands, which take it.
+    """
+    with exclusive(layout.root / ".dvc" / "tmp" / "lock", wait=False, busy="a dvc command is running in this project"):
+        yield
 
 
 def require_dvc_project(layout: Layout) -> None:

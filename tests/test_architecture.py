@@ -22,7 +22,9 @@ from conftest import REPO
 
 PACKAGES = {"char_rnn": REPO / "src" / "char_rnn", "pipelines": REPO / "pipelines"}
 LINEAGE_CALLS = {"flat", "digest"}  # whole-params calls that are logged, never read to compute an output
-NOT_DATA = {"root", "mlruns", "params"}  # layout paths that are no stage's input or output
+# Layout paths that are no stage's input or output: checkpoints are out of DVC's reach on purpose (DVC deletes
+# a stage's outputs before it runs; a resumed training needs them then).
+NOT_DATA = {"root", "mlruns", "params", "checkpoints", "lock"}
 # Inputs a stage finds by name rather than through the layout: `corpus.source`, the packaged seed
 # sentence or a file that the README asks users to put under data/raw/. And ingest's dependency on the
 # check stage's record, which it does not read: it only makes every stage wait for check.

@@ -204,3 +204,38 @@ def test_failed_validation_fails_the_flow_without_training_or_retry(
     assert not {"baseline", "train", "tune", "refit", "evaluate", "register", "dvc-commit"} & set(tasks)
     assert len(_training_runs(root)) == 1
     assert runs["before_z"] == {name: (root / name).read_bytes() for name in ("dvc.lock", "params.yaml")}
+
+
+def test_a_dvc_repro_started_during_a_flow_run_is_refused_before_it_runs_a_stage(
+    served: dict[str, Any], runs: dict[str, Any]
+) -> None:
+    """W, a full run; while it holds the project, `dvc repro --force` fails at once (DVC's own lock,
+    which the flow holds while its stages run) and W ends as if alone: the store and DVC agree."""
+    from prefect.deployments import run_deployment
+
+    from char_rnn.lock import ProjectBusy, exclusive
+
+    client, root = served["client"], served["root"]
+    w = run_deployment(DEPLOYMENT, parameters={"skip_if_unchanged": False}, timeout=0)
+
+    def flow_holds_dvc() -> bool:
+        try:
+            with exclusive(root / ".dvc" / "tmp" / "lock", wait=False):
+                return False
+        except ProjectBusy:
+            return True
+
+    _wait_for(flow_holds_dvc, 180, "W holding the project")
+    holder = json.loads((root / ".char-rnn.lock").read_text(encoding="utf-8"))
+    assert holder["what"] == f"flow run {client.read_flow_run(w.id).name}"
+    repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force"], cwd=root, capture_output=True,
+                           text=True, env={**os.environ, **QUIET}, timeout=120)  # fmt: skip
+    assert repro.returncode != 0 and "Unable to acquire lock" in repro.stderr, repro.stderr
+    assert "Running stage" not in repro.stdout + repro.stderr  # no stage started: no output deleted
+    w = _finished(client, w.id, 300)
+    assert w.state.is_completed(), w.state.message
+    assert json.loads(dvc(root, "status", "--json")) == {}
+    assert {run.info.status for run in _training_runs(root)} == {"FINISHED"}
+    assert _mlflow(root).get_model_version_by_alias("char-rnn-ko", "champion").run_id in {
+        run.info.run_id for run in _training_runs(root)
+    }

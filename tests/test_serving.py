@@ -52,15 +52,88 @@ def test_a_prompt_that_is_not_text_is_refused_alike_by_the_rnn_and_the_hybrid(un
             assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400
 
 
-def post(url: str, payload: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        url, data=json.dumps(payload).encode("utf-8"), headers={"Content-Type": "application/json"}
-    )
+def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_generating(untrained) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from char_rnn.serving import CharRNNGenerator
+
+    chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
+    served = CharRNNGenerator({}, {"max_length": 50, "max_prompt": 100, "max_rows": 3})
+    served.generator = Generator(as_runtime(untrained), chars)
+    fine = {"prompt": chars[0], "length": 50}
+    assert len(served.predict(None, pd.DataFrame([fine] * 3))["text"][2]) == 50
+    refused = {
+        "length: at most 50": [{**fine, "length": 51}],
+        "prompt characters: at most 100": [{**fine, "prompt": chars[0] * 101}],
+        "prompts in one request: at most 3": [fine] * 4,
+        "length must be between 1": [{**fine, "length": -1}],
+        "length must be a whole number": [{**fine, "length": 2.5}],
+        "temperature must be >= 0": [{**fine, "temperature": -0.5}],
+        "top_k must be >= 0": [{**fine, "top_k": -1}],
+        "top_k must be a number": [{**fine, "top_k": "many"}],
+    }
+    for reason, rows in refused.items():
+        with pytest.raises(MlflowException, match=reason) as refusal:
+            served.predict(None, pd.DataFrame(rows))
+        assert refusal.value.error_code == "INVALID_PARAMETER_VALUE" and "\n" not in refusal.value.message
+
+
+def post(url: str, payload: dict | bytes) -> tuple[int, dict]:
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def refuses_bad_requests(url: str) -> None:
+    """Each a 400 with a one-line reason; registry params bound length, prompt and rows."""
+    row = {"prompt": "알엔엔", "length": 5}
+    bad = {
+        "not JSON": b'{"dataframe_records": [',
+        "a number as prompt": {"dataframe_records": [{**row, "prompt": 5}]},
+        "a list as prompt": {"dataframe_records": [{**row, "prompt": ["알"]}]},
+        "a 1 MB prompt": {"dataframe_records": [{**row, "prompt": "알" * 350_000}]},
+        "a negative length": {"dataframe_records": [{**row, "length": -5}]},
+        "a huge length": {"dataframe_records": [{**row, "length": 10**9}]},
+        "a length as text": {"dataframe_records": [{**row, "length": "ten"}]},
+        "a negative temperature": {"dataframe_records": [{**row, "temperature": -1}]},
+        "a negative top_k": {"dataframe_records": [{**row, "top_k": -1}]},
+        "too many prompts": {"dataframe_records": [row] * 65},
+    }
+    for what, payload in bad.items():
+        status, body = post(url, payload)
+        assert status == 400, (what, status, body)
+        assert body["message"] and "\n" not in body["message"].strip(), (what, body)
+
+
+def under_load(url: str, pid: int, clients: int, seconds: float) -> None:
+    """`clients` threads posting for `seconds`: every answer a 200, and the server's memory steady."""
+    import concurrent.futures
+
+    import psutil
+
+    def rss() -> int:
+        server = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in (server, *server.children(recursive=True)))
+
+    def client(deadline: float) -> list[int]:
+        statuses = []
+        while time.monotonic() < deadline:
+            statuses.append(post(url, {"dataframe_records": [{"prompt": "알엔엔", "length": 20}]})[0])
+        return statuses
+
+    warm = client(time.monotonic() + 2)
+    before = rss()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        deadline = time.monotonic() + seconds
+        statuses = [s for done in pool.map(client, [deadline] * clients) for s in done]
+    growth = (rss() - before) / 2**20
+    print(f"{len(statuses)} requests from {clients} clients in {seconds} s; server memory {growth:+.1f} MiB")
+    assert set(warm + statuses) == {200}
+    assert growth < 50
 
 
 def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
@@ -125,7 +198,12 @@ def test_served_champion_answers_invocations(layout: Layout, tiny_params: Params
         assert set(first["text"] + second["text"]) <= vocab
         assert (first["dropped"], second["dropped"]) == ("", "#")
         assert post(url, {"dataframe_records": [{"prompt": "###"}]})[0] == 400
-        assert post(url, {"dataframe_records": [{"prompt": 5}]})[0] == 400
+        refuses_bad_requests(url)
+        under_load(url, server.pid, clients=8, seconds=20)
+        assert post(url, {"dataframe_records": [{"prompt": "알엔엔 으로", "length": 15, "temperature": 0}]}) == (
+            200,
+            {"predictions": [first]},
+        )  # still serving, the same answer
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)

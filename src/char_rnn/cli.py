@@ -7,6 +7,7 @@ shows neither (errors only), `--json` prints each stage's result as JSON instead
 from __future__ import annotations
 
 import contextlib
+import errno
 import getpass
 import json
 import logging
@@ -22,6 +23,7 @@ import typer
 
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
+from char_rnn.lock import project_lock
 from char_rnn.params import load_params
 from char_rnn.quiet import import_tensorflow
 from char_rnn.stages import STAGES, Stage
@@ -48,11 +50,52 @@ def options(
     logger = logging.getLogger("char_rnn")
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # MLflow logs each database error with its traceback before raising it; the raised error is reported.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
 
 def fail(exc: BaseException) -> typer.Exit:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     return typer.Exit(1)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+# How MLflow and SQLite report it once they have turned the OSError into their own exception.
+NO_SPACE_WORDS = (
+    "No space left on device",
+    "File too large",
+    "Disk quota exceeded",
+    "database or disk is full",
+    "disk I/O error",  # SQLite, when a write it needs fails
+)
+
+
+def unreachable(exc: Exception) -> PipelineError | None:
+    """A tracking server that stayed away longer than MLflow's client retries (with backoff, about
+    4 minutes by default: MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR)."""
+    if "Max retries exceeded" not in str(exc):
+        return None
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
+    from mlflow.tracking import get_tracking_uri
+
+    return PipelineError(
+        f"the MLflow tracking server {get_tracking_uri()} did not answer"
+        f" ({MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries with backoff); rerun when it is back"
+    )
+
+
+def no_space(exc: Exception) -> PipelineError | None:
+    """A full disk (or a file-size limit), wherever it surfaced: one line, and no retry would help."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE:
+            where = f" {cause.filename}" if cause.filename else ""
+            return PipelineError(f"could not write{where}: {cause.strerror} (disk full or a file-size limit)")
+        cause = cause.__cause__ or cause.__context__
+    said = [words for words in NO_SPACE_WORDS if words in str(exc)]
+    if said:
+        return PipelineError(f"could not write: {said[0]} in {type(exc).__name__} (disk full or a file-size limit)")
+    return None
 
 
 def report(name: str, result: dict[str, Any]) -> None:
@@ -66,11 +109,16 @@ def _run(stage: Stage, params_path: Path | None) -> None:
     layout = Layout.discover()
     try:
         params = load_params(params_path or layout.params)
-        if stage.tensorflow(params):
-            import_tensorflow()
-        report(stage.name, stage.run(params, layout))
+        with project_lock(layout.lock, f"char-rnn {stage.name}"):
+            if stage.tensorflow(params):
+                import_tensorflow()
+            report(stage.name, stage.run(params, layout))
     except (PipelineError, FileNotFoundError) as exc:
         raise fail(exc) from None
+    except Exception as exc:
+        if (known := no_space(exc) or unreachable(exc)) is None:
+            raise
+        raise fail(known) from None
 
 
 def _stage_command(stage: Stage) -> None:
@@ -91,9 +139,10 @@ def run_all(params: Path | None = ParamsOption) -> None:
     layout = Layout.discover()
     try:
         loaded = load_params(params or layout.params)
-        if any(stage.tensorflow(loaded) for stage in STAGES):
-            import_tensorflow()
-        run_all_stages(loaded, layout, done=report)
+        with project_lock(layout.lock, "char-rnn run"):
+            if any(stage.tensorflow(loaded) for stage in STAGES):
+                import_tensorflow()
+            run_all_stages(loaded, layout, done=report)
     except (PipelineError, FileNotFoundError) as exc:
         raise fail(exc) from None
 

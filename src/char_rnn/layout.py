@@ -4,6 +4,8 @@ how a file is replaced whole."""
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,11 +25,35 @@ def write_atomically(path: Path, content: str | bytes) -> None:
     """Write a sibling, then rename it over `path`: a failure midway leaves the previous file whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
-    if isinstance(content, str):
-        partial.write_text(content, encoding="utf-8", newline="")
-    else:
-        partial.write_bytes(content)
-    partial.replace(path)
+    try:
+        if isinstance(content, str):
+            partial.write_text(content, encoding="utf-8", newline="")
+        else:
+            partial.write_bytes(content)
+        partial.replace(path)
+    except OSError as exc:  # name the file: a failed write() does not
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    finally:
+        partial.unlink(missing_ok=True)  # a full disk leaves no half file behind
+
+
+def replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
+    """`write` a sibling folder, then swap it in: a failure midway leaves the previous folder whole."""
+    partial, previous = folder.with_name(folder.name + ".partial"), folder.with_name(folder.name + ".previous")
+    for leftover in (partial, previous):
+        shutil.rmtree(leftover, ignore_errors=True)
+    try:
+        partial.mkdir(parents=True)
+        try:
+            write(partial)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, str(folder)) from exc
+        if folder.exists():
+            folder.rename(previous)
+        partial.rename(folder)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(previous, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -136,6 +162,16 @@ class Layout:
     @property
     def registration(self) -> Path:
         return self._run / "reports" / "registration.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        """Training's state at each epoch's end, to resume after a kill: in no DVC output, not in git."""
+        return self._run / "models" / "checkpoints"
+
+    @property
+    def lock(self) -> Path:
+        """Held by the run that is using the project (`char_rnn.lock`); says who holds it; not in git."""
+        return self.root / ".char-rnn.lock"
 
     @property
     def mlruns(self) -> Path:

@@ -138,9 +138,11 @@ def save_model(model: keras.Model, path: Path) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.stem + ".partial.keras")
-    model.save(partial)
-    write_atomically(path, canonical_keras(partial.read_bytes()))
-    partial.unlink()
+    try:
+        model.save(partial)
+        write_atomically(path, canonical_keras(partial.read_bytes()))
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def canonical_keras(data: bytes) -> bytes:

@@ -179,6 +179,10 @@ class RegistryParams(_Section):
     min_improvement: float = Field(
         ge=0.0, lt=1.0, description="relative gain over the champion, re-scored on the same text, needed to promote"
     )
+    # What one request to a served version may ask for, so that no request holds the server for minutes.
+    max_length: int = Field(default=2000, ge=1, le=10_000, description="longest continuation a request may ask for")
+    max_prompt: int = Field(default=10_000, ge=1, le=1_000_000, description="longest prompt, in characters")
+    max_rows: int = Field(default=64, ge=1, le=10_000, description="most prompts in one request")
 
 
 SWEEPABLE = ("model", "train")

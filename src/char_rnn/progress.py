@@ -31,6 +31,10 @@ def epoch_progress(label: str, epochs: int, every_s: float = EVERY_S) -> Any:
     class EpochProgress(keras.callbacks.Callback):
         def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
             self.started = self.shown = time.monotonic()
+            self.first: int | None = None  # a fit resumed after a kill starts past epoch 1
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            self.first = epoch if self.first is None else self.first
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             now, done = time.monotonic(), epoch + 1
@@ -38,7 +42,7 @@ def epoch_progress(label: str, epochs: int, every_s: float = EVERY_S) -> Any:
                 return
             self.shown = now
             figures = ", ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items() if "learning_rate" not in k)
-            left = (now - self.started) / done * (epochs - done)
+            left = (now - self.started) / (done - (self.first or 0)) * (epochs - done)
             log.info("%sepoch %d/%d: %s (%s left)", f"{label} " if label else "", done, epochs, figures, duration(left))
 
     return EpochProgress()

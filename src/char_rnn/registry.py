@@ -10,6 +10,12 @@ What a version holds is the generator pyfunc (`char_rnn.serving`: the `.keras` f
 vocabulary, and for the hybrid also the n-gram and hybrid.json). The sha256 of every bundled file is
 tagged on the version (`model_sha256`, `vocab_sha256`, ...) and checked before any of them is loaded
 again; files that are a version already are that version, not a new one.
+
+Registration is all or nothing: a version is created with every tag at once and marked `PENDING`
+until its alias has moved; a registration cut short (a tracking server gone for longer than the
+client's retries) leaves a pending version that the next register stage finishes (when its alias
+had moved) or deletes (when none had), so no version is left half-registered and no alias points
+to one.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from char_rnn.params import Metric
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"  # the champion a promotion replaced: what a rollback restores
+PENDING = "char_rnn.pending"  # tag of a version whose registration has not finished
 
 
 class RegistrationRefused(PipelineError):
@@ -83,9 +90,33 @@ def register_version(model_uri: str, model_name: str, tags: dict[str, str], desc
     from mlflow import MlflowClient
 
     with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered ..." lines: the stage says more
-        version = str(mlflow.register_model(model_uri, model_name, tags=tags).version)
+        version = str(mlflow.register_model(model_uri, model_name, tags={**tags, PENDING: "true"}).version)
     MlflowClient().update_model_version(model_name, version, description=description)
     return version
+
+
+def finish(model_name: str, version: str) -> None:
+    """The last step of a registration, after its alias moved."""
+    from mlflow import MlflowClient
+
+    MlflowClient().delete_model_version_tag(model_name, version, PENDING)
+
+
+def clear_pending(model_name: str) -> list[str]:
+    """Finish the registrations that were cut short after their alias moved; delete the others.
+    Returns what was done, one line per version."""
+    from mlflow import MlflowClient
+
+    client, done = MlflowClient(), []
+    for found in client.search_model_versions(f"name = '{model_name}' and tags.`{PENDING}` = 'true'"):
+        version = client.get_model_version(model_name, found.version)  # a search's results omit aliases
+        if version.aliases:
+            finish(model_name, version.version)
+            done.append(f"version {version.version}: finished (its alias had moved)")
+        else:
+            client.delete_model_version(model_name, version.version)
+            done.append(f"version {version.version}: deleted (its registration was cut short)")
+    return done
 
 
 def current_champion(model_name: str) -> Any | None:

@@ -11,6 +11,8 @@ project's environment (`mlflow models serve ... --env-manager local`).
 Request columns: `prompt` (required), `length`, `temperature`, `top_k`, `seed` (optional; missing
 or null means the defaults of `generate.Sampling`). Response columns: `text` (the continuation,
 without the prompt) and `dropped` (prompt characters outside the vocabulary, which were ignored).
+A request beyond the version's limits (params `registry.max_length`, `max_prompt`, `max_rows`, written
+into the logged code) or with a bad value gets HTTP 400 and a one-line reason, before any generation.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class CharRNNGenerator(PythonModel):
 
     generator: Generator
 
-    def __init__(self, digests: dict[str, str] | None = None) -> None:
+    def __init__(self, digests: dict[str, str] | None = None, limits: dict[str, int] | None = None) -> None:
         self.digests = digests
+        self.limits = limits or {}  # registry.max_length, max_prompt, max_rows; older versions: none
 
     def load_context(self, context: Any) -> None:
         files = bundle_files(context.artifacts, Path("."))
@@ -57,13 +60,22 @@ class CharRNNGenerator(PythonModel):
         from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
         rows = []
-        for row in model_input.to_dict(orient="records"):
-            try:
-                result = self.generator.generate(prompt_of(row), sampling_of(row))
-            except GenerationError as exc:  # the caller's mistake: HTTP 400, not 500
-                raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-            rows.append({"text": result.texts[0], "dropped": result.dropped})
+        try:
+            within(len(model_input), self.limits.get("max_rows"), "prompts in one request")
+            for row in model_input.to_dict(orient="records"):
+                prompt, sampling = prompt_of(row), sampling_of(row)
+                within(len(prompt), self.limits.get("max_prompt"), "prompt characters")
+                within(sampling.length, self.limits.get("max_length"), "length")
+                result = self.generator.generate(prompt, sampling)
+                rows.append({"text": result.texts[0], "dropped": result.dropped})
+        except GenerationError as exc:  # the caller's mistake: HTTP 400, not 500
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         return pd.DataFrame(rows, columns=["text", "dropped"])
+
+
+def within(value: int, limit: int | None, what: str) -> None:
+    if limit is not None and value > limit:
+        raise GenerationError(f"{what}: at most {limit} (the registered version's limit), got {value}")
 
 
 def prompt_of(row: dict[str, Any]) -> str:
@@ -110,8 +122,11 @@ def signature() -> Any:
     )
 
 
-def log_generator(files: dict[str, Path], digests: dict[str, str], example_prompt: str) -> Any:
+def log_generator(
+    files: dict[str, Path], digests: dict[str, str], example_prompt: str, limits: dict[str, int] | None = None
+) -> Any:
     """Log the pyfunc into the active run as `generator`; returns its ModelInfo (URI, model id).
+    `limits` bound what one request may ask for (see `CharRNNGenerator`).
 
     `step=-1`: MLflow copies the run's metrics of that step onto the logged model, and no metric is
     logged at -1, so the model carries only the figures the caller attaches to it.
@@ -121,7 +136,8 @@ def log_generator(files: dict[str, Path], digests: dict[str, str], example_promp
     )
     with tempfile.TemporaryDirectory() as tmp:
         shim = Path(tmp) / "char_rnn_generator.py"
-        shim.write_text(SHIM.format(model=f"CharRNNGenerator({dict(sorted(digests.items()))!r})"), encoding="utf-8")
+        model = f"CharRNNGenerator({dict(sorted(digests.items()))!r}, {dict(sorted((limits or {}).items()))!r})"
+        shim.write_text(SHIM.format(model=model), encoding="utf-8")
         return mlflow.pyfunc.log_model(
             name="generator",
             python_model=str(shim),

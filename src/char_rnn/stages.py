@@ -21,7 +21,8 @@ Heavy imports (TensorFlow, Great Expectations, MLflow) stay inside the stages th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,22 +147,24 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
     if "prefect.flow_run_name" in lineage:
         name += f" · {lineage['prefect.flow_run_name']}"
     passed, failed = counts(json.loads(layout.validation_report.read_text(encoding="utf-8")))
-    with tracking.new_run(layout.mlruns, name, lineage) as run:
-        logged = {key: value for key, value in params.flat().items() if not key.startswith("sweep.")}
-        mlflow.log_params({**logged, **{f"data.{k}": v for k, v in asdict(spec).items()}})
-        mlflow.log_metrics({"validation/passed": passed, "validation/failed": failed})
-        for artifact in (layout.validation_report, layout.vocab):
-            mlflow.log_artifact(str(artifact), artifact_path="data")
-        _log_datasets(params.corpus.source, layout, lineage["corpus_md5"], spec)
-        tracking.set_note_section(
-            run.info.run_id, "Data", notes.data(params.corpus.source, spec, lineage["corpus_md5"], passed, failed)
-        )
+    checkpoints = _checkpoints(layout, "train", params.model, params.train)
+    with _training_run(layout, checkpoints, name, lineage) as run:
+        if "run_id" not in checkpoints.meta:  # a fresh run, not one resumed after a kill
+            checkpoints.remember(run_id=run.info.run_id)
+            logged = {key: value for key, value in params.flat().items() if not key.startswith("sweep.")}
+            mlflow.log_params({**logged, **{f"data.{k}": v for k, v in asdict(spec).items()}})
+            mlflow.log_metrics({"validation/passed": passed, "validation/failed": failed})
+            for artifact in (layout.validation_report, layout.vocab):
+                mlflow.log_artifact(str(artifact), artifact_path="data")
+            _log_datasets(params.corpus.source, layout, lineage["corpus_md5"], spec)
+            data_note = notes.data(params.corpus.source, spec, lineage["corpus_md5"], passed, failed)
+            tracking.set_note_section(run.info.run_id, "Data", data_note)
 
         def callbacks(i: int) -> list[Any]:
             label = progress.member_label("", i, model.ensemble)
             return [tracking.epoch_logger("train", i), progress.epoch_progress(label, params.train.epochs)]
 
-        fitted = fit_members(model, params.train, spec, train_ids, val_ids, callbacks)
+        fitted = fit_members(model, params.train, spec, train_ids, val_ids, callbacks, checkpoints=checkpoints)
         fit_record = record(params.train, fitted)
         save_model(fitted.model, layout.fit_model)
         write_atomically(layout.fit_history, history_csv(fitted.histories[0]))
@@ -169,6 +172,7 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         mlflow.log_artifact(str(layout.fit_history), artifact_path="reports")
         tracking.set_note_section(run.info.run_id, "Model", notes.model(model, params.train, fit_record))
     write_atomically(layout.train_run, tracking.run_link(run.info.run_id))
+    checkpoints.clear()
     history, url = fitted.histories[0], tracking.run_url(run.info.run_id)
     summary = (
         f"{len(history['loss'])} epochs, loss {history['loss'][-1]:.4f}, accuracy {history['accuracy'][-1]:.3f};"
@@ -182,6 +186,47 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         "epochs": [member.epochs for member in fit_record.members],
         "summary": summary,
     }
+
+
+def _checkpoints(layout: Layout, stage: str, *shaping: Any) -> Any:
+    """The stage's checkpoints (`char_rnn.checkpoint`), kept only for the same params and data.
+
+    A checkpoint of another training (params or data changed after a kill) is discarded, and the
+    MLflow run it was logging into is ended FAILED, saying so: no run is left RUNNING.
+    """
+    from char_rnn import progress, tracking
+    from char_rnn.checkpoint import Checkpoints, fingerprint
+    from char_rnn.lineage import file_md5
+
+    data = {path.name: file_md5(path) for path in sorted(layout.windows.iterdir())}
+    folder = layout.checkpoints / stage
+    checkpoints, discarded = Checkpoints.open(folder, fingerprint(stage, *shaping, data))
+    if discarded is not None:
+        progress.log.info("%s: discarded the checkpoint of a killed run: params or data changed since", stage)
+        if "run_id" in discarded:
+            tracking.abandon(layout.mlruns, discarded["run_id"], "killed; its rerun had other params or data")
+    return checkpoints
+
+
+@contextmanager
+def _training_run(layout: Layout, checkpoints: Any, name: str, lineage: dict[str, str]) -> Iterator[Any]:
+    """The train stage's MLflow run: a new one, or after a kill the killed one, which goes on."""
+    import mlflow
+
+    from char_rnn import progress, tracking
+
+    run_id = checkpoints.meta.get("run_id")
+    if run_id is not None and tracking.run_exists(layout.mlruns, run_id):
+        where = checkpoints.resume_point()
+        progress.log.info("train: resuming the killed run %s at %s (%s)", run_id, where, checkpoints.folder)
+        with tracking.resumed_run(layout.mlruns, run_id) as run:
+            mlflow.set_tag(tracking.RESUMED, where)
+            yield run
+        return
+    if run_id is not None:
+        checkpoints.forget("run_id")
+    with tracking.new_run(layout.mlruns, name, lineage) as run:
+        yield run
 
 
 def _log_datasets(corpus: str, layout: Layout, corpus_md5: str, spec: Any) -> None:
@@ -256,6 +301,7 @@ def refit(params: Params, layout: Layout) -> Summary:
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
     kept = [member.kept_epochs for member in FitRecord.model_validate_json(layout.fit_record.read_text()).members]
     run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
+    checkpoints = _checkpoints(layout, "refit", params.model, params.train, kept)
 
     def callbacks(i: int) -> list[Any]:
         label = progress.member_label("refit", i, params.model.ensemble)
@@ -263,11 +309,12 @@ def refit(params: Params, layout: Layout) -> Summary:
 
     with tracking.resumed_run(layout.mlruns, run_id):
         fitted = fit_members(
-            params.model, params.train, spec, ids[: spec.val_start], ids[spec.val_start :], callbacks, kept
+            params.model, params.train, spec, ids[: spec.val_start], ids[spec.val_start :], callbacks, kept, checkpoints
         )
         tracking.set_note_section(run_id, "Refit", notes.refit(kept, spec))
     save_model(fitted.model, layout.model)
     write_atomically(layout.history, history_csv(fitted.histories[0]))
+    checkpoints.clear()
     summary = f"retrained on training + tuning text for {', '.join(map(str, kept))} epochs"
     return {"refit": True, "epochs": kept, "model": str(layout.model), "summary": summary}
 
@@ -338,7 +385,7 @@ def _log_evaluation(layout: Layout, spec: Any, metrics: dict[str, Any], text: st
 def register(params: Params, layout: Layout) -> Summary:
     """Register the model in MLflow: champion if it beats the champion re-scored on this run's text, else
     challenger; files already registered are reported as their version."""
-    from char_rnn import registry, tracking
+    from char_rnn import progress, registry, tracking
     from char_rnn.lineage import file_sha256
     from char_rnn.windows import load_spec
 
@@ -348,6 +395,8 @@ def register(params: Params, layout: Layout) -> Summary:
     value = registry.check_registrable(run_id, metric, json.loads(layout.metrics.read_text(encoding="utf-8")))
     files = bundle(params, layout)
     digests = {f"{file}_sha256": file_sha256(path) for file, path in files.items()}
+    for line in registry.clear_pending(name):
+        progress.log.warning("register: %s", line)
     existing = registry.registered_version(name, digests)
     if existing is not None:
         result = {"model_name": name, "version": existing, "already_registered": True, "metric": key, "value": value}
@@ -420,9 +469,9 @@ def _publish(
     figures = {figure[0]: figure[1], **{f"gate/{k}": v for k, v in compared.items() if v is not None}}
     epochs = ("refit",) if params.refit.enabled else ("train", "val")
     with tracking.resumed_run(layout.mlruns, run_id):
-        info = log_generator(
-            files, {key.removesuffix("_sha256"): value for key, value in digests.items()}, params.evaluate.prompt
-        )
+        limits = {key: getattr(params.registry, key) for key in ("max_length", "max_prompt", "max_rows")}
+        shas = {key.removesuffix("_sha256"): value for key, value in digests.items()}
+        info = log_generator(files, shas, params.evaluate.prompt, limits)
         mlflow.log_metrics(figures, model_id=info.model_id)
         tracking.attach_figures(run_id, info.model_id, (*epochs, "heldout", "memorised", "hybrid", "dynamic"))
     model_uri = info.model_uri
@@ -440,6 +489,7 @@ def _publish(
         registry.crown(name, version)
     else:
         registry.make_challenger(name, version)
+    registry.finish(name, version)
     tracking.set_note_section(run_id, "Registry", f"Version {version} of `{name}` → {description}")
     return version
 

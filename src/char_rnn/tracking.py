@@ -23,12 +23,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from char_rnn.lock import exclusive
+
 EXPERIMENT = "char-rnn"
 CONTINUES = "char_rnn.continues"  # tag of a run that continues a pulled run of another store
+RESUMED = "char_rnn.resumed"  # tag of a run whose training was killed and resumed: where it went on
 NOTE = "mlflow.note.content"  # the run's description in the UI, markdown
 # In this order, the outcome first (a long description shows its first lines until "Show more"), each
 # section written by one stage.
-NOTE_SECTIONS = ("Evaluation", "Registry", "Data", "Model", "Refit")
+NOTE_SECTIONS = ("Ended", "Evaluation", "Registry", "Data", "Model", "Refit")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` / `char-rnn ui` serve the local store
 
 
@@ -53,12 +56,15 @@ def connect(mlruns: Path) -> str:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
         os.environ["MLFLOW_TRACKING_URI"] = users_choice
-    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    if experiment is not None:
-        return experiment.experiment_id
-    # Over HTTP the server decides where artifacts go; a local store keeps them under mlruns/.
-    location = None if tracking_uri(mlruns).startswith("http") else artifact_root(mlruns)
-    return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    # Opening a new SQLite store creates and migrates it: several processes opening it at once (sweep
+    # trials, serve + train) would race on the schema, and on creating the experiment; they take turns.
+    with exclusive(mlruns / ".store.lock"):
+        experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+        if experiment is not None:
+            return experiment.experiment_id
+        # Over HTTP the server decides where artifacts go; a local store keeps them under mlruns/.
+        location = None if tracking_uri(mlruns).startswith("http") else artifact_root(mlruns)
+        return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
 
 
 @contextmanager
@@ -132,6 +138,30 @@ def resumed_run(mlruns: Path, run_id: str) -> Iterator[Any]:
     connect(mlruns)
     with mlflow.start_run(run_id=run_id) as run:
         yield run
+
+
+def run_exists(mlruns: Path, run_id: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    connect(mlruns)
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def abandon(mlruns: Path, run_id: str, why: str) -> None:
+    """End a run that a killed process left RUNNING as FAILED, with the reason in its description."""
+    from mlflow import MlflowClient
+
+    if not run_exists(mlruns, run_id):
+        return
+    client = MlflowClient()
+    if client.get_run(run_id).info.status == "RUNNING":
+        set_note_section(run_id, "Ended", why)
+        client.set_terminated(run_id, "FAILED")
 
 
 LINEAGE = (

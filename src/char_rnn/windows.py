@@ -16,6 +16,7 @@ import numpy as np
 
 from char_rnn import progress
 from char_rnn.errors import PipelineError
+from char_rnn.layout import replace_folder, write_atomically
 from char_rnn.params import SplitParams, WindowParams
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def build_vocab(text: str) -> list[str]:
 
 def save_vocab(chars: list[str], path: Path) -> None:
     payload = {"format": VOCAB_FORMAT, "size": len(chars), "chars": chars}
-    path.write_text(json.dumps(payload, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
 
 
 def load_vocab(path: Path) -> list[str]:
@@ -153,12 +154,14 @@ def cut_windows(text: str, window: WindowParams, split: SplitParams) -> Windows:
 
 def save_windows(windows: Windows, vocab_path: Path, out_dir: Path) -> None:
     """One .npy file per split and spec.json in `out_dir`; the vocabulary as JSON at `vocab_path`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(folder: Path) -> None:
+        for name in ("train", "tune", "val"):
+            np.save(folder / f"{name}.npy", getattr(windows, name))
+        (folder / "spec.json").write_text(json.dumps(asdict(windows.spec), indent=1) + "\n", encoding="utf-8")
+
+    replace_folder(out_dir, write)
     save_vocab(windows.chars, vocab_path)
-    for name in ("train", "tune", "val"):
-        np.save(out_dir / f"{name}.npy", getattr(windows, name))
-    (out_dir / "spec.json").write_text(json.dumps(asdict(windows.spec), indent=1) + "\n", encoding="utf-8")
 
 
 def load_spec(out_dir: Path) -> WindowSpec:

@@ -220,13 +220,13 @@ def test_every_documented_model_server_refuses_pickled_models():
 
 
 def _logical(path: Path) -> list[str]:
-    """Code blocks' logical lines, each with the `export`s earlier in its block prepended."""
-    lines, exported = [], ""
+    """Fenced code blocks' logical lines, each with the `export`s earlier in its block prepended."""
+    lines, exported, fenced = [], "", path.suffix != ".md"
     for line in re.sub(r"\\\n\s*", " ", path.read_text(encoding="utf-8")).splitlines():
         if line.startswith("```"):
-            exported = ""
+            exported, fenced = "", not fenced
         elif line.startswith("export "):
             exported += line + " "
-        else:
+        elif fenced:
             lines.append(exported + line)
     return lines

@@ -21,6 +21,8 @@ os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("CHAR_RNN_ROOT", None)
+# As the documented serve command runs: every model a test loads (or serves) must load without pickle.
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
 
 import pytest  # noqa: E402
 

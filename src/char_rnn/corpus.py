@@ -61,11 +61,15 @@ def read_source(source: str, root: Path) -> str:
         ]
         return "".join(normalise(t) for t in texts)
     path = Path(source) if Path(source).is_absolute() else root / source
-    if not path.is_file():
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):  # ValueError: a NUL in it
         raise CorpusError(
-            f"corpus.source: {source!r} is neither one of {', '.join(BUILTIN_CORPORA)} nor a file ({path})"
-        )
-    return decode(path.read_bytes(), str(path))
+            f"corpus.source: {source!r} is neither one of {', '.join(BUILTIN_CORPORA)} nor a file ({str(path)!r})"
+        ) from None
+    except OSError as exc:  # a name too long, no permission: the OS's reason, not a traceback
+        raise CorpusError(f"corpus.source: cannot read {source!r}: {exc.strerror}") from None
+    return decode(data, str(path))
 
 
 def load_corpus(params: CorpusParams, root: Path) -> str:

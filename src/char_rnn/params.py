@@ -27,9 +27,13 @@ class ParamsError(PipelineError):
     """A params file that cannot be used; the message names every bad key and what is allowed."""
 
 
+MAX_INT = 2**31 - 1  # NumPy's seeds and TensorFlow's int32 tensors take no more: refused here, not mid-run
+
+
 class _Section(BaseModel):
     # Unknown keys are typos more often than not: reject them instead of silently ignoring them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # `.inf` and `.nan` pass every bound (or no comparison at all) yet mean nothing for any knob.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CorpusParams(_Section):
@@ -48,7 +52,7 @@ class CorpusParams(_Section):
 
 class WindowParams(_Section):
     length: int = Field(ge=1, le=10_000, description="characters per training window")
-    stride: int = Field(ge=1, description="offset between consecutive window starts")
+    stride: int = Field(ge=1, le=MAX_INT, description="offset between consecutive window starts")
 
 
 class SplitParams(_Section):
@@ -101,15 +105,17 @@ class Schedule(str, Enum):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    epochs: int = Field(ge=1, le=MAX_INT)
+    batch_size: int = Field(ge=1, le=MAX_INT)
     learning_rate: float = Field(gt=0.0, le=1.0)
     lr_schedule: Schedule = Field(description="constant, or cosine decay to zero over all epochs")
     clipnorm: float = Field(ge=0.0, description="gradient norm clip; 0 turns it off")
     early_stopping_patience: int = Field(
-        ge=0, description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off"
+        ge=0,
+        le=MAX_INT,
+        description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off",
     )
-    seed: int = Field(ge=0)
+    seed: int = Field(ge=0, le=MAX_INT - 16, description="member i of an ensemble is seeded seed + i")
 
 
 class BaselineParams(_Section):
@@ -158,7 +164,9 @@ class EvaluateParams(_Section):
     prompt: str = Field(min_length=1, description="fixed prompt for the generated sample")
     sample_length: int = Field(ge=1, le=10_000)
     temperature: float = Field(ge=0.0, description="0 picks the most likely character (greedy)")
-    context: int = Field(ge=1, description="characters of preceding text every held-out character is scored with")
+    context: int = Field(
+        ge=1, le=MAX_INT, description="characters of preceding text every held-out character is scored with"
+    )
 
 
 class Metric(str, Enum):
@@ -197,8 +205,8 @@ class SweepParams(_Section):
 
     max_parallel: int = Field(default=2, ge=1, le=64, description="trials training at once")
     grid: dict[str, list[Any]] = Field(min_length=1, description="dotted key -> values; cartesian product")
-    random: int | None = Field(default=None, ge=1, description="sample this many configs of the grid")
-    seed: int = Field(default=0, ge=0, description="seed of the random sample")
+    random: int | None = Field(default=None, ge=1, le=MAX_INT, description="sample this many configs of the grid")
+    seed: int = Field(default=0, ge=0, le=MAX_INT, description="seed of the random sample")
 
     @field_validator("grid")
     @classmethod
@@ -276,22 +284,37 @@ class Params(_Section):
 
 
 def parse_params(raw: Any, origin: str = "params") -> Params:
-    """Validate a mapping; every error names its dotted key, what was given and what is allowed."""
+    """Validate a mapping; one line naming every bad dotted key, what was given and what is allowed.
+
+    One line, so that a log, a Prefect state message or a terminal shows the whole of it.
+    """
     if not isinstance(raw, dict):
         raise ParamsError(f"{origin}: expected a mapping of sections, got {type(raw).__name__}")
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(err) for err in exc.errors()]
-        raise ParamsError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
+        problems = [_describe(err) for err in exc.errors()]
+        raise ParamsError(f"{origin} is invalid: " + "; ".join(problems)) from None
 
 
 def _describe(err: Any) -> str:
-    key = ".".join(str(part) for part in err["loc"]) or "params"
+    key = ".".join(_printable(part) for part in err["loc"]) or "params"
     # A whole section's value says nothing the message does not: show only scalar inputs.
-    given = "" if err["type"] == "missing" or isinstance(err["input"], dict) else f" (got {err['input']!r})"
+    given = "" if err["type"] == "missing" or isinstance(err["input"], dict) else f" (got {_short(err['input'])})"
     hint = _did_you_mean(err["loc"]) if err["type"] == "extra_forbidden" else ""
-    return f"  {key}: {err['msg'].removeprefix('Value error, ')}{given}{hint}"
+    return f"{key}: {err['msg'].removeprefix('Value error, ')}{given}{hint}"
+
+
+def _printable(part: Any) -> str:
+    """A key as written, unless it holds a line break or other control: then quoted, so it stays one line."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """A value's repr, cut: a 1 MB string or a deeply aliased YAML list must not become the message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _did_you_mean(loc: tuple[Any, ...]) -> str:
@@ -307,13 +330,51 @@ def _did_you_mean(loc: tuple[Any, ...]) -> str:
 
 
 def read_yaml(path: Path, what: str, error: type[ParamsError] = ParamsError) -> Any:
-    """A YAML file's content, or `error` naming the file when it is missing or not YAML."""
+    """A YAML file's content, or `error` in one line naming the file and where it is not UTF-8 or not YAML."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot read the {what}: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8: byte {data[exc.start]:#04x} at offset {exc.start}") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise error(f"{path}: not valid YAML: {exc}") from None
+        raise error(f"{path}: not valid YAML {_yaml_problem(exc, text)}") from None
+    except RecursionError:
+        raise error(f"{path}: not valid YAML: nested too deeply") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, saying where a value it cannot build is (PyYAML raises a bare ValueError).
+
+    A 5000-digit integer or `2024-13-45` (a date) is valid YAML syntax; building the value fails.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except ValueError as exc:
+            reason = str(exc).split(";")[0]  # Python's int limit adds advice for programmers after a ';'
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read this value: {reason}", node.start_mark
+            ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """Where and what, in one line; PyYAML's own message spans several, with the offending text quoted."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"at line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character, found before any parsing
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        return f"at line {line}, column {column}: character U+{ord(text[exc.position]):04X} is not allowed"
+    return f"({' '.join(str(exc).split())})"
 
 
 def load_params(path: Path | str) -> Params:

@@ -48,11 +48,11 @@ def parse_spec(raw: Any, origin: str = "sweep spec") -> SweepParams:
     try:
         return SweepParams.model_validate(raw)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(p) for p in err['loc'][:2]) or 'sweep'}: {err['msg'].removeprefix('Value error, ')}"
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'][:2]) or 'sweep'}: {err['msg'].removeprefix('Value error, ')}"
             for err in exc.errors()
         ]
-        raise SweepSpecError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
+        raise SweepSpecError(f"{origin} is invalid: " + "; ".join(problems)) from None  # one line, as params
 
 
 def load_spec(path: Path | str) -> SweepParams:

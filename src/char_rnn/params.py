@@ -13,10 +13,10 @@ import json
 import random as _random
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from char_rnn.errors import PipelineError
 
@@ -196,6 +196,17 @@ class RegistryParams(_Section):
 SWEEPABLE = ("model", "train")
 
 
+def _sweepable(key: str) -> str:
+    if key.partition(".")[0] not in SWEEPABLE or not key.partition(".")[2]:
+        raise ValueError("only model.* and train.* keys can vary; data, evaluation and registry are shared")
+    return key
+
+
+# Checked per key and per list, so that an error's location names the grid key (sweep.grid.<key>).
+SweepKey = Annotated[str, AfterValidator(_sweepable)]
+Values = Annotated[list[Any], Field(min_length=1)]
+
+
 class SweepParams(_Section):
     """A grid (or a random sample of it) of dotted overrides, and how many trials train at once.
 
@@ -204,21 +215,9 @@ class SweepParams(_Section):
     """
 
     max_parallel: int = Field(default=2, ge=1, le=64, description="trials training at once")
-    grid: dict[str, list[Any]] = Field(min_length=1, description="dotted key -> values; cartesian product")
+    grid: dict[SweepKey, Values] = Field(min_length=1, description="dotted key -> values; cartesian product")
     random: int | None = Field(default=None, ge=1, le=MAX_INT, description="sample this many configs of the grid")
     seed: int = Field(default=0, ge=0, le=MAX_INT, description="seed of the random sample")
-
-    @field_validator("grid")
-    @classmethod
-    def _only_sweepable_keys(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        for key, values in grid.items():
-            if key.partition(".")[0] not in SWEEPABLE or not key.partition(".")[2]:
-                raise ValueError(
-                    f"{key}: only model.* and train.* keys can vary; data, evaluation and registry are shared"
-                )
-            if not values:
-                raise ValueError(f"{key}: needs at least one value")
-        return grid
 
     def configs(self) -> list[dict[str, Any]]:
         """The grid's combinations in the spec's key order, or a seeded sample of them (order kept)."""
@@ -298,7 +297,7 @@ def parse_params(raw: Any, origin: str = "params") -> Params:
 
 
 def _describe(err: Any) -> str:
-    key = ".".join(_printable(part) for part in err["loc"]) or "params"
+    key = ".".join(_printable(part) for part in err["loc"] if part != "[key]") or "params"
     # A whole section's value says nothing the message does not: show only scalar inputs.
     given = "" if err["type"] == "missing" or isinstance(err["input"], dict) else f" (got {_short(err['input'])})"
     hint = _did_you_mean(err["loc"]) if err["type"] == "extra_forbidden" else ""

@@ -105,7 +105,7 @@ def test_a_server_outage_during_training_is_ridden_out(layout, tiny_params, mlfl
 
 
 def test_a_server_gone_for_good_fails_the_stage_in_one_line_naming_it(layout, tiny_params, mlflow_server):
-    from char_rnn.cli import unreachable
+    from char_rnn.faults import unreachable
 
     _up_to_training(tiny_params, layout)
     mlflow_server.stop()

@@ -7,7 +7,6 @@ shows neither (errors only), `--json` prints each stage's result as JSON instead
 from __future__ import annotations
 
 import contextlib
-import errno
 import getpass
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 import typer
 
 from char_rnn.errors import PipelineError
+from char_rnn.faults import environment_fault
 from char_rnn.layout import Layout
 from char_rnn.lock import project_lock
 from char_rnn.params import load_params
@@ -59,45 +59,6 @@ def fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(1)
 
 
-NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-# How MLflow and SQLite report it once they have turned the OSError into their own exception.
-NO_SPACE_WORDS = (
-    "No space left on device",
-    "File too large",
-    "Disk quota exceeded",
-    "database or disk is full",
-    "disk I/O error",  # SQLite, when a write it needs fails
-)
-
-
-def unreachable(exc: Exception) -> PipelineError | None:
-    """A tracking server that stayed away longer than MLflow's client retries (with backoff, about
-    4 minutes by default: MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR)."""
-    if "Max retries exceeded" not in str(exc):
-        return None
-    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES
-    from mlflow.tracking import get_tracking_uri
-
-    return PipelineError(
-        f"the MLflow tracking server {get_tracking_uri()} did not answer"
-        f" ({MLFLOW_HTTP_REQUEST_MAX_RETRIES.get()} retries with backoff); rerun when it is back"
-    )
-
-
-def no_space(exc: Exception) -> PipelineError | None:
-    """A full disk (or a file-size limit), wherever it surfaced: one line, and no retry would help."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno in NO_SPACE:
-            where = f" {cause.filename}" if cause.filename else ""
-            return PipelineError(f"could not write{where}: {cause.strerror} (disk full or a file-size limit)")
-        cause = cause.__cause__ or cause.__context__
-    said = [words for words in NO_SPACE_WORDS if words in str(exc)]
-    if said:
-        return PipelineError(f"could not write: {said[0]} in {type(exc).__name__} (disk full or a file-size limit)")
-    return None
-
-
 def report(name: str, result: dict[str, Any]) -> None:
     if OUTPUT["json"]:
         typer.echo(json.dumps(result, ensure_ascii=False, indent=1, default=str))
@@ -116,7 +77,7 @@ def _run(stage: Stage, params_path: Path | None) -> None:
     except (PipelineError, FileNotFoundError) as exc:
         raise fail(exc) from None
     except Exception as exc:
-        if (known := no_space(exc) or unreachable(exc)) is None:
+        if (known := environment_fault(exc)) is None:
             raise
         raise fail(known) from None
 
@@ -145,6 +106,10 @@ def run_all(params: Path | None = ParamsOption) -> None:
             run_all_stages(loaded, layout, done=report)
     except (PipelineError, FileNotFoundError) as exc:
         raise fail(exc) from None
+    except Exception as exc:
+        if (known := environment_fault(exc)) is None:
+            raise
+        raise fail(known) from None
 
 
 @app.command("check-params")

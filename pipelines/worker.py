@@ -98,7 +98,7 @@ class ModelWorker:
             raise StageTimedOut(f"{stage} ran longer than its time budget of {timeout_s:g} s and was stopped")
         line = self.process.stdout.readline()
         if not line:
-            raise WorkerFailed(f"the model worker exited with code {self.process.wait()} during {stage}")
+            raise WorkerFailed(_died(self.process.wait(), stage))
         return _unpack(json.loads(line))
 
     def stop(self, graceful: bool) -> None:
@@ -134,6 +134,13 @@ def _unpack(reply: dict[str, Any]) -> dict[str, Any]:
     if error["transient"]:
         raise TransientError(message)
     raise WorkerFailed(f"{message}\n{error['traceback']}")
+
+
+def _died(code: int, stage: str) -> str:
+    """Why the worker is gone, and that a rerun does not start training over (`char_rnn.checkpoint`)."""
+    how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    resumes = "; a rerun resumes training from its last completed epoch" if stage in ("train", "refit") else ""
+    return f"the model worker {how} during {stage}{resumes}"
 
 
 # ---- worker side -------------------------------------------------------------------------------

@@ -145,3 +145,11 @@ def text() -> np.ndarray:
     rng = np.random.default_rng(3)
     words = [rng.integers(0, TEXT_VOCAB, size=rng.integers(2, 6)) for _ in range(12)]
     return np.concatenate([words[i] for i in rng.integers(0, 12, size=120)]).astype(np.int32)[:400]
+
+
+def saved_epoch(folder: Path, member: int) -> int:
+    """The last epoch a member's checkpoint holds (0 when it has none yet), read as the stage wrote it."""
+    from char_rnn.checkpoint import Checkpoints
+
+    state = Checkpoints(folder, "").load(member) if (folder / f"member{member + 1}.npz").is_file() else None
+    return state.epoch if state and not state.done else 0

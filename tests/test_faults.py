@@ -21,6 +21,7 @@ import pytest
 from benchmarks.flow_overhead import GIT_IDENTITY, QUIET, scaffold_project
 from char_rnn.layout import Layout
 from char_rnn.params import load_params, with_overrides
+from conftest import saved_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -79,14 +80,6 @@ def repro(target: str, root: Path) -> None:
     process = dvc_repro(root, target)
     output = process.communicate(timeout=900)[0]
     assert process.returncode == 0, output
-
-
-def saved_epoch(folder: Path, member: int) -> int:
-    """The last epoch a member's checkpoint holds (0 when it has none yet), read as the stage wrote it."""
-    from char_rnn.checkpoint import Checkpoints
-
-    state = Checkpoints(folder, "").load(member) if (folder / f"member{member + 1}.npz").is_file() else None
-    return state.epoch if state and not state.done else 0
 
 
 def kill_stage_when(

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from benchmarks.flow_overhead import QUIET, prefect_server, scaffold_project, stop_group
-from conftest import REPO, TINY, free_port
+from conftest import REPO, TINY, free_port, saved_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -204,6 +204,34 @@ def test_failed_validation_fails_the_flow_without_training_or_retry(
     assert not {"baseline", "train", "tune", "refit", "evaluate", "register", "dvc-commit"} & set(tasks)
     assert len(_training_runs(root)) == 1
     assert runs["before_z"] == {name: (root / name).read_bytes() for name in ("dvc.lock", "params.yaml")}
+
+
+def test_a_killed_model_worker_fails_the_run_and_the_next_run_resumes_training(
+    served: dict[str, Any], runs: dict[str, Any]
+) -> None:
+    """K trains 400 epochs and its model worker is SIGKILLed on the way; K fails saying so, and R,
+    the same run again, resumes from K's last completed epoch in K's MLflow run."""
+    import psutil
+    from prefect.deployments import run_deployment
+
+    client, root = served["client"], served["root"]
+    longer = {"overrides": {"train.epochs": 400}, "skip_if_unchanged": False}
+    k = run_deployment(DEPLOYMENT, parameters=longer, timeout=0)
+    _wait_for(lambda: saved_epoch(root / "models" / "checkpoints" / "train", 0) >= 20, 300, "K training")
+    [worker] = [
+        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"][1:4] == ["-m", "pipelines.worker", str(root)]
+    ]
+    worker.kill()
+    k = _finished(client, k.id, 120)
+    assert k.state.is_failed()
+    assert "the model worker was killed by SIGKILL during train; a rerun resumes training" in k.state.message
+    killed_at = saved_epoch(root / "models" / "checkpoints" / "train", 0)
+    r = _finished(client, run_deployment(DEPLOYMENT, parameters=longer, timeout=0).id, 300)
+    assert r.state.is_completed(), r.state.message
+    [run] = [run for run in _training_runs(root) if "char_rnn.resumed" in run.data.tags]
+    assert run.data.tags["char_rnn.resumed"] == f"member 1, after epoch {killed_at}"
+    assert [m.step for m in _mlflow(root).get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 401))
+    print(f"model worker killed after epoch {killed_at}; the next run resumed from it")
 
 
 def test_a_dvc_repro_started_during_a_flow_run_is_refused_before_it_runs_a_stage(

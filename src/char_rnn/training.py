@@ -167,7 +167,7 @@ def _epoch_saver(checkpoints: Checkpoints, member: int, stopping: list[Any], sta
     """
     import keras
 
-    watcher = stopping[0] if stopping else None
+    watcher = next((c for c in stopping if isinstance(c, keras.callbacks.EarlyStopping)), None)
     past = state.history if state else {}
 
     class EpochSaver(keras.callbacks.Callback):

@@ -190,7 +190,8 @@ def racers(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, repo_
         shutil.copy(REPO / "params.yaml", root / "params.yaml")
         (root / "mlruns").mkdir()
         shutil.copy(migrated_store, root / "mlruns" / "mlflow.db")
-        layout, params = Layout(root), with_overrides(repo_params, {**TINY, "train.epochs": epochs})
+        overrides = {**TINY, "train.epochs": epochs, "registry.model_name": "char-rnn-race"}  # not the pipeline's
+        layout, params = Layout(root), with_overrides(repo_params, overrides)
         write_params(layout, params)
         for stage in stages.STAGES[:-1]:
             stage.run(params, layout)

@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -166,7 +167,7 @@ def make_origin(base: Path, source: Path = REPO) -> Path:
         if (source / name).is_file():
             (tree / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source / name, tree / name)
-    git = ["git", *(f"-c{key}={value}" for key, value in IDENTITY.items())]
+    git = ["git", "-c", f"user.name={IDENTITY['user.name']}", "-c", f"user.email={IDENTITY['user.email']}"]
     subprocess.run([*git, "init", "-q", "-b", "main"], cwd=tree, check=True)
     subprocess.run([*git, "add", "-A"], cwd=tree, check=True)
     subprocess.run([*git, "commit", "-qm", "the project"], cwd=tree, check=True)
@@ -325,6 +326,20 @@ def run_readme(team: Team) -> None:
     team.ready(*list(team.readiness))
 
 
+def run_nightly(team: Team, parameters: dict | None = None, timeout_s: float = 1800) -> Any:
+    """README's `prefect deployment run char-rnn/nightly`, waited for until the worker's run is final;
+    returns the flow run as the Prefect server has it."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    params = f" --params '{json.dumps(parameters)}'" if parameters else ""
+    printed = team.sh(f"prefect deployment run char-rnn/nightly{params}").stdout
+    flow_run_id = re.search(r"UUID: (\S+)", printed).group(1)
+    with temporary_settings({PREFECT_API_URL: team.url("PREFECT_API_URL")}), get_client(sync_client=True) as client:
+        wait_for(lambda: client.read_flow_run(flow_run_id).state.is_final(), "the nightly run", timeout_s)
+        return client.read_flow_run(flow_run_id)
+
+
 @contextmanager
 def team_services(source: Path = REPO) -> Iterator[Team]:
     """Everything README's "Team setup" starts, on loopback; stopped on exit, whatever happened."""
@@ -344,4 +359,5 @@ def team_services(source: Path = REPO) -> Iterator[Team]:
         yield team
     finally:
         team.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        if not os.environ.get("TEAM_SERVICES_KEEP"):  # set it to keep logs/ and the checkout for a look
+            shutil.rmtree(base, ignore_errors=True)

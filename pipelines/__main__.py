@@ -16,12 +16,8 @@ from typing import Any
 import typer
 import yaml
 
-from pipelines.worker import CODE_DIR
-
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# Every flow run that `serve` starts re-imports this package in a fresh process, from any directory.
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(CODE_DIR), os.environ.get("PYTHONPATH")]))
 
 app = typer.Typer(
     help="Run the char-rnn pipeline as a Prefect flow, or serve its nightly deployment.",
@@ -87,12 +83,21 @@ def sweep(
     set_: list[str] = typer.Option([], "--set", help="override a base param for every trial (repeatable)"),
     sweep_id: str | None = typer.Option(None, help="folder name under sweeps/ (default: time + random suffix)"),
     train_timeout_s: float = TimeoutOption,
+    dask: str | None = typer.Option(
+        None, help="a Dask scheduler's address (tcp://host:8786): trials run on its workers instead of here"
+    ),
 ) -> None:
     """Train every config of a sweep spec, several at once, and register the best (champion or challenger)."""
     from char_rnn.layout import Layout
     from char_rnn.params import ParamsError
     from pipelines.sweep import run_sweep
     from pipelines.sweep_spec import load_spec
+
+    task_runner = None
+    if dask:
+        from prefect_dask import DaskTaskRunner
+
+        task_runner = DaskTaskRunner(address=dask)
 
     try:
         sweep_spec = load_spec(spec or (Layout(root.resolve()) if root else Layout.discover()).params)
@@ -101,6 +106,7 @@ def sweep(
         raise typer.Exit(2) from None
     state = run_sweep(
         sweep_spec,
+        task_runner=task_runner,
         overrides=_overrides(set_),
         root=str(root) if root else None,
         sweep_id=sweep_id,

@@ -12,24 +12,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, flow, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 
+import char_rnn
 from char_rnn import stages
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.lock import ProjectBusy, project_lock
 from char_rnn.params import Params, load_params, with_overrides
+from pipelines import CODE_DIR
 from pipelines.failures import StageFailed, one_line, retry_if_transient
+from pipelines.publish import publish_run, run_branch
 from pipelines.versioning import (
     holding_dvc_lock,
     is_up_to_date,
     record_run,
     refuse_while_dvc_repro_runs,
     require_dvc_project,
+    require_remote,
     warm_up,
 )
 from pipelines.worker import ModelWorker
@@ -79,12 +83,19 @@ def record(root: str, params: Params, push: bool) -> dict[str, Any]:
     return record_run(Layout(Path(root)), params, push)
 
 
-def lineage_tags() -> dict[str, str]:
-    """Tags for the MLflow run, next to the git commit and DVC hashes that the train stage adds."""
+@task(name="git-push", **TASK_OPTIONS)
+def publish(root: str, branch: str, message: str) -> dict[str, Any]:
+    return publish_run(Path(root), branch, message)
+
+
+def lineage_tags(branch: str | None = None) -> dict[str, str]:
+    """Tags for the MLflow run, next to the git commit and DVC hashes that the train stage adds; with the
+    run branch its record will be pushed to, so that a registered version says where its dvc.lock is."""
     return {
         "prefect.flow_run_id": str(flow_run.id),
         "prefect.flow_run_name": str(flow_run.name),
         "prefect.deployment": deployment.name or "none (ad-hoc run)",
+        **({"run_branch": branch} if branch else {}),
     }
 
 
@@ -104,6 +115,13 @@ def _stage(name: str, call: Callable[..., Any], *args: Any) -> Any:
     if not state.is_completed():
         raise StageFailed(name, state.message or state.name)
     return state.result()
+
+
+def commit_message(results: dict[str, Any]) -> str:
+    """The run branch's commit: which flow run, then what each stage did (the report's lines)."""
+    lines = [f"char-rnn run {flow_run.name} ({deployment.name or 'ad-hoc'})", ""]
+    lines += [f"{name}: {result['summary']}" for name, result in results.items() if "summary" in result]
+    return "\n".join(lines)
 
 
 def report(results: dict[str, Any]) -> str:
@@ -128,19 +146,22 @@ def char_rnn_pipeline(
     skip_if_unchanged: bool = False,
     train_timeout_s: float = 3600.0,
     push: bool = True,
+    push_run_branch: bool = False,
 ) -> dict[str, Any] | State:
     """Run every stage on the project at `root` (default: the one around the working directory).
 
     params: the full typed params (default: params.yaml at run time); overrides: dotted keys such
     as {"train.epochs": 5} applied on top; skip_if_unchanged: end Completed "up to date" without
     training when nothing changed since the last successful run; train_timeout_s: training's own
-    time budget, after which the training process is stopped; push: `dvc push` when a remote is set.
+    time budget, after which the training process is stopped; push: `dvc push` when a remote is set;
+    push_run_branch: then commit the run's record on a new branch `runs/...` and push it to origin
+    (what a work-pool worker does: its clone is deleted after the run).
     """
     layout = Layout(Path(root).resolve()) if root else Layout.discover()
     try:
         with project_lock(layout.lock, f"flow run {flow_run.get_name()}"):
             refuse_while_dvc_repro_runs(layout)
-            return _run(layout, params, overrides, skip_if_unchanged, train_timeout_s, push)
+            return _run(layout, params, overrides, skip_if_unchanged, train_timeout_s, push, push_run_branch)
     except (StageFailed, ProjectBusy) as exc:
         return Failed(message=str(exc))
 
@@ -152,23 +173,32 @@ def _run(
     skip_if_unchanged: bool,
     train_timeout_s: float,
     push: bool,
+    push_run_branch: bool,
 ) -> dict[str, Any] | State:
     _stage("setup", require_dvc_project, layout)
+    # Which code runs: a work-pool worker's clone, or a developer's working copy.
+    get_run_logger().info("code: pipelines from %s, char_rnn from %s", CODE_DIR, Path(char_rnn.__file__).parent)
     run_params = _stage("params", resolve_params, layout, params, overrides)
     where = str(layout.root)
     if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params):
         return Completed(message=UP_TO_DATE)
     results: dict[str, Any] = {}
+    branch = None
+    if push_run_branch:  # checked now, not after training: a branch naming outputs that nobody can pull
+        _stage("setup", require_remote, layout, push)
+        branch = run_branch(str(flow_run.name))
     dvc_ready = warm_up(layout)  # while the stages run; joined before the first DVC command
     with holding_dvc_lock(layout), ModelWorker.claim(layout.root) as worker:  # TensorFlow loads meanwhile
         for stage in IN_FLOW_PROCESS:
             results[stage] = _stage(stage, run_stage.with_options(name=stage), stage, where, run_params)
         for stage in IN_WORKER:
             budget = train_timeout_s if stage in TRAINING else STAGE_TIMEOUT_S
-            tags = lineage_tags() if stage == "train" else None
+            tags = lineage_tags(branch) if stage == "train" else None
             call = run_in_worker.with_options(name=stage)
             results[stage] = _stage(stage, call, stage, worker, run_params, budget, tags)
     dvc_ready.join()
     results["dvc"] = _stage("dvc-commit", record, where, run_params, push)
+    if branch:
+        results["git"] = _stage("git-push", publish, where, branch, commit_message(results))
     create_markdown_artifact(report(results), key="char-rnn-run", description="what the run did and decided")
     return results

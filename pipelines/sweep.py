@@ -13,12 +13,12 @@ The best trial by `registry.metric` (lower wins, except accuracy) is then regist
 becomes challenger, or champion when it beats the current champion (`char_rnn.registry`). A failed
 trial (NaN loss, time budget) is reported and skipped; the sweep fails only when every trial fails.
 
-On a cluster, swap the task runner for Dask's (the optional `prefect-dask` package, not a
-dependency of this project); every trial still starts its own worker process on the Dask worker
-that runs it, and all of them must see the project root and the MLflow store at the same path:
-
-    from prefect_dask import DaskTaskRunner
-    run_sweep(spec, task_runner=DaskTaskRunner(address="tcp://scheduler:8786"))
+On a Dask cluster (`python -m pipelines sweep --dask tcp://scheduler:8786`: prefect-dask's
+`DaskTaskRunner`), the trials run on the Dask workers, each still in its own worker process there.
+They read the data stages' files and write their folders under the project root, which every Dask
+worker must see at the same path (a shared file system), and they log to the MLflow store this flow
+logs to (its URI is handed to each trial, whatever the Dask worker's own environment says). The
+scheduler and the workers import this package from a checkout of the same commit (docs/team.md).
 
 No `from __future__ import annotations` here: Prefect reads the flow's annotations at run time.
 """
@@ -39,6 +39,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Metric, Params, SweepParams
+from char_rnn.tracking import tracking_uri
 from pipelines.failures import StageFailed, retry_if_transient
 from pipelines.flow import (
     IN_FLOW_PROCESS,
@@ -66,11 +67,13 @@ class AllTrialsFailed(PipelineError):
 
 
 @task(name="trial", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
-def run_trial(trial: Trial, root: str, sweep_dir: str, tags: dict[str, str], timeout_s: float) -> dict[str, Any]:
+def run_trial(
+    trial: Trial, root: str, sweep_dir: str, tags: dict[str, str], timeout_s: float, tracking_uri: str
+) -> dict[str, Any]:
     """Train and evaluate one config in its own process and folder; returns its run id, metrics, times."""
     run_dir = Path(sweep_dir) / trial.name
     started = time.time()
-    with ModelWorker(Path(root), run_dir) as trial_worker:
+    with ModelWorker(Path(root), run_dir, {"MLFLOW_TRACKING_URI": tracking_uri}) as trial_worker:
         trained = trial_worker.call("train", trial.params, timeout_s, {**tags, "sweep.trial": trial.name})
         results = {
             stage: trial_worker.call(stage, trial.params, timeout_s if stage in TRAINING else STAGE_TIMEOUT_S)
@@ -89,9 +92,9 @@ def run_trial(trial: Trial, root: str, sweep_dir: str, tags: dict[str, str], tim
 @task(
     name="register-best", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient
 )
-def register_best(trial: Trial, root: str, run_dir: str) -> dict[str, Any]:
+def register_best(trial: Trial, root: str, run_dir: str, tracking_uri: str) -> dict[str, Any]:
     """The `register` stage for the winning trial only: champion if it beats the champion, else challenger."""
-    with ModelWorker(Path(root), Path(run_dir)) as trial_worker:
+    with ModelWorker(Path(root), Path(run_dir), {"MLFLOW_TRACKING_URI": tracking_uri}) as trial_worker:
         return trial_worker.call("register", trial.params, STAGE_TIMEOUT_S)
 
 
@@ -234,6 +237,7 @@ def _sweep(
     sweep_id = sweep_id or new_sweep_id()
     sweep_dir = layout.root / "sweeps" / sweep_id
     parent_id = _stage("mlflow", open_parent_run, layout, sweep_id, spec, trials)
+    store = tracking_uri(layout.mlruns)  # the trials log where the parent run is, on whichever machine
     status = "FAILED"
     try:
         tags = {"mlflow.parentRunId": parent_id, "sweep.id": sweep_id, **lineage_tags()}
@@ -243,6 +247,7 @@ def _sweep(
             sweep_dir=unmapped(str(sweep_dir)),
             tags=unmapped(tags),
             timeout_s=unmapped(train_timeout_s),
+            tracking_uri=unmapped(store),
         )
         metric = base.registry.metric
         rows = [trial_row(trial, future, metric) for trial, future in zip(trials, futures)]
@@ -254,7 +259,7 @@ def _sweep(
         if best is None:
             raise StageFailed("sweep", f"AllTrialsFailed: all {len(rows)} trials failed; nothing registered")
         winner = next(trial for trial in trials if trial.name == best["trial"])
-        registration = _stage("register", register_best, winner, where, best["run_dir"])
+        registration = _stage("register", register_best, winner, where, best["run_dir"], store)
         close_parent_run(parent_id, "FINISHED", registration)
         status = "FINISHED"
     finally:

@@ -27,6 +27,10 @@ class NotADvcProject(PipelineError):
     """The flow's root has no dvc.yaml or no .dvc folder: nothing could record the run."""
 
 
+class NoDvcRemote(PipelineError):
+    """A run that pushes its record to a branch needs its outputs on a DVC remote that teammates pull from."""
+
+
 class DvcFailed(Exception):
     """A DVC command failed for a reason other than its lock; the message carries DVC's own."""
 
@@ -106,6 +110,21 @@ def require_dvc_project(layout: Layout) -> None:
     """Checked first, so a run that could never be recorded fails in milliseconds, not after training."""
     if not (layout.root / "dvc.yaml").is_file() or not (layout.root / ".dvc").is_dir():
         raise NotADvcProject(f"{layout.root} is not a DVC project (needs dvc.yaml and `dvc init`)")
+
+
+def require_remote(layout: Layout, push: bool) -> None:
+    """A default DVC remote outside the project that the run will push to (in a worker's clone, the one
+    committed in .dvc/config). The laptop default, `local` = `<root>/dvc-remote`, would be deleted with
+    the clone."""
+    with dvc_repo(layout) as repo:
+        remote = repo.config["core"].get("remote")
+        url = repo.config["remote"][remote]["url"] if remote else ""
+    inside = "://" not in url and Path(url).resolve().is_relative_to(layout.root)
+    if not push or not remote or inside:
+        raise NoDvcRemote(
+            f"a run pushed to a branch needs push=true and a default DVC remote outside the project (found"
+            f" {remote!r} at {url!r}); commit the team's: `dvc remote add --default team s3://<bucket>/dvc`"
+        )
 
 
 def is_up_to_date(layout: Layout, params: Params) -> bool:

@@ -35,7 +35,6 @@ from char_rnn.layout import Layout
 from char_rnn.params import Params
 from pipelines.failures import RemotePipelineError, TransientError, WorkerFailed, is_transient
 
-CODE_DIR = Path(__file__).resolve().parents[1]
 GRACE_S = 10.0
 
 
@@ -60,13 +59,10 @@ class ModelWorker:
         """The worker prestarted for `root` in this process, else a new one."""
         return cls._prestarted.pop(root, None) or cls(root)
 
-    def __init__(self, root: Path, run_dir: Path | None = None) -> None:
-        """`run_dir`: where this worker's model and reports go (a sweep trial's folder); default `root`."""
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_DIR), os.environ.get("PYTHONPATH")])),
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-        }
+    def __init__(self, root: Path, run_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+        """`run_dir`: where this worker's model and reports go (a sweep trial's folder); default `root`.
+        `env`: set for the worker on top of this process's environment."""
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"), **(env or {})}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipelines.worker", str(root), str(run_dir or root), str(os.getpid())],
             stdin=subprocess.PIPE,

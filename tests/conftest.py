@@ -6,12 +6,14 @@ or into the repository's own mlruns/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -153,3 +155,97 @@ def saved_epoch(folder: Path, member: int) -> int:
 
     state = Checkpoints(folder, "").load(member) if (folder / f"member{member + 1}.npz").is_file() else None
     return state.epoch if state and not state.done else 0
+
+
+# ---- two registrations at once ---------------------------------------------------------------------
+
+RACE_EPOCHS = (1, 4, 12)  # the champion to beat, then two candidates, worse to better on the blog's sentence
+# One registering process: imports and connects first, says it is ready, then registers when told to go,
+# so both racers read the champion within milliseconds of each other.
+RACER = """
+import json, sys, time
+from pathlib import Path
+import mlflow.pyfunc, char_rnn.gate, char_rnn.generate, char_rnn.serving
+from char_rnn import stages, tracking
+from char_rnn.layout import Layout
+from char_rnn.params import load_params
+root, go = Path(sys.argv[1]), Path(sys.argv[2])
+tracking.connect(Layout(root).mlruns)
+(root / "ready").touch()
+while not go.exists():
+    time.sleep(0.005)
+print(json.dumps(stages.register(load_params(root / "params.yaml"), Layout(root)), default=str))
+"""
+
+
+@pytest.fixture(scope="session")
+def racers(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, repo_params: Params) -> list[Layout]:
+    """Three projects trained on the blog's sentence for RACE_EPOCHS epochs, every stage but register."""
+    from char_rnn import stages
+    from pipelines.versioning import write_params
+
+    layouts = []
+    for epochs in RACE_EPOCHS:
+        root = tmp_path_factory.mktemp(f"racer-{epochs}")
+        shutil.copy(REPO / "params.yaml", root / "params.yaml")
+        (root / "mlruns").mkdir()
+        shutil.copy(migrated_store, root / "mlruns" / "mlflow.db")
+        overrides = {**TINY, "train.epochs": epochs, "registry.model_name": "char-rnn-race"}  # not the pipeline's
+        layout, params = Layout(root), with_overrides(repo_params, overrides)
+        write_params(layout, params)
+        for stage in stages.STAGES[:-1]:
+            stage.run(params, layout)
+        layouts.append(layout)
+    return layouts
+
+
+def register_at_once(racers: list[Layout], tracking_uri: str) -> list[dict]:
+    """The first project registers alone (the champion to beat), then the other two at the same instant,
+    each in its own process against `tracking_uri`; returns the three register stage results."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    go = racers[0].root / f"go-{free_port()}"
+    for layout in racers:
+        (layout.root / "ready").unlink(missing_ok=True)
+    command = [sys.executable, "-c", RACER]
+    first = register_here(racers[0], tracking_uri)
+    both = [subprocess.Popen([*command, str(layout.root), str(go)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for layout in racers[1:]]  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not all((layout.root / "ready").exists() for layout in racers[1:]):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in both), "a racer did not get ready"
+            time.sleep(0.05)
+        go.touch()
+        outputs = [p.communicate(timeout=300) for p in both]
+    finally:
+        for process in both:
+            process.kill()
+    assert [p.returncode for p in both] == [0, 0], [err[-3000:] for _, err in outputs]
+    return [first] + [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+
+
+def register_here(layout: Layout, tracking_uri: str) -> dict:
+    """The register stage in this process, against `tracking_uri`."""
+    from char_rnn import stages
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+        return json.loads(json.dumps(stages.register(load_params(layout.params), layout), default=str))
+
+
+def assert_one_champion_the_better(results: list[dict], racers: list[Layout], tracking_uri: str) -> None:
+    """The better candidate is champion whichever registered first, and the registrations took turns: the
+    later one was compared with the earlier one's version, not both with the champion they started from."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    bits = [json.loads(layout.metrics.read_text(encoding="utf-8"))["bits_per_char"] for layout in racers]
+    assert bits[0] > bits[1] > bits[2], bits  # more epochs, better: the premise
+    first, *pair = results
+    name = first["model_name"]
+    assert first["alias"] == "champion"
+    assert str(client.get_model_version_by_alias(name, "champion").version) == results[2]["version"]
+    earlier, later = sorted(pair, key=lambda result: int(result["version"]))
+    assert earlier["gate"]["champion_version"] == first["version"]
+    assert later["gate"]["champion_version"] == earlier["version"], "the two registrations overlapped"
+    assert client.search_registered_models(f"name = '{name}.lock'") == []  # released

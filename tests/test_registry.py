@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from char_rnn.layout import Layout
 from char_rnn.lineage import ModelIntegrityError, file_sha256
 from char_rnn.params import Metric
 from char_rnn.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistrationRefused
+from conftest import assert_one_champion_the_better, register_at_once
 
 NAME = "char-rnn-test"
 CHARS = list(" 가나다")
@@ -170,3 +172,12 @@ def test_the_hybrid_is_registered_with_its_ngram_and_weights(files: dict[str, Pa
     stored.write_bytes(stored.read_bytes() + b"\0")
     with pytest.raises(ModelIntegrityError, match="ngram.npz: sha256"):
         load_registered(f"models:/{NAME}@{CHAMPION}")
+
+
+@pytest.mark.integration  # three short trainings, then two registering processes racing on one SQLite store
+def test_two_runs_registering_at_once_end_with_the_better_one_champion(
+    racers: list[Layout], migrated_store: Path, tmp_path: Path
+) -> None:
+    shutil.copy(migrated_store, tmp_path / "race.db")
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    assert_one_champion_the_better(register_at_once(racers, uri), racers, uri)

@@ -29,6 +29,7 @@ from typing import Any
 
 from char_rnn.errors import PipelineError
 from char_rnn.params import Metric
+from char_rnn.registry_lock import registry_lock
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -163,14 +164,15 @@ def promote(uri: str, reason: str, by: str) -> dict[str, str | None]:
     version = resolve_version(uri)
     if not reason.strip():
         raise RegistrationRefused("a promotion needs a reason (--reason), recorded on the version")
-    replaced = crown(version.name, str(version.version))
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    note_decision(
-        version.name,
-        str(version.version),
-        f"**Promoted to champion by {by}** ({when}): {reason}",
-        {"promoted_by": by, "promoted_reason": reason, "promoted_at": when},
-    )
+    with registry_lock(version.name):  # not between a registering run's gate and its alias
+        replaced = crown(version.name, str(version.version))
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        note_decision(
+            version.name,
+            str(version.version),
+            f"**Promoted to champion by {by}** ({when}): {reason}",
+            {"promoted_by": by, "promoted_reason": reason, "promoted_at": when},
+        )
     return {"model_name": version.name, "champion": str(version.version), "previous_champion": replaced}
 
 

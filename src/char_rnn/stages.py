@@ -384,9 +384,11 @@ def _log_evaluation(layout: Layout, spec: Any, metrics: dict[str, Any], text: st
 
 def register(params: Params, layout: Layout) -> Summary:
     """Register the model in MLflow: champion if it beats the champion re-scored on this run's text, else
-    challenger; files already registered are reported as their version."""
+    challenger; files already registered are reported as their version. One registration of the model at
+    a time (`char_rnn.registry_lock`), so two runs that finish together end with the better one champion."""
     from char_rnn import progress, registry, tracking
     from char_rnn.lineage import file_sha256
+    from char_rnn.registry_lock import registry_lock
     from char_rnn.windows import load_spec
 
     run_id, spec = tracking.pipeline_run(layout.mlruns, layout.train_run), load_spec(layout.windows)
@@ -395,15 +397,17 @@ def register(params: Params, layout: Layout) -> Summary:
     value = registry.check_registrable(run_id, metric, json.loads(layout.metrics.read_text(encoding="utf-8")))
     files = bundle(params, layout)
     digests = {f"{file}_sha256": file_sha256(path) for file, path in files.items()}
-    for line in registry.clear_pending(name):
-        progress.log.warning("register: %s", line)
-    existing = registry.registered_version(name, digests)
-    if existing is not None:
-        result = {"model_name": name, "version": existing, "already_registered": True, "metric": key, "value": value}
-        _write_json(layout.registration, result)
-        return {**result, "summary": f"these files are {name} version {existing} already: nothing registered"}
-    decision = _gate(params, layout, files, spec)
-    version = _publish(params, layout, run_id, files, digests, (key, value), decision)
+    with registry_lock(name):  # another run registering now would compare with the same champion
+        for line in registry.clear_pending(name):  # held: a pending version now is a dead registration's
+            progress.log.warning("register: %s", line)
+        existing = registry.registered_version(name, digests)
+        if existing is not None:
+            result = {"model_name": name, "version": existing, "already_registered": True}
+            result |= {"metric": key, "value": value}
+            _write_json(layout.registration, result)
+            return {**result, "summary": f"these files are {name} version {existing} already: nothing registered"}
+        decision = _gate(params, layout, files, spec)
+        version = _publish(params, layout, run_id, files, digests, (key, value), decision)
     result = {
         "model_name": name,
         "version": version,

@@ -172,11 +172,13 @@ LINEAGE = (
     "prefect.flow_run_id",
     "prefect.flow_run_name",
     "prefect.deployment",
+    "run_branch",  # a worker's run: the branch of origin with its dvc.lock (pipelines.publish)
 )
 
 
 def lineage_tags(run_id: str) -> dict[str, str]:
-    """The run's lineage (corpus, commit, params hash, Prefect flow run and deployment), to copy onto a version."""
+    """The run's lineage (corpus, commit, params hash, Prefect flow run and deployment, run branch), to copy
+    onto a version."""
     from mlflow import MlflowClient
 
     tags = MlflowClient().get_run(run_id).data.tags

@@ -206,11 +206,13 @@ def test_failed_validation_fails_the_flow_without_training_or_retry(
     assert runs["before_z"] == {name: (root / name).read_bytes() for name in ("dvc.lock", "params.yaml")}
 
 
-def test_a_killed_model_worker_fails_the_run_and_the_next_run_resumes_training(
+def test_a_killed_model_worker_fails_the_run_and_the_next_run_resumes_it_alone(
     served: dict[str, Any], runs: dict[str, Any]
 ) -> None:
-    """K trains 400 epochs and its model worker is SIGKILLed on the way; K fails saying so, and R,
-    the same run again, resumes from K's last completed epoch in K's MLflow run."""
+    """K trains 400 epochs and its model worker is SIGKILLed on the way; K fails saying so. R, the same
+    run again, resumes from K's last completed epoch in K's MLflow run; while R holds the project, a
+    `dvc repro --force` fails at once (DVC's own lock, which the flow holds while its stages run), and
+    R ends as if alone: the store and DVC agree."""
     import psutil
     from prefect.deployments import run_deployment
 
@@ -218,52 +220,40 @@ def test_a_killed_model_worker_fails_the_run_and_the_next_run_resumes_training(
     longer = {"overrides": {"train.epochs": 400}, "skip_if_unchanged": False}
     k = run_deployment(DEPLOYMENT, parameters=longer, timeout=0)
     _wait_for(lambda: saved_epoch(root / "models" / "checkpoints" / "train", 0) >= 20, 300, "K training")
-    [worker] = [
-        p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"][1:4] == ["-m", "pipelines.worker", str(root)]
-    ]
+    command = ["-m", "pipelines.worker", str(root)]
+    [worker] = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[1:4] == command]
     worker.kill()
     k = _finished(client, k.id, 120)
     assert k.state.is_failed()
     assert "the model worker was killed by SIGKILL during train; a rerun resumes training" in k.state.message
     killed_at = saved_epoch(root / "models" / "checkpoints" / "train", 0)
-    r = _finished(client, run_deployment(DEPLOYMENT, parameters=longer, timeout=0).id, 300)
+
+    r = run_deployment(DEPLOYMENT, parameters=longer, timeout=0)
+    _wait_for(lambda: _holds_dvc_lock(root), 180, "R holding the project")
+    holder = json.loads((root / ".char-rnn.lock").read_text(encoding="utf-8"))
+    assert holder["what"] == f"flow run {client.read_flow_run(r.id).name}"
+    repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force"], cwd=root, capture_output=True,
+                           text=True, env={**os.environ, **QUIET}, timeout=120)  # fmt: skip
+    assert repro.returncode != 0 and "Unable to acquire lock" in repro.stderr, repro.stderr
+    assert "Running stage" not in repro.stdout + repro.stderr  # no stage started: no output deleted
+    r = _finished(client, r.id, 300)
     assert r.state.is_completed(), r.state.message
     [run] = [run for run in _training_runs(root) if "char_rnn.resumed" in run.data.tags]
     assert run.data.tags["char_rnn.resumed"] == f"member 1, after epoch {killed_at}"
     assert [m.step for m in _mlflow(root).get_metric_history(run.info.run_id, "train/loss")] == list(range(1, 401))
     print(f"model worker killed after epoch {killed_at}; the next run resumed from it")
-
-
-def test_a_dvc_repro_started_during_a_flow_run_is_refused_before_it_runs_a_stage(
-    served: dict[str, Any], runs: dict[str, Any]
-) -> None:
-    """W, a full run; while it holds the project, `dvc repro --force` fails at once (DVC's own lock,
-    which the flow holds while its stages run) and W ends as if alone: the store and DVC agree."""
-    from prefect.deployments import run_deployment
-
-    from char_rnn.lock import ProjectBusy, exclusive
-
-    client, root = served["client"], served["root"]
-    w = run_deployment(DEPLOYMENT, parameters={"skip_if_unchanged": False}, timeout=0)
-
-    def flow_holds_dvc() -> bool:
-        try:
-            with exclusive(root / ".dvc" / "tmp" / "lock", wait=False):
-                return False
-        except ProjectBusy:
-            return True
-
-    _wait_for(flow_holds_dvc, 180, "W holding the project")
-    holder = json.loads((root / ".char-rnn.lock").read_text(encoding="utf-8"))
-    assert holder["what"] == f"flow run {client.read_flow_run(w.id).name}"
-    repro = subprocess.run([sys.executable, "-m", "dvc", "repro", "--force"], cwd=root, capture_output=True,
-                           text=True, env={**os.environ, **QUIET}, timeout=120)  # fmt: skip
-    assert repro.returncode != 0 and "Unable to acquire lock" in repro.stderr, repro.stderr
-    assert "Running stage" not in repro.stdout + repro.stderr  # no stage started: no output deleted
-    w = _finished(client, w.id, 300)
-    assert w.state.is_completed(), w.state.message
     assert json.loads(dvc(root, "status", "--json")) == {}
     assert {run.info.status for run in _training_runs(root)} == {"FINISHED"}
     assert _mlflow(root).get_model_version_by_alias("char-rnn-ko", "champion").run_id in {
         run.info.run_id for run in _training_runs(root)
     }
+
+
+def _holds_dvc_lock(root: Path) -> bool:
+    from char_rnn.lock import ProjectBusy, exclusive
+
+    try:
+        with exclusive(root / ".dvc" / "tmp" / "lock", wait=False):
+            return False
+    except ProjectBusy:
+        return True

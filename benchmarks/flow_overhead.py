@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent  # run with .venv/bin/python: dvc, char-rnn, mlflow, prefect live here
 PROJECT_FILES = ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "mlruns/.gitignore", "data/raw/.gitkeep")
 QUIET = {
     "DVC_NO_ANALYTICS": "1",
@@ -42,6 +43,16 @@ GIT_IDENTITY = {
     "GIT_COMMITTER_NAME": "bench",
     "GIT_COMMITTER_EMAIL": "bench@localhost",
 }
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a benchmark's children: quiet, the venv's bin first on PATH (DVC and MLflow exec
+    `char-rnn` and `uvicorn` from PATH), and no variable that would point them at another project."""
+    env = {**os.environ, **QUIET, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+    for name in ("MLFLOW_TRACKING_URI", "CHAR_RNN_ROOT"):
+        if name not in extra:
+            env.pop(name, None)
+    return env
 
 
 def scaffold_project(dest: Path) -> Path:
@@ -67,7 +78,7 @@ def prefect_server(port: int, home: Path, extra_env: dict[str, str] | None = Non
     env = {**os.environ, **QUIET, "PREFECT_HOME": str(home), **(extra_env or {})}
     log = (home / "server.log").open("wb")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -75,26 +86,27 @@ def prefect_server(port: int, home: Path, extra_env: dict[str, str] | None = Non
     )
     url = f"http://127.0.0.1:{port}/api"
     try:
-        _wait_healthy(url, process, timeout_s=120)
+        wait_http_ok(f"{url}/health", process, timeout_s=120)
         yield url
     finally:
         stop_group(process)
         log.close()
 
 
-def _wait_healthy(url: str, process: subprocess.Popen, timeout_s: float) -> None:
+def wait_http_ok(url: str, process: subprocess.Popen, timeout_s: float, interval_s: float = 0.05) -> None:
+    """Poll `GET url` until it answers 200; fails when the server process exits first or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with code {process.returncode}")
+            raise RuntimeError(f"{process.args[0]} exited with code {process.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
             pass
-        time.sleep(0.5)
-    raise TimeoutError(f"prefect server at {url} not healthy after {timeout_s} s")
+        time.sleep(interval_s)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s")
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = 20) -> None:
@@ -133,7 +145,7 @@ def main() -> None:
             " stages.run_all(load_params(root / 'params.yaml'), Layout(root))"
         )
         (base / "prefect").mkdir(exist_ok=True)
-        with prefect_server(_free_port(), base / "prefect") as url:
+        with prefect_server(free_port(), base / "prefect") as url:
             for round_ in range(1, repeats + 1):
                 direct_root = scaffold_project(base / f"direct-{round_}")
                 flow_root = scaffold_project(base / f"flow-{round_}")
@@ -151,7 +163,8 @@ def main() -> None:
     print(f"ratio flow / direct: {flow / direct:.3f} ({(flow / direct - 1) * 100:+.1f} %; goal <= +10 %)")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     import socket
 
     with socket.socket() as sock:

@@ -16,7 +16,14 @@ by what the corpus size costs. Each run is a child process, so its peak RSS (`ru
 chars/s counts predicted characters (windows x 20 per epoch) over the time spent in `fit`. Timings
 on this kind of machine vary by 20-40 % from run to run, so the three runs are repeated in turn
 (blog, ours, ours-1m, blog, ...) and each reports its best: the fastest fit and its own peak RSS.
-Goals (issue 5): ours >= 2.5x the blog's chars/s, <= 1/5 of its peak RSS, and 1M vs kolaw < 100 MiB apart.
+Goals (issue 5): ours >= 2.5x the blog's chars/s, <= 1/5 of its peak RSS, and 1M vs kolaw < 100 MiB apart;
+(issue 16) ours >= 4x the blog's chars/s.
+
+Where the time goes: each run's chars/s times the floating-point operations of one predicted
+character (the one-hot model's matmuls, forward and backward: 3 x 2 x (V x U + U x U + U x V))
+gives the GFLOP/s it achieved, printed next to this machine's float32 matmul peak as TensorFlow
+reaches it (a 2048 x 2048 product, and the model's own shapes: a batch of 32 x 20 one-hot rows times
+the kernel, and one step's 32 x 100 by 100 x 100 recurrence), measured in another child process.
 """
 
 from __future__ import annotations
@@ -99,8 +106,37 @@ def run_ours(epochs: int, n_chars: int | None, steps: int | None) -> dict[str, f
     return {"windows": windows, "fit_s": seconds, "array_mib": ids.nbytes / 2**20}
 
 
+def training_flop_per_char(vocab_size: int) -> float:
+    """One predicted character's matmul FLOP in training, one-hot input: forward 2(VU + UU + UV), x 3 with backward."""
+    return 3 * 2 * (vocab_size * UNITS + UNITS * UNITS + UNITS * vocab_size)
+
+
+def matmul_peak() -> dict[str, float]:
+    """GFLOP/s of TensorFlow float32 matmuls on this machine: a large square product and the model's shapes."""
+    import tensorflow as tf
+
+    _, vocab_size = kolaw_ids()
+    shapes = {"2048x2048x2048": (2048, 2048, 2048), "onehot_640x380x100": (BATCH * LENGTH, vocab_size, UNITS)}
+    shapes["recurrence_32x100x100"] = (BATCH, UNITS, UNITS)
+    result = {}
+    for name, (m, k, n) in shapes.items():
+        a, b = tf.random.normal((m, k)), tf.random.normal((k, n))
+        product = tf.function(lambda a, b: tf.matmul(a, b))
+        product(a, b).numpy()
+        calls = max(3, int(2e10 / (2 * m * k * n)))
+        start = time.perf_counter()
+        for _ in range(calls):
+            out = product(a, b)
+        out.numpy()
+        result[name] = 2 * m * k * n * calls / (time.perf_counter() - start) / 1e9
+    return result
+
+
 def child(kind: str, epochs: int) -> None:
     """Runs in its own process; prints one JSON line that the parent reads."""
+    if kind == "peak":
+        print("RESULT " + json.dumps(matmul_peak()), flush=True)
+        return
     result = {
         "blog": lambda: run_blog(epochs),
         "ours": lambda: run_ours(epochs, None, None),
@@ -163,13 +199,24 @@ def report(results: dict[str, dict[str, float]], epochs: int) -> None:
     print(
         f"peak RSS 1M - kolaw:    {apart:+.0f} MiB   (goal < 100 MiB apart: {'met' if abs(apart) < 100 else 'NOT met'})"
     )
+    print(f"throughput ours / blog: {speed:.2f}x   (issue 16 goal >= 4x: {'met' if speed >= 4 else 'NOT met'})")
+
+
+def report_flops(results: dict[str, dict[str, float]], peak: dict[str, float]) -> None:
+    _, vocab_size = kolaw_ids()
+    flop = training_flop_per_char(vocab_size)
+    print(f"\nmatmul FLOP per predicted character in training (one-hot arithmetic, V={vocab_size}): {flop:,.0f}")
+    for kind, r in results.items():
+        print(f"  {kind:<8} {r['chars_per_s'] * flop / 1e9:6.1f} GFLOP/s achieved")
+    shapes = ", ".join(f"{name} {gflops:.1f}" for name, gflops in peak.items())
+    print(f"TensorFlow float32 matmul on this machine, GFLOP/s: {shapes}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the three runs; each reports its best")
-    parser.add_argument("--child", choices=["blog", "ours", "ours-1m"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["blog", "ours", "ours-1m", "peak"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.epochs)
@@ -183,7 +230,11 @@ def main() -> None:
                 f" peak RSS {runs[-1]['peak_rss_mib']:.0f} MiB",
                 flush=True,
             )
-    report({kind: max(runs, key=lambda r: r["chars_per_s"]) for kind, runs in rounds.items()}, args.epochs)
+    best = {kind: max(runs, key=lambda r: r["chars_per_s"]) for kind, runs in rounds.items()}
+    report(best, args.epochs)
+    peak = measure("peak", args.epochs)
+    peak.pop("wall_s")
+    report_flops(best, peak)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,12 @@ class Subject:
     files: dict[str, Path]  # model, vocab (and ngram, hybrid)
 
 
+def store_uri(project: Path) -> str:
+    """The project's own store. Not `tracking.tracking_uri`: that prefers MLFLOW_TRACKING_URI, which
+    `mlflow.set_tracking_uri` sets, so the second project would be read from the first one's store."""
+    return f"sqlite:///{(project / 'mlruns' / 'mlflow.db').resolve()}"
+
+
 def subject(label: str, project: Path, model: str | None, vocab: Path | None, tmp: Path) -> Subject:
     """Resolve the model to local files: a .keras file as given, a models:/ URI downloaded from the project's store."""
     params = load_params(project / "params.yaml")
@@ -86,9 +92,8 @@ def subject(label: str, project: Path, model: str | None, vocab: Path | None, tm
 
     from char_rnn.registry import resolve_version
     from char_rnn.serving import bundle_files
-    from char_rnn.tracking import tracking_uri
 
-    mlflow.set_tracking_uri(tracking_uri(project / "mlruns"))  # main() unset MLFLOW_TRACKING_URI
+    mlflow.set_tracking_uri(store_uri(project))
     version = resolve_version(model)
     dest = tmp / label
     dest.mkdir()

@@ -7,9 +7,9 @@
 
 Starts `mlflow models serve -m models:/<registry.model_name>@champion --env-manager local -h 127.0.0.1
 -p <free port>` for a project (default: the project around the working directory, found as the CLI
-finds it; `--model-uri` serves another version), with MLFLOW_TRACKING_URI set to the project's store
-as `char_rnn.tracking.tracking_uri` gives it and the venv's bin first on PATH (MLflow execs
-`uvicorn`), in its own process group. Measured:
+finds it; `--model-uri` serves another version), with MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false (as
+README serves it), MLFLOW_TRACKING_URI set to the project's store as `char_rnn.tracking.tracking_uri`
+gives it and the venv's bin first on PATH (MLflow execs `uvicorn`), in its own process group. Measured:
 
 - time to ready: from starting the command to `GET /ping` answering 200;
 - the first request's latency (one 100-character greedy request), and the text it returned;
@@ -201,8 +201,8 @@ def serve(args: argparse.Namespace) -> int:
     prompt = args.prompt or params.evaluate.prompt
     port = args.port or free_port()
     store = tracking_uri(project / "mlruns")
-    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local"]
-    command += ["-h", "127.0.0.1", "-p", str(port)] + (["-w", str(args.workers)] if args.workers else [])
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", uri, "--env-manager", "local", "-h", "127.0.0.1"]
+    command += ["-p", str(port)] + (["-w", str(args.workers)] if args.workers else [])
     print(f"project {project}; store {store}")
     print(f"$ {' '.join(command)}")
     body = json.dumps(
@@ -216,7 +216,7 @@ def serve(args: argparse.Namespace) -> int:
             process = subprocess.Popen(
                 command,
                 cwd=project,
-                env=child_env(MLFLOW_TRACKING_URI=store),
+                env=child_env(MLFLOW_TRACKING_URI=store, MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: mlflow, uvicorn and its workers stop as one

@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,20 @@ def fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(1)
 
 
+@contextlib.contextmanager
+def told() -> Iterator[None]:
+    """The user's errors and the machine's faults (a full disk, a server away) as one line and exit 1;
+    anything else is a bug and keeps its traceback."""
+    try:
+        yield
+    except (PipelineError, FileNotFoundError) as exc:
+        raise fail(exc) from None
+    except Exception as exc:
+        if (known := environment_fault(exc)) is None:
+            raise
+        raise fail(known) from None
+
+
 def report(name: str, result: dict[str, Any]) -> None:
     if OUTPUT["json"]:
         typer.echo(json.dumps(result, ensure_ascii=False, indent=1, default=str))
@@ -68,18 +82,12 @@ def report(name: str, result: dict[str, Any]) -> None:
 
 def _run(stage: Stage, params_path: Path | None) -> None:
     layout = Layout.discover()
-    try:
+    with told():
         params = load_params(params_path or layout.params)
         with project_lock(layout.lock, f"char-rnn {stage.name}"):
             if stage.tensorflow(params):
                 import_tensorflow()
             report(stage.name, stage.run(params, layout))
-    except (PipelineError, FileNotFoundError) as exc:
-        raise fail(exc) from None
-    except Exception as exc:
-        if (known := environment_fault(exc)) is None:
-            raise
-        raise fail(known) from None
 
 
 def _stage_command(stage: Stage) -> None:
@@ -98,18 +106,12 @@ for _stage in STAGES:
 def run_all(params: Path | None = ParamsOption) -> None:
     """Run every stage in this process, without DVC (use `dvc repro` to get caching and dvc.lock)."""
     layout = Layout.discover()
-    try:
+    with told():
         loaded = load_params(params or layout.params)
         with project_lock(layout.lock, "char-rnn run"):
             if any(stage.tensorflow(loaded) for stage in STAGES):
                 import_tensorflow()
             run_all_stages(loaded, layout, done=report)
-    except (PipelineError, FileNotFoundError) as exc:
-        raise fail(exc) from None
-    except Exception as exc:
-        if (known := environment_fault(exc)) is None:
-            raise
-        raise fail(known) from None
 
 
 @app.command("check-params")

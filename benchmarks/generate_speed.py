@@ -90,8 +90,8 @@ def subject(label: str, project: Path, model: str | None, vocab: Path | None, tm
     import mlflow
     from mlflow.models import Model
 
+    from char_rnn.bundle import bundle_files
     from char_rnn.registry import resolve_version
-    from char_rnn.serving import bundle_files
 
     mlflow.set_tracking_uri(store_uri(project))
     version = resolve_version(model)

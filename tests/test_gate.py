@@ -132,8 +132,8 @@ def test_a_grown_corpus_rescores_the_champion_on_the_new_tail_and_the_margin_hol
 ) -> None:
     from mlflow import MlflowClient
 
+    from char_rnn.bundle import load_registered
     from char_rnn.corpus import read_source
-    from char_rnn.serving import load_registered
 
     base = read_source("kolaw", REPO)[:6000]
     grown = base + base[:2000]  # the same characters, more text: the new tail is other text than yesterday's

@@ -172,7 +172,7 @@ def test_greedy_continues_the_blog_sentence_from_the_champion(
     """After the default 100 epochs the model has memorised the sentence, as in the blog."""
     import mlflow
 
-    from char_rnn.serving import load_registered
+    from char_rnn.bundle import load_registered
     from char_rnn.tracking import tracking_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # else tracking_uri() returns another store

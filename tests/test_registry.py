@@ -135,18 +135,20 @@ def test_files_already_registered_are_found_exactly(files: dict[str, Path], layo
     assert registry.registered_version(NAME, {**digests, "ngram_sha256": file_sha256(layout.ngram)}) is None
 
 
-def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout) -> None:
+@pytest.mark.parametrize("store", ["mlflow", "sqlite"])  # through MLflow's client; the store read directly
+def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout, store: str) -> None:
     import mlflow
 
-    from char_rnn.serving import load_registered
+    from char_rnn.bundle import load_registered
+    from char_rnn.tracking import tracking_uri
 
     registry.crown(NAME, publish(files))
-    uri = f"models:/{NAME}@{CHAMPION}"
-    assert load_registered(uri).chars == CHARS  # intact: loads
+    uri, given = f"models:/{NAME}@{CHAMPION}", tracking_uri(layout.mlruns) if store == "sqlite" else None
+    assert load_registered(uri, given).chars == CHARS  # intact: loads
     (stored,) = layout.mlruns.glob("artifacts/models/*/artifacts/artifacts/model.keras")
     stored.write_bytes(stored.read_bytes() + b"\0")
     with pytest.raises(ModelIntegrityError, match="does not match the registered"):
-        load_registered(uri)
+        load_registered(uri, given)
     with pytest.raises(ModelIntegrityError, match="does not match the registered"):
         mlflow.pyfunc.load_model(uri)  # what `mlflow models serve` does first
 
@@ -155,8 +157,8 @@ def test_the_hybrid_is_registered_with_its_ngram_and_weights(files: dict[str, Pa
     import mlflow
     import numpy as np
 
+    from char_rnn.bundle import load_registered
     from char_rnn.ngram import KneserNey
-    from char_rnn.serving import load_registered
 
     layout.ngram.write_bytes(KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).to_bytes())
     weights = {"rnn": 0.25, "ngram": 0.5, "cache": 0.25, "cache_window": 50}
@@ -172,6 +174,53 @@ def test_the_hybrid_is_registered_with_its_ngram_and_weights(files: dict[str, Pa
     stored.write_bytes(stored.read_bytes() + b"\0")
     with pytest.raises(ModelIntegrityError, match="ngram.npz: sha256"):
         load_registered(f"models:/{NAME}@{CHAMPION}")
+
+
+def test_the_local_store_read_directly_finds_what_mlflow_finds(files: dict[str, Path], layout: Layout) -> None:
+    """`char-rnn generate` reads a local store without importing MLflow: same version, tags and files
+    as MLflow's client for every alias and number, the same refusals, and MLflow's way where it has
+    rules of its own (`@latest`, another kind of store)."""
+    from mlflow import MlflowClient
+
+    from char_rnn.bundle import read_local_store
+    from char_rnn.tracking import tracking_uri
+
+    store = tracking_uri(layout.mlruns)
+    first, second, third = publish(files), publish(files, seed=1), publish(files, seed=2)
+    registry.crown(NAME, first)
+    registry.crown(NAME, second)
+    registry.make_challenger(NAME, third)
+    client = MlflowClient()
+    for uri in (f"models:/{NAME}@{CHAMPION}", f"models:/{NAME}@{PREVIOUS_CHAMPION}", f"models:/{NAME}/3"):
+        found, expected = read_local_store(uri, store), registry.resolve_version(uri)
+        assert found is not None and (found.version, found.tags) == (str(expected.version), expected.tags)
+        stored = Path(client.get_model_version_download_uri(NAME, expected.version).removeprefix("file://"))
+        assert found.folder == stored and (found.folder / "MLmodel").is_file()
+    client.delete_model_version(NAME, third)  # its row stays, marked deleted; its alias goes
+    for gone in (f"models:/{NAME}/3", f"models:/{NAME}@{CHALLENGER}", f"models:/{NAME}/9", "models:/other@champion"):
+        with pytest.raises(registry.ModelNotFound):
+            registry.resolve_version(gone)
+        with pytest.raises(registry.ModelNotFound, match="not in the registry"):
+            read_local_store(gone, store)
+    assert read_local_store(f"models:/{NAME}@latest", store) is None  # MLflow's: the highest version
+    assert read_local_store(f"models:/{NAME}@{CHAMPION}", "http://127.0.0.1:5000") is None
+
+
+def test_generating_from_a_local_store_imports_no_mlflow(files: dict[str, Path], layout: Layout) -> None:
+    """The reason for the direct read: a cold `char-rnn generate` skips MLflow's ~3.5 s start."""
+    import subprocess
+    import sys
+
+    from char_rnn.tracking import tracking_uri
+
+    registry.crown(NAME, publish(files))
+    code = (
+        "import sys; from char_rnn.bundle import load_registered;"
+        f"g = load_registered('models:/{NAME}@{CHAMPION}', {tracking_uri(layout.mlruns)!r});"
+        "print(''.join(g.chars), 'mlflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["가나다", "False"]
 
 
 @pytest.mark.integration  # three short trainings, then two registering processes racing on one SQLite store

@@ -202,7 +202,7 @@ def test_keras_models_load_only_in_safe_mode():
 
 def test_code_never_loads_a_registered_model_around_its_sha256_check():
     """mlflow.pyfunc.load_model would run the stored code before any hash is checked: the project uses
-    `char_rnn.serving.load_version` (files checked against the version's sha256 tags, then read)."""
+    `char_rnn.bundle.load_registered` (files checked against the version's sha256 tags, then read)."""
     bypass = [
         where
         for where, call in _calls(("src", "pipelines"))

@@ -229,15 +229,12 @@ def generate(
         if model is not None and not model.startswith("models:/"):
             generator = load_generator({"model": Path(model), "vocab": vocab or layout.vocab})
         else:
-            import mlflow
-
-            from char_rnn.serving import load_registered
+            from char_rnn.bundle import load_registered
             from char_rnn.tracking import tracking_uri
 
-            mlflow.set_tracking_uri(tracking_uri(layout.mlruns))
             if model is None:
                 model = f"models:/{load_params(params or layout.params).registry.model_name}@champion"
-            generator = load_registered(model)
+            generator = load_registered(model, tracking_uri(layout.mlruns))
         result = generator.generate(prompt, sampling, num_samples)
     except (PipelineError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)

@@ -188,15 +188,21 @@ def rollback(model_name: str, by: str) -> dict[str, str | None]:
     return promote(f"models:/{model_name}/{previous.version}", "rollback to the previous champion", by)
 
 
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/name@alias` -> (name, alias, None); `models:/name/version` -> (name, None, version)."""
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/@]+)|/(\d+))", uri)
+    if match is None:
+        raise ModelNotFound(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    name, alias, number = match.groups()
+    return name, alias, number
+
+
 def resolve_version(uri: str) -> Any:
     """`models:/name@alias` or `models:/name/version` -> that ModelVersion (tags included)."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/@]+)|/(\d+))", uri)
-    if match is None:
-        raise ModelNotFound(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
-    name, alias, number = match.groups()
+    name, alias, number = parse_model_uri(uri)
     client = MlflowClient()
     try:
         return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)

@@ -27,12 +27,10 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from char_rnn.bundle import bundle_files
 from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
 from char_rnn.lineage import SERVING_PACKAGES, pip_requirements
-from char_rnn.registry import resolve_version
 
-RNN_BUNDLE = ("model", "vocab")  # artifact names; each file's sha256 is recorded as `<name>_sha256`
-HYBRID_BUNDLE = (*RNN_BUNDLE, "ngram", "hybrid")
 SHIM = "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\nset_model({model})\n"
 
 
@@ -147,38 +145,3 @@ def log_generator(
             pip_requirements=pip_requirements(*SERVING_PACKAGES),
             step=-1,
         )
-
-
-def load_registered(uri: str) -> Generator:
-    """The generator of a registered version, its files checked against the version's sha256 tags.
-
-    Only the bundled files are read (the `.keras` file in safe mode, the n-gram without pickle),
-    never the stored pyfunc code. The files must be exactly the ones the version's sha256 tags name,
-    so a hybrid whose artifact list lost its n-gram is refused, not served as the RNN alone.
-    """
-    from mlflow.models import Model
-
-    version = resolve_version(uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp)
-        )
-        bundled = Model.load(str(local)).flavors["python_function"].get("artifacts", {})
-        try:
-            files = bundle_files({name: entry["path"] for name, entry in bundled.items()}, local)
-        except GenerationError as exc:
-            raise GenerationError(f"{uri} (version {version.version}): {exc}") from None
-        tagged = {name for name in HYBRID_BUNDLE if f"{name}_sha256" in version.tags}
-        if tagged != set(files):
-            raise GenerationError(
-                f"{uri} (version {version.version}) bundles {', '.join(sorted(files))} but its sha256 tags"
-                f" name {', '.join(sorted(tagged))}"
-            )
-        return load_generator(files, {name: version.tags[f"{name}_sha256"] for name in files})
-
-
-def bundle_files(artifacts: dict[str, str], folder: Path) -> dict[str, Path]:
-    """The bundle's files by name: exactly the RNN's or the hybrid's, nothing else."""
-    if set(artifacts) not in (set(RNN_BUNDLE), set(HYBRID_BUNDLE)):
-        raise GenerationError(f"not a char-rnn generator bundle (artifacts: {', '.join(sorted(artifacts))})")
-    return {name: folder / path for name, path in artifacts.items()}

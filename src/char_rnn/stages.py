@@ -424,11 +424,11 @@ def register(params: Params, layout: Layout) -> Summary:
 def _gate(params: Params, layout: Layout, files: dict[str, Path], spec: Any) -> Any:
     """The candidate and the current champion scored on this run's text, as each would serve it."""
     from char_rnn import gate, registry
+    from char_rnn.bundle import load_registered
     from char_rnn.corpus import read_corpus
     from char_rnn.errors import PipelineError
     from char_rnn.generate import load_generator
     from char_rnn.heldout import scored_span
-    from char_rnn.serving import load_registered
 
     metric, name = params.registry.metric, params.registry.model_name
     text = gate.Text(read_corpus(layout.corpus), *scored_span(spec), params.evaluate.context)

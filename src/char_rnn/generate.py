@@ -28,7 +28,7 @@ from char_rnn.errors import PipelineError
 from char_rnn.hybrid import Weights, load_hybrid
 from char_rnn.inference import NumpyModel, pick
 from char_rnn.lineage import verify_sha256
-from char_rnn.ngram import KneserNey
+from char_rnn.ngram import KneserNey, Suffixes
 from char_rnn.windows import load_vocab
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,10 @@ class Mixture:
     ngram: KneserNey
     weights: Weights
 
-    def mix(self, p_rnn: np.ndarray, contexts: np.ndarray, recent: cache.Recent | None) -> np.ndarray:
-        """(batch, vocab) mixture after each row of `contexts` (the ids so far); `recent` is the cache."""
+    def mix(self, p_rnn: np.ndarray, suffixes: Suffixes, recent: cache.Recent | None) -> np.ndarray:
+        """(batch, vocab) mixture after each row's text so far (its n-gram `suffixes`; `recent`, the cache)."""
         p_cache = recent.distribution() if recent is not None else None
-        return self.weights.mix(p_rnn, self.ngram.next_distributions(contexts), p_cache)
+        return self.weights.mix(p_rnn, suffixes.distributions(), p_cache)
 
 
 def known_prompt(prompt: str, chars: list[str]) -> tuple[str, str]:
@@ -160,14 +160,15 @@ class Generator:
         distributions are the ones held-out scoring measured (`char_probabilities`).
         """
         assert self.mixture is not None
-        mixture, order = self.mixture, self.mixture.ngram.order
-        window = mixture.weights.cache_window
+        mixture, window = self.mixture, self.mixture.weights.cache_window
         recent = cache.Recent(text[:, :prompt], self.model.vocab_size, window) if window else None
+        suffixes = Suffixes(mixture.ngram, text[:, :prompt])
         states = self.model.initial_state(len(text))
         for t in range(prompt):
             probs, states = self.model.step(text[:, t], states)
         for n in range(prompt, text.shape[1]):
-            text[:, n] = choose(mixture.mix(probs, text[:, max(n - order + 1, 0) : n], recent), n)
+            text[:, n] = choose(mixture.mix(probs, suffixes, recent), n)
+            suffixes.push(text[:, n])
             if recent is not None:
                 recent.push(text[:, n])
             probs, states = self.model.step(text[:, n], states)

@@ -146,49 +146,12 @@ class KneserNey:
 
     def next_distributions(self, contexts: np.ndarray) -> np.ndarray:
         """(batch, V): the next character's distribution after each row of `contexts` (the ids so far,
-        oldest first; all rows equally long), for every row and character at once.
-
-        Generation asks this once per character, so nothing here loops over rows or characters: each
-        order's counts for a context are a contiguous run of its sorted keys (`_followers`), scattered
-        into the rows that have that context.
-        """
-        contexts = np.asarray(contexts, dtype=np.int64)
-        contexts = contexts[:, max(contexts.shape[1] - self.order + 1, 0) :]  # older characters never matter
-        probs = np.full((len(contexts), self.vocab_size), 1.0 / self.vocab_size)
-        for k in range(1, min(self.order, contexts.shape[1] + 1) + 1):
-            probs = self._interpolate_rows(k, self._suffix_rank(contexts, k - 1), probs)
-        return probs
-
-    def _suffix_rank(self, contexts: np.ndarray, m: int) -> np.ndarray:
-        """Per row, the rank of its last m ids among the training m-grams (UNSEEN if never seen)."""
-        rank = np.zeros(len(contexts), dtype=np.int64)
-        for j, column in enumerate(contexts[:, contexts.shape[1] - m :].T, start=1):
-            rank = self._lookup(j, rank, column)
-        return rank
-
-    def _interpolate_rows(self, k: int, context: np.ndarray, lower: np.ndarray) -> np.ndarray:
-        """`_interpolate` for whole distributions: (batch, V) at order k after each row's context rank."""
-        table, offsets = self.tables[k - 1], self._followers[k - 1]
-        safe = np.maximum(context, 0)
-        total = np.where(context != UNSEEN, table.totals[safe], 0.0)
-        seen = np.flatnonzero(total > 0)
-        out = lower.copy()
-        out[seen] *= table.backoff[safe[seen], None]
-        begin, end = offsets[safe[seen]], offsets[safe[seen] + 1]
-        sizes = end - begin
-        rows = np.repeat(seen, sizes)
-        keys = np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
-        share = np.maximum(table.counts[keys] - table.discount, 0.0) / total[rows]
-        out[rows, table.keys[keys] % self.vocab_size] += share
-        return out
+        oldest first; all rows equally long), for every row and character at once."""
+        return Suffixes(self, contexts).distributions()
 
     @cached_property
-    def _followers(self) -> list[np.ndarray]:
-        """Per order, where each context's k-grams start in the sorted keys (context rank * V + char)."""
-        return [
-            np.searchsorted(table.keys, np.arange(len(table.totals) + 1, dtype=np.int64) * self.vocab_size)
-            for table in self.tables
-        ]
+    def _flat(self) -> _Flat:
+        return _Flat.of(self)
 
     def bits_per_char(self, ids: np.ndarray, start: int, end: int | None = None) -> float:
         return bits_per_char(self.char_probabilities(ids, start, end))
@@ -208,6 +171,100 @@ class KneserNey:
             order = int(data["order"])
             tables = tuple(_load_order(data, k) for k in range(1, order + 1))
             return cls(order=order, vocab_size=int(data["vocab_size"]), tables=tables)
+
+
+@dataclass(frozen=True)
+class _Flat:
+    """Every order's tables end to end, so that one NumPy call serves all orders at once: order k's
+    keys are shifted by `key_base[k]` (the blocks stay sorted), its contexts start at `context_start[k]`."""
+
+    keys: np.ndarray  # all orders' keys, shifted, sorted
+    key_base: np.ndarray  # per order k (index k; 0 unused): shift of its keys
+    key_start: np.ndarray  # per order k: index of its first key in `keys`
+    context_start: np.ndarray  # per order k: index of its first context in `begin`, `end`, `totals`, `backoff`
+    begin: np.ndarray  # per context: its followers are keys[begin:end]
+    end: np.ndarray
+    totals: np.ndarray
+    backoff: np.ndarray
+    own: np.ndarray  # per key: max(count - D, 0) / total of its context, the order's own share
+    chars: np.ndarray  # per key: the character it predicts
+    unigram: np.ndarray  # (V,): order 1 over the uniform (its context is always the empty one)
+
+    @classmethod
+    def of(cls, model: KneserNey) -> _Flat:
+        v, tables = model.vocab_size, model.tables
+        n_keys = np.array([0] + [len(t.keys) for t in tables])
+        n_contexts = np.array([0] + [len(t.totals) for t in tables])
+        key_start, context_start = np.cumsum(n_keys)[:-1], np.cumsum(n_contexts)[:-1]
+        key_base = np.concatenate([[0], np.cumsum(n_contexts[1:] * v)[:-1]])
+        starts = [np.searchsorted(t.keys, np.arange(len(t.totals) + 1, dtype=np.int64) * v) for t in tables]
+        own = [np.maximum(t.counts - t.discount, 0.0) / t.totals[t.keys // v] for t in tables]
+        unigram = np.full(v, tables[0].backoff[0] / v)
+        unigram[tables[0].keys % v] += own[0]
+        return cls(
+            keys=np.concatenate([t.keys + key_base[i] for i, t in enumerate(tables)]),
+            key_base=np.concatenate([[0], key_base]),
+            key_start=np.concatenate([[0], key_start]),
+            context_start=np.concatenate([[0], context_start]),
+            begin=np.concatenate([s[:-1] + key_start[k] for k, s in enumerate(starts)]),
+            end=np.concatenate([s[1:] + key_start[k] for k, s in enumerate(starts)]),
+            totals=np.concatenate([t.totals for t in tables]),
+            backoff=np.concatenate([t.backoff for t in tables]),
+            own=np.concatenate(own),
+            chars=np.concatenate([t.keys % v for t in tables]),
+            unigram=unigram,
+        )
+
+
+class Suffixes:
+    """Each row's last 1 .. order-1 characters as ranks among the training n-grams, kept up to date as
+    generation appends one character per row. A step is a fixed number of NumPy calls whatever the
+    order, the batch or the vocabulary: every order is looked up and scattered at once (`_Flat`).
+
+    The distribution is the recursion of `_interpolate` unrolled from the highest order down:
+    P = own_K + b_K (own_{K-1} + b_{K-1} (... P_1)) = sum_k scale_k own_k + scale_1 P_1, where scale_k
+    is the product of the backoffs of the orders above k whose context was seen (an unseen context
+    keeps the lower order, as in scoring).
+    """
+
+    def __init__(self, model: KneserNey, contexts: np.ndarray) -> None:
+        contexts = np.asarray(contexts, dtype=np.int64)
+        self.model, self.flat = model, model._flat
+        self.ranks = np.full((model.order, len(contexts)), UNSEEN, dtype=np.int64)  # ranks[m]: last m ids
+        self.ranks[0] = 0  # the empty context
+        for column in contexts[:, contexts.shape[1] - min(model.order - 1, contexts.shape[1]) :].T:
+            self.push(column)
+
+    def push(self, ids: np.ndarray) -> None:
+        """Append one character to every row: its m-suffix is its old (m-1)-suffix followed by `ids`."""
+        flat, order = self.flat, self.model.order
+        if order == 1:
+            return
+        context = self.ranks[:-1]  # (order-1, batch): the old (m-1)-suffixes, m = 1 .. order-1
+        m = np.arange(1, order)[:, None]
+        key = flat.key_base[m] + context * self.model.vocab_size + np.asarray(ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(flat.keys, key), len(flat.keys) - 1)
+        found = (context != UNSEEN) & (flat.keys[pos] == key)
+        self.ranks[1:] = np.where(found, pos - flat.key_start[m], UNSEEN)
+
+    def distributions(self) -> np.ndarray:
+        """(batch, V): the next character's distribution after each row's text so far."""
+        flat, v = self.flat, self.model.vocab_size
+        batch, context = self.ranks.shape[1], self.ranks[1:]  # orders 2 .. K: contexts of 1 .. K-1 ids
+        index = flat.context_start[2 : self.model.order + 1, None] + np.maximum(context, 0)
+        total = np.where(context != UNSEEN, flat.totals[index], 0.0)
+        seen = total > 0
+        backoff = np.where(seen, flat.backoff[index], 1.0)
+        above = np.cumprod(backoff[::-1], axis=0)[::-1]  # above[i]: backoffs of order i+2 and higher
+        scale = np.concatenate([above[1:], np.ones((1, batch))])  # order i+2's own share is scaled by the orders above
+        pick = np.flatnonzero(seen)
+        begin, end = flat.begin[index.ravel()[pick]], flat.end[index.ravel()[pick]]
+        sizes = end - begin
+        keys = np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
+        rows = np.repeat(pick % batch, sizes)
+        share = flat.own[keys] * np.repeat(scale.ravel()[pick], sizes)
+        out = np.bincount(rows * v + flat.chars[keys], share, minlength=batch * v).reshape(batch, v)
+        return out + (above[0] if len(above) else np.ones(batch))[:, None] * flat.unigram
 
 
 def _load_order(data: np.lib.npyio.NpzFile, k: int) -> _Order:

@@ -139,6 +139,28 @@ def test_the_sampled_mixture_is_the_scored_mixture(repo_params: Params, ngram, w
     np.testing.assert_allclose(seen, scored, rtol=1e-5)
 
 
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_rows_generated_together_get_the_text_each_gets_alone(repo_params: Params, ngram, hybrid: bool) -> None:
+    """The server batches the requests that arrive together: prompts of other lengths, other lengths,
+    greedy and seeded draws, a cache window shorter than a prompt; each row must still be its own text."""
+    mixture = Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=3)) if hybrid else None
+    generator = Generator(untrained(repo_params, {"model.ensemble": 2}), CHARS, mixture)
+    requests = [
+        ("가나다라마바", Sampling(length=30, temperature=0.0)),
+        ("다#", Sampling(length=5, temperature=1.0, seed=3)),
+        ("하", Sampling(length=41, temperature=0.7, top_k=4, seed=9)),
+        ("라마바사아자차카", Sampling(length=5, temperature=1.3, seed=3)),
+    ]
+    rows = [generator.prepare(prompt, sampling) for prompt, sampling in requests]
+    together = list(generator.generate_rows(rows))
+    assert sorted(i for i, _ in together) == [0, 1, 2, 3]
+    assert [i for i, _ in together][:2] in ([1, 3], [3, 1])  # the short ones first: they do not wait
+    for i, generation in together:
+        assert generation == generator.generate(*requests[i])
+    with pytest.raises(GenerationError, match="no character of the prompt"):
+        generator.prepare("#?", Sampling())
+
+
 def test_a_mixture_that_does_not_fit_is_refused(repo_params: Params, ngram) -> None:
     from char_rnn.ngram import KneserNey
 

@@ -44,13 +44,47 @@ def test_a_prompt_that_is_not_text_is_refused_alike_by_the_rnn_and_the_hybrid(un
     mixture = Mixture(KneserNey.fit(text, TEXT_VOCAB, 3), Weights(0.5, 0.3, 0.2, cache_window=5))
     for generator in (Generator(as_runtime(untrained), chars), Generator(as_runtime(untrained), chars, mixture)):
         served = CharRNNGenerator({})
-        served.generator = generator
+        served.use(generator)
         answer = served.predict(None, pd.DataFrame([{"prompt": chars[3] + chars[1], "length": 5, "temperature": 0}]))
         assert len(answer["text"][0]) == 5
         for bad in (5, 2.5, None, [chars[0]]):
             with pytest.raises(MlflowException, match="prompt must be text") as refused:
                 served.predict(None, pd.DataFrame([{"prompt": bad, "length": 5}]))
             assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400
+
+
+def test_requests_that_arrive_while_one_runs_are_generated_together_each_with_its_own_text(untrained) -> None:
+    """The server's threads hand their rows to one batch; each still gets the text it gets alone."""
+    import threading
+
+    from char_rnn.batcher import Batcher
+
+    class Counted(Generator):
+        def generate_rows(self, rows):
+            batches.append(len(rows))
+            return super().generate_rows(rows)
+
+    chars, batches = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)], []
+    generator = Counted(as_runtime(untrained), chars)
+    batcher = Batcher(generator)
+    requests = [(chars[1] * 3, Sampling(length=4000, temperature=0.0))]  # long: the others arrive meanwhile
+    requests += [(chars[i] + chars[2 * i], Sampling(length=20 + i, temperature=1.0, seed=i)) for i in range(1, 7)]
+    answers: dict[int, object] = {}
+
+    def ask(i: int) -> None:
+        answers[i] = batcher.generate([generator.prepare(*requests[i])])[0]
+
+    first = threading.Thread(target=ask, args=(0,))
+    first.start()
+    while not batches:
+        time.sleep(0.001)
+    others = [threading.Thread(target=ask, args=(i,)) for i in range(1, len(requests))]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(timeout=120)
+    assert batches == [1, 6]
+    assert all(answers[i] == generator.generate(*requests[i]) for i in range(len(requests)))
 
 
 def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_generating(untrained) -> None:
@@ -60,7 +94,7 @@ def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_genera
 
     chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
     served = CharRNNGenerator({}, {"max_length": 50, "max_prompt": 100, "max_rows": 3})
-    served.generator = Generator(as_runtime(untrained), chars)
+    served.use(Generator(as_runtime(untrained), chars))
     fine = {"prompt": chars[0], "length": 50}
     assert len(served.predict(None, pd.DataFrame([fine] * 3))["text"][2]) == 50
     refused = {

@@ -10,6 +10,8 @@ only text before the predicted character, like every other model here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 
@@ -35,29 +37,37 @@ def char_probabilities(ids: np.ndarray, start: int, end: int | None, window: int
 
 class Recent:
     """The last `window` characters of each row, counted, as generation appends one character at a time:
-    the cache's distribution is then one division, not a count over the window per character."""
+    the cache's distribution is then one division, not a count over the window per character. Rows
+    may start from prompts of different lengths (requests served together)."""
 
-    def __init__(self, prompt: np.ndarray, vocab_size: int, window: int) -> None:
-        recent = np.asarray(prompt, dtype=np.int64)[:, -window:]
-        if not recent.shape[1]:
+    def __init__(self, prompts: Sequence[np.ndarray] | np.ndarray, vocab_size: int, window: int) -> None:
+        rows = [np.asarray(prompt, dtype=np.int64)[-window:] for prompt in prompts]
+        if not all(len(row) for row in rows):
             raise ValueError("the cache needs at least one character of context")
-        self.window, self.size = window, recent.shape[1]
-        self.ring = np.zeros((len(recent), window), dtype=np.int64)
-        self.ring[:, : self.size] = recent
-        self.oldest = self.size % window  # where the next character goes: the oldest one once the ring is full
-        self.counts = np.zeros((len(recent), vocab_size))
-        np.add.at(self.counts, (np.arange(len(recent))[:, None], recent), 1.0)
+        self.window = window
+        self.size = np.array([len(row) for row in rows])
+        self.oldest = self.size % window  # where each row's next character goes: its oldest once full
+        self.ring = np.zeros((len(rows), window), dtype=np.int64)
+        self.counts = np.zeros((len(rows), vocab_size))
+        for i, row in enumerate(rows):
+            self.ring[i, : len(row)] = row
+            np.add.at(self.counts[i], row, 1.0)
 
     def distribution(self) -> np.ndarray:
         """(batch, V): each character's share of the last `window` (or fewer, at first) characters."""
-        return self.counts / self.size
+        return self.counts / self.size[:, None]
 
     def push(self, ids: np.ndarray) -> None:
         rows = np.arange(len(ids))
-        if self.size == self.window:
-            self.counts[rows, self.ring[:, self.oldest]] -= 1.0
-        else:
-            self.size += 1
-        self.ring[:, self.oldest] = ids
+        full = rows[self.size == self.window]
+        self.counts[full, self.ring[full, self.oldest[full]]] -= 1.0
+        self.ring[rows, self.oldest] = ids
         self.counts[rows, ids] += 1.0
+        self.size = np.minimum(self.size + 1, self.window)
         self.oldest = (self.oldest + 1) % self.window
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Only these rows from now on (the others' requests are done)."""
+        self.size, self.oldest, self.ring, self.counts = (
+            a[rows] for a in (self.size, self.oldest, self.ring, self.counts)
+        )

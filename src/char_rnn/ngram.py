@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -234,6 +235,18 @@ class Suffixes:
         self.ranks[0] = 0  # the empty context
         for column in contexts[:, contexts.shape[1] - min(model.order - 1, contexts.shape[1]) :].T:
             self.push(column)
+
+    @classmethod
+    def of_rows(cls, model: KneserNey, prompts: Sequence[np.ndarray]) -> Suffixes:
+        """Rows whose texts differ in length (requests served together)."""
+        suffixes = cls(model, np.zeros((len(prompts), 0), dtype=np.int64))
+        for i, prompt in enumerate(prompts):
+            suffixes.ranks[:, i] = cls(model, np.asarray(prompt)[None, :]).ranks[:, 0]
+        return suffixes
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Only these rows from now on (the others' requests are done)."""
+        self.ranks = self.ranks[:, rows]
 
     def push(self, ids: np.ndarray) -> None:
         """Append one character to every row: its m-suffix is its old (m-1)-suffix followed by `ids`."""

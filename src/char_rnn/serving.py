@@ -27,6 +27,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
+from char_rnn.batcher import Batcher
 from char_rnn.bundle import bundle_files
 from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
 from char_rnn.lineage import SERVING_PACKAGES, pip_requirements
@@ -43,6 +44,7 @@ class CharRNNGenerator(PythonModel):
     """
 
     generator: Generator
+    batcher: Batcher
 
     def __init__(self, digests: dict[str, str] | None = None, limits: dict[str, int] | None = None) -> None:
         self.digests = digests
@@ -51,7 +53,11 @@ class CharRNNGenerator(PythonModel):
     def load_context(self, context: Any) -> None:
         files = bundle_files(context.artifacts, Path("."))
         digests = self.digests if self.digests is not None else (context.model_config or {}).get("sha256", {})
-        self.generator = load_generator(files, digests)
+        self.use(load_generator(files, digests))
+
+    def use(self, generator: Generator) -> None:
+        """Serve this generator; requests that arrive together are generated as one batch."""
+        self.generator, self.batcher = generator, Batcher(generator)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -64,11 +70,11 @@ class CharRNNGenerator(PythonModel):
                 prompt, sampling = prompt_of(row), sampling_of(row)
                 within(len(prompt), self.limits.get("max_prompt"), "prompt characters")
                 within(sampling.length, self.limits.get("max_length"), "length")
-                result = self.generator.generate(prompt, sampling)
-                rows.append({"text": result.texts[0], "dropped": result.dropped})
+                rows.append(self.generator.prepare(prompt, sampling))
         except GenerationError as exc:  # the caller's mistake: HTTP 400, not 500
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
-        return pd.DataFrame(rows, columns=["text", "dropped"])
+        results = self.batcher.generate(rows)  # with the rows of the requests that arrived meanwhile
+        return pd.DataFrame([[r.texts[0], r.dropped] for r in results], columns=["text", "dropped"])
 
 
 def within(value: int, limit: int | None, what: str) -> None:

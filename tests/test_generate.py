@@ -141,8 +141,11 @@ def test_the_sampled_mixture_is_the_scored_mixture(repo_params: Params, ngram, w
 
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_rows_generated_together_get_the_text_each_gets_alone(repo_params: Params, ngram, hybrid: bool) -> None:
-    """The server batches the requests that arrive together: prompts of other lengths, other lengths,
-    greedy and seeded draws, a cache window shorter than a prompt; each row must still be its own text."""
+    """The server steps the requests it serves as one batch, and a request joins it between two
+    characters: prompts of other lengths, other lengths, greedy and seeded draws, a cache window
+    shorter than a prompt; each row must still get its own text, and leave as soon as it has it."""
+    from char_rnn.batcher import Rows
+
     mixture = Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=3)) if hybrid else None
     generator = Generator(untrained(repo_params, {"model.ensemble": 2}), CHARS, mixture)
     requests = [
@@ -150,13 +153,19 @@ def test_rows_generated_together_get_the_text_each_gets_alone(repo_params: Param
         ("다#", Sampling(length=5, temperature=1.0, seed=3)),
         ("하", Sampling(length=41, temperature=0.7, top_k=4, seed=9)),
         ("라마바사아자차카", Sampling(length=5, temperature=1.3, seed=3)),
+        ("마", Sampling(length=12, temperature=1.0, seed=5)),  # joins after 20 characters of the others
     ]
-    rows = [generator.prepare(prompt, sampling) for prompt, sampling in requests]
-    together = list(generator.generate_rows(rows))
-    assert sorted(i for i, _ in together) == [0, 1, 2, 3]
-    assert [i for i, _ in together][:2] in ([1, 3], [3, 1])  # the short ones first: they do not wait
-    for i, generation in together:
-        assert generation == generator.generate(*requests[i])
+    rows = Rows(generator)
+    assert rows.add([generator.prepare(*request) for request in requests[:4]]) == [0, 1, 2, 3]
+    finished: list[tuple[int, int, object]] = []  # (step, row, generation)
+    for step in range(1, 42):
+        if step == 21:
+            assert rows.add([generator.prepare(*requests[4])]) == [4]
+        finished += [(step, number, generation) for number, generation in rows.step()]
+    assert [(step, number) for step, number, _ in finished] == [(5, 1), (5, 3), (30, 0), (32, 4), (41, 2)]
+    assert not len(rows.live) and not rows.rows  # nothing kept of the rows that left
+    for _, number, generation in finished:
+        assert generation == generator.generate(*requests[number])
     with pytest.raises(GenerationError, match="no character of the prompt"):
         generator.prepare("#?", Sampling())
 

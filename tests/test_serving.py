@@ -11,10 +11,11 @@ import time
 import urllib.error
 import urllib.request
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from char_rnn.generate import GenerationError, Generator, Mixture, Sampling
+from char_rnn.generate import Generation, GenerationError, Generator, Mixture, Row, Sampling
 from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params
@@ -53,38 +54,37 @@ def test_a_prompt_that_is_not_text_is_refused_alike_by_the_rnn_and_the_hybrid(un
             assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400
 
 
-def test_requests_that_arrive_while_one_runs_are_generated_together_each_with_its_own_text(untrained) -> None:
-    """The server's threads hand their rows to one batch; each still gets the text it gets alone."""
+def test_concurrent_requests_each_get_their_own_text_and_a_short_one_does_not_wait_for_a_long_one(
+    untrained,
+) -> None:
+    """The server's threads hand their rows to one generation thread (char_rnn.batcher)."""
     import threading
 
     from char_rnn.batcher import Batcher
 
-    class Counted(Generator):
-        def generate_rows(self, rows):
-            batches.append(len(rows))
-            return super().generate_rows(rows)
-
-    chars, batches = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)], []
-    generator = Counted(as_runtime(untrained), chars)
+    chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
+    generator = Generator(as_runtime(untrained), chars)
     batcher = Batcher(generator)
-    requests = [(chars[1] * 3, Sampling(length=4000, temperature=0.0))]  # long: the others arrive meanwhile
+    requests = [(chars[1] * 3, Sampling(length=10_000, temperature=0.0))]  # long: the others arrive meanwhile
     requests += [(chars[i] + chars[2 * i], Sampling(length=20 + i, temperature=1.0, seed=i)) for i in range(1, 7)]
     answers: dict[int, object] = {}
+    order: list[int] = []
 
     def ask(i: int) -> None:
         answers[i] = batcher.generate([generator.prepare(*requests[i])])[0]
+        order.append(i)
 
-    first = threading.Thread(target=ask, args=(0,))
-    first.start()
-    while not batches:
-        time.sleep(0.001)
-    others = [threading.Thread(target=ask, args=(i,)) for i in range(1, len(requests))]
-    for thread in others:
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    for thread in threads:
         thread.start()
-    for thread in [first, *others]:
+    for thread in threads:
         thread.join(timeout=120)
-    assert batches == [1, 6]
+    assert order[-1] == 0 and sorted(order) == list(range(len(requests)))
     assert all(answers[i] == generator.generate(*requests[i]) for i in range(len(requests)))
+    broken = Row(np.array([TEXT_VOCAB + 5]), Sampling(length=5), Generation("", "", []))  # an id past the vocabulary
+    with pytest.raises(IndexError):  # a failure reaches its caller, and the generation thread serves on
+        batcher.generate([broken])
+    assert batcher.generate([generator.prepare(*requests[1])])[0] == answers[1]
 
 
 def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_generating(untrained) -> None:

@@ -1,11 +1,16 @@
-"""Requests that arrive together are generated together, as one batch.
+"""Requests served at the same time are generated together, one batch row each.
 
 Why: a character of the kolaw hybrid (5 x GRU(256)) is five small matrix-vector products that read
 about 7 MB of weights; four rows cost hardly more than one. The model server calls `predict` from a
 thread per request, and four threads taking turns on the GIL for one row each ran at a third of one
-thread's speed. So the rows of the requests waiting while a batch runs form the next batch
-(`Generator.generate_rows`), and each request returns as soon as its own rows are done. There is no
-waiting window: a lone request starts at once and pays nothing for the batching.
+thread's speed. So one generation thread steps every live row together (`Rows`): a request that
+arrives joins the batch before the next character, and leaves it, answered, as soon as its own
+length is reached, whatever the other rows still have to go. No waiting window: a lone request
+starts at once and pays nothing for the batching.
+
+Each row reads its prompt alone and draws from its own generator, seeded as `Generator.generate`
+seeds it, so a row gets the text `generate` gives it alone (up to the rounding of a batched matrix
+product, which the tests have not seen change a character).
 """
 
 from __future__ import annotations
@@ -13,7 +18,98 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from char_rnn.generate import Generation, Generator, Row
+import numpy as np
+
+from char_rnn import cache
+from char_rnn.generate import Generation, Generator, Row, seed_of
+from char_rnn.inference import NumpyModel, State, pick
+from char_rnn.ngram import Suffixes
+
+
+class Rows:
+    """The rows being generated: per row its text so far and its random generator; for the batch the
+    recurrent states, the next-character probabilities and, for the hybrid, the n-gram's suffixes and
+    the cache. Rows are numbered in the order they were added."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+        self.rows: dict[int, Row] = {}
+        self.texts: dict[int, list[int]] = {}
+        self.rngs: dict[int, np.random.Generator] = {}
+        self.added = 0
+        self.live = np.zeros(0, dtype=np.int64)  # the live rows' numbers, in batch order
+        self.states: list[State] = []
+        self.probs = np.zeros((0, generator.model.vocab_size), np.float32)
+        self.suffixes: Suffixes | None = None
+        self.recent: cache.Recent | None = None
+
+    def add(self, rows: list[Row]) -> list[int]:
+        """The rows join the batch (their prompts read first); returns their numbers."""
+        generator, prompts = self.generator, [row.ids for row in rows]
+        mixture = generator.mixture
+        states, probs = read_prompts(generator.model, prompts)
+        suffixes = Suffixes.of_rows(mixture.ngram, prompts) if mixture else None
+        window = mixture.weights.cache_window if mixture else 0
+        recent = cache.Recent(prompts, generator.model.vocab_size, window) if window else None
+        numbers = list(range(self.added, self.added + len(rows)))
+        for number, row in zip(numbers, rows):
+            self.rows[number], self.texts[number] = row, []
+            self.rngs[number] = np.random.default_rng(seed_of(row.sampling))
+        self.added += len(rows)
+        if len(self.live):
+            states = [tuple(map(_stack, old, new)) for old, new in zip(self.states, states)]
+            probs = np.concatenate([self.probs, probs])
+            suffixes = self.suffixes.join(suffixes) if self.suffixes and suffixes else suffixes
+            recent = self.recent.join(recent) if self.recent and recent else recent
+        self.states, self.probs, self.suffixes, self.recent = states, probs, suffixes, recent
+        self.live = np.concatenate([self.live, numbers])
+        return numbers
+
+    def step(self) -> list[tuple[int, Generation]]:
+        """One character for every live row; returns the rows that reached their length, which leave."""
+        generator = self.generator
+        mixed = generator.mixture.mix(self.probs, self.suffixes, self.recent) if self.suffixes else self.probs
+        ids = np.empty(len(self.live), np.int32)
+        for j, number in enumerate(self.live):
+            sampling = self.rows[number].sampling
+            ids[j] = pick(mixed[j : j + 1], sampling.temperature, sampling.top_k, self.rngs[number])[0]
+            self.texts[number].append(int(ids[j]))
+        going = np.array([len(self.texts[n]) < self.rows[n].sampling.length for n in self.live], dtype=bool)
+        done = [(int(number), self._leave(number)) for number in self.live[~going]]
+        if done:
+            keep = np.flatnonzero(going)
+            self.live, ids = self.live[keep], ids[keep]
+            self.states = [tuple(part[:, keep] for part in state) for state in self.states]
+            for part in (self.suffixes, self.recent):
+                if part is not None:
+                    part.keep(keep)
+        if len(self.live):
+            for part in (self.suffixes, self.recent):
+                if part is not None:
+                    part.push(ids)
+            self.probs, self.states = generator.model.step(ids, self.states)
+        return done
+
+    def _leave(self, number: int) -> Generation:
+        row, text = self.rows.pop(number), self.texts.pop(number)
+        del self.rngs[number]
+        return Generation(row.start.prompt, row.start.dropped, ["".join(self.generator.chars[c] for c in text)])
+
+
+def read_prompts(model: NumpyModel, prompts: list[np.ndarray]) -> tuple[list[State], np.ndarray]:
+    """Each prompt read alone (batch 1, as `generate` reads it), the states then stacked as one batch."""
+    read = []
+    for ids in prompts:
+        states = model.initial_state(1)
+        for i in ids:
+            probs, states = model.step(np.array([i]), states)
+        read.append((states, probs))
+    stacked = [tuple(map(_stack, *(states[layer] for states, _ in read))) for layer in range(len(read[0][0]))]
+    return stacked, np.concatenate([probs for _, probs in read])
+
+
+def _stack(*parts: np.ndarray) -> np.ndarray:
+    return np.concatenate(parts, axis=1)  # (members, batch, units): rows along the batch axis
 
 
 @dataclass
@@ -28,49 +124,48 @@ class _Job:
 
 
 class Batcher:
-    """Runs one batch at a time; whichever waiting request finds none running runs the next one."""
+    """The queue of rows waiting to join, and the one thread that generates every live row, at most
+    `max_rows` at a time (started with the first request; a daemon, it ends with the server)."""
 
     def __init__(self, generator: Generator, max_rows: int = 64) -> None:
         self.generator, self.max_rows = generator, max_rows
         self._turn = threading.Condition()
         self._queue: list[_Job] = []
-        self._running = False
+        self._thread: threading.Thread | None = None
 
     def generate(self, rows: list[Row]) -> list[Generation]:
-        """Each row's continuation, generated with whatever other requests are waiting."""
+        """Each row's continuation, generated with the other requests being served."""
         jobs = [_Job(row) for row in rows]
         with self._turn:
             self._queue.extend(jobs)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="char-rnn-batcher", daemon=True)
+                self._thread.start()
+            self._turn.notify_all()
+            self._turn.wait_for(lambda: all(job.done for job in jobs))
+        for job in jobs:
+            if job.error is not None:
+                raise job.error
+        return [job.generation for job in jobs if job.generation is not None]
+
+    def _serve(self) -> None:
+        rows, jobs = Rows(self.generator), {}
         while True:
             with self._turn:
-                while self._running and not all(job.done for job in jobs):
-                    self._turn.wait()
-                if all(job.done for job in jobs):
-                    return [self._outcome(job) for job in jobs]
-                self._running = True
-                batch, self._queue = self._queue[: self.max_rows], self._queue[self.max_rows :]
+                if not len(rows.live):
+                    self._turn.wait_for(lambda: self._queue)
+                free = self.max_rows - len(rows.live)
+                joining, self._queue = self._queue[:free], self._queue[free:]
             try:
-                self._run(batch)
-            finally:
-                with self._turn:
-                    self._running = False
-                    self._turn.notify_all()
-
-    def _run(self, batch: list[_Job]) -> None:
-        try:
-            for i, generation in self.generator.generate_rows([job.row for job in batch]):
-                with self._turn:
-                    batch[i].generation = generation
-                    self._turn.notify_all()
-        except Exception as exc:  # every request of the batch learns why, none waits forever
+                if joining:
+                    jobs.update(zip(rows.add([job.row for job in joining]), joining))
+                done = rows.step()
+            except Exception as exc:  # every request in the batch learns why; none waits forever
+                done, failed = [], [*jobs.values(), *joining]  # joining: not numbered if `add` failed
+                rows, jobs = Rows(self.generator), {}
+                for job in failed:
+                    job.error = exc
             with self._turn:
-                for job in batch:
-                    if not job.done:
-                        job.error = exc
-
-    @staticmethod
-    def _outcome(job: _Job) -> Generation:
-        if job.error is not None:
-            raise job.error
-        assert job.generation is not None
-        return job.generation
+                for number, generation in done:
+                    jobs.pop(number).generation = generation
+                self._turn.notify_all()

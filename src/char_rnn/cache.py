@@ -71,3 +71,13 @@ class Recent:
         self.size, self.oldest, self.ring, self.counts = (
             a[rows] for a in (self.size, self.oldest, self.ring, self.counts)
         )
+
+    def join(self, other: Recent) -> Recent:
+        """`other`'s rows after these (requests that joined the batch)."""
+        self.size, self.oldest, self.ring, self.counts = (
+            np.concatenate([a, b])
+            for a, b in zip(
+                (self.size, self.oldest, self.ring, self.counts), (other.size, other.oldest, other.ring, other.counts)
+            )
+        )
+        return self

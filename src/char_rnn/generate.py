@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,54 +158,6 @@ class Generator:
         if not kept:
             raise GenerationError(f"no character of the prompt {prompt!r} is in the model's vocabulary")
         return Row(np.array([self._index[c] for c in kept]), sampling, Generation(kept, dropped, []))
-
-    def generate_rows(self, rows: list[Row]) -> Iterator[tuple[int, Generation]]:
-        """One continuation per row, all rows stepped together as one batch (the server's requests that
-        arrived together): yields (row index, its Generation) as each row reaches its length, and goes on
-        with the rest. Each row's prompt is read alone and each row draws from its own generator,
-        seeded as `generate` seeds it, so a row gets the text `generate` gives it alone (up to the
-        rounding of a batched matrix product)."""
-        states, probs = self._read_prompts([row.ids for row in rows])
-        rngs = [np.random.default_rng(seed_of(row.sampling)) for row in rows]
-        window = self.mixture.weights.cache_window if self.mixture else 0
-        suffixes = Suffixes.of_rows(self.mixture.ngram, [r.ids for r in rows]) if self.mixture else None
-        recent = cache.Recent([r.ids for r in rows], self.model.vocab_size, window) if window else None
-        lengths = np.array([row.sampling.length for row in rows])
-        live, out = np.arange(len(rows)), np.empty((len(rows), lengths.max()), np.int32)
-        for n in range(out.shape[1]):
-            mixed = self.mixture.mix(probs, suffixes, recent) if suffixes is not None else probs
-            for j, i in enumerate(live):
-                sampling = rows[i].sampling
-                out[i, n] = pick(mixed[j : j + 1], sampling.temperature, sampling.top_k, rngs[i])[0]
-            going = lengths[live] > n + 1
-            if not going.all():
-                for i in live[~going]:
-                    text = "".join(self.chars[c] for c in out[i, : n + 1])
-                    yield int(i), Generation(rows[i].start.prompt, rows[i].start.dropped, [text])
-                if not going.any():
-                    return
-                live, keep = live[going], np.flatnonzero(going)
-                states = [tuple(part[:, keep] for part in state) for state in states]
-                for part in (suffixes, recent):
-                    if part is not None:
-                        part.keep(keep)
-            ids = out[live, n]
-            for part in (suffixes, recent):
-                if part is not None:
-                    part.push(ids)
-            probs, states = self.model.step(ids, states)
-
-    def _read_prompts(self, prompts: list[np.ndarray]) -> tuple[list[inference.State], np.ndarray]:
-        """Each prompt read alone (batch 1, as `generate` reads it), the states then stacked as one batch."""
-        read = []
-        for ids in prompts:
-            states = self.model.initial_state(1)
-            for i in ids:
-                probs, states = self.model.step(np.array([i]), states)
-            read.append((states, probs))
-        layers = [[states[layer] for states, _ in read] for layer in range(len(read[0][0]))]
-        stacked = [tuple(np.concatenate(parts, axis=1) for parts in zip(*layer)) for layer in layers]
-        return stacked, np.concatenate([probs for _, probs in read])
 
     def _run_mixture(self, prompt_ids: list[int], batch: int, sampling: Sampling) -> np.ndarray:
         """As `NumpyModel.run`, each character drawn from the mixture after the text so far."""

@@ -248,6 +248,11 @@ class Suffixes:
         """Only these rows from now on (the others' requests are done)."""
         self.ranks = self.ranks[:, rows]
 
+    def join(self, other: Suffixes) -> Suffixes:
+        """`other`'s rows after these (requests that joined the batch)."""
+        self.ranks = np.concatenate([self.ranks, other.ranks], axis=1)
+        return self
+
     def push(self, ids: np.ndarray) -> None:
         """Append one character to every row: its m-suffix is its old (m-1)-suffix followed by `ids`."""
         flat, order = self.flat, self.model.order

@@ -59,8 +59,7 @@ class Recent:
 
     def push(self, ids: np.ndarray) -> None:
         rows = np.arange(len(ids))
-        full = rows[self.size == self.window]
-        self.counts[full, self.ring[full, self.oldest[full]]] -= 1.0
+        self.counts[rows, self.ring[rows, self.oldest]] -= self.size == self.window  # a full row forgets its oldest
         self.ring[rows, self.oldest] = ids
         self.counts[rows, ids] += 1.0
         self.size = np.minimum(self.size + 1, self.window)

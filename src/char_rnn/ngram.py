@@ -179,14 +179,14 @@ class _Flat:
     """Every order's tables end to end, so that one NumPy call serves all orders at once: order k's
     keys are shifted by `key_base[k]` (the blocks stay sorted), its contexts start at `context_start[k]`."""
 
-    keys: np.ndarray  # all orders' keys, shifted, sorted
+    keys: np.ndarray  # all orders' keys, shifted, sorted, then a sentinel above every key
     key_base: np.ndarray  # per order k (index k; 0 unused): shift of its keys
     key_start: np.ndarray  # per order k: index of its first key in `keys`
-    context_start: np.ndarray  # per order k: index of its first context in `begin`, `end`, `totals`, `backoff`
+    context_start: np.ndarray  # per order k: where its contexts start in `begin` ... `backoff`: its sentinel
     begin: np.ndarray  # per context: its followers are keys[begin:end]
     end: np.ndarray
     totals: np.ndarray
-    backoff: np.ndarray
+    backoff: np.ndarray  # 1 where the context has no followers: the lower order is kept whole
     own: np.ndarray  # per key: max(count - D, 0) / total of its context, the order's own share
     chars: np.ndarray  # per key: the character it predicts
     unigram: np.ndarray  # (V,): order 1 over the uniform (its context is always the empty one)
@@ -196,21 +196,23 @@ class _Flat:
         v, tables = model.vocab_size, model.tables
         n_keys = np.array([0] + [len(t.keys) for t in tables])
         n_contexts = np.array([0] + [len(t.totals) for t in tables])
-        key_start, context_start = np.cumsum(n_keys)[:-1], np.cumsum(n_contexts)[:-1]
+        key_start, context_start = np.cumsum(n_keys)[:-1], np.cumsum(np.r_[0, n_contexts[1:] + 1])[:-1]
         key_base = np.concatenate([[0], np.cumsum(n_contexts[1:] * v)[:-1]])
+        # Each order's contexts follow a sentinel (no followers): where UNSEEN (-1) lands, so that a
+        # step looks contexts up without testing for UNSEEN.
         starts = [np.searchsorted(t.keys, np.arange(len(t.totals) + 1, dtype=np.int64) * v) for t in tables]
         own = [np.maximum(t.counts - t.discount, 0.0) / t.totals[t.keys // v] for t in tables]
         unigram = np.full(v, tables[0].backoff[0] / v)
         unigram[tables[0].keys % v] += own[0]
         return cls(
-            keys=np.concatenate([t.keys + key_base[i] for i, t in enumerate(tables)]),
+            keys=np.concatenate([*(t.keys + key_base[i] for i, t in enumerate(tables)), [np.iinfo(np.int64).max]]),
             key_base=np.concatenate([[0], key_base]),
             key_start=np.concatenate([[0], key_start]),
             context_start=np.concatenate([[0], context_start]),
-            begin=np.concatenate([s[:-1] + key_start[k] for k, s in enumerate(starts)]),
-            end=np.concatenate([s[1:] + key_start[k] for k, s in enumerate(starts)]),
-            totals=np.concatenate([t.totals for t in tables]),
-            backoff=np.concatenate([t.backoff for t in tables]),
+            begin=np.concatenate([np.r_[0, s[:-1] + key_start[k]] for k, s in enumerate(starts)]),
+            end=np.concatenate([np.r_[0, s[1:] + key_start[k]] for k, s in enumerate(starts)]),
+            totals=np.concatenate([np.r_[0.0, t.totals] for t in tables]),
+            backoff=np.concatenate([np.r_[1.0, np.where(t.totals > 0, t.backoff, 1.0)] for t in tables]),
             own=np.concatenate(own),
             chars=np.concatenate([t.keys % v for t in tables]),
             unigram=unigram,
@@ -231,6 +233,11 @@ class Suffixes:
     def __init__(self, model: KneserNey, contexts: np.ndarray) -> None:
         contexts = np.asarray(contexts, dtype=np.int64)
         self.model, self.flat = model, model._flat
+        self.contexts = self.flat.context_start[2 : model.order + 1, None] + 1  # rank 0 of orders 2 .. K
+        self.key_base, self.key_start = (
+            self.flat.key_base[1 : model.order, None],
+            self.flat.key_start[1 : model.order, None],
+        )
         self.ranks = np.full((model.order, len(contexts)), UNSEEN, dtype=np.int64)  # ranks[m]: last m ids
         self.ranks[0] = 0  # the empty context
         for column in contexts[:, contexts.shape[1] - min(model.order - 1, contexts.shape[1]) :].T:
@@ -255,28 +262,22 @@ class Suffixes:
 
     def push(self, ids: np.ndarray) -> None:
         """Append one character to every row: its m-suffix is its old (m-1)-suffix followed by `ids`."""
-        flat, order = self.flat, self.model.order
-        if order == 1:
-            return
         context = self.ranks[:-1]  # (order-1, batch): the old (m-1)-suffixes, m = 1 .. order-1
-        m = np.arange(1, order)[:, None]
-        key = flat.key_base[m] + context * self.model.vocab_size + np.asarray(ids, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(flat.keys, key), len(flat.keys) - 1)
-        found = (context != UNSEEN) & (flat.keys[pos] == key)
-        self.ranks[1:] = np.where(found, pos - flat.key_start[m], UNSEEN)
+        key = self.key_base + context * self.model.vocab_size + np.asarray(ids, dtype=np.int64)
+        pos = np.searchsorted(self.flat.keys, key)  # at most the sentinel's index
+        found = (context != UNSEEN) & (self.flat.keys[pos] == key)
+        self.ranks[1:] = np.where(found, pos - self.key_start, UNSEEN)
 
     def distributions(self) -> np.ndarray:
         """(batch, V): the next character's distribution after each row's text so far."""
         flat, v = self.flat, self.model.vocab_size
         batch, context = self.ranks.shape[1], self.ranks[1:]  # orders 2 .. K: contexts of 1 .. K-1 ids
-        index = flat.context_start[2 : self.model.order + 1, None] + np.maximum(context, 0)
-        total = np.where(context != UNSEEN, flat.totals[index], 0.0)
-        seen = total > 0
-        backoff = np.where(seen, flat.backoff[index], 1.0)
-        above = np.cumprod(backoff[::-1], axis=0)[::-1]  # above[i]: backoffs of order i+2 and higher
+        index = self.contexts + context  # UNSEEN: the order's sentinel
+        above = np.cumprod(flat.backoff[index][::-1], axis=0)[::-1]  # above[i]: backoffs of order i+2 and higher
         scale = np.concatenate([above[1:], np.ones((1, batch))])  # order i+2's own share is scaled by the orders above
-        pick = np.flatnonzero(seen)
-        begin, end = flat.begin[index.ravel()[pick]], flat.end[index.ravel()[pick]]
+        pick = np.flatnonzero(flat.totals[index] > 0)
+        seen = index.ravel()[pick]
+        begin, end = flat.begin[seen], flat.end[seen]
         sizes = end - begin
         keys = np.repeat(begin - np.cumsum(sizes) + sizes, sizes) + np.arange(sizes.sum())
         rows = np.repeat(pick % batch, sizes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -202,8 +203,16 @@ def test_the_local_store_read_directly_finds_what_mlflow_finds(files: dict[str, 
             registry.resolve_version(gone)
         with pytest.raises(registry.ModelNotFound, match="not in the registry"):
             read_local_store(gone, store)
+    with pytest.raises(registry.ModelNotFound):
+        read_local_store(f"models:/{NAME}/99999999999999999999", store)
     assert read_local_store(f"models:/{NAME}@latest", store) is None  # MLflow's: the highest version
     assert read_local_store(f"models:/{NAME}@{CHAMPION}", "http://127.0.0.1:5000") is None
+    assert read_local_store(f"models:/{NAME}@{CHAMPION}", f"{store}?timeout=30") is None  # SQLAlchemy's query
+    relative = os.path.relpath(store.removeprefix("sqlite:///"))  # `sqlite:///mlruns/mlflow.db`, from the cwd
+    assert read_local_store(f"models:/{NAME}/1", f"sqlite:///{relative}").version == "1"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_REGISTRY_URI", store)  # aliases may live in another registry: MLflow's client reads it
+        assert read_local_store(f"models:/{NAME}/1", store) is None
 
 
 def test_generating_from_a_local_store_imports_no_mlflow(files: dict[str, Path], layout: Layout) -> None:

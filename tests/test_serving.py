@@ -81,10 +81,17 @@ def test_concurrent_requests_each_get_their_own_text_and_a_short_one_does_not_wa
         thread.join(timeout=120)
     assert order[-1] == 0 and sorted(order) == list(range(len(requests)))
     assert all(answers[i] == generator.generate(*requests[i]) for i in range(len(requests)))
+    # A row that cannot be read fails alone: the request being generated meanwhile still gets its text.
+    long = threading.Thread(target=ask, args=(0,))
+    long.start()
     broken = Row(np.array([TEXT_VOCAB + 5]), Sampling(length=5), Generation("", "", []))  # an id past the vocabulary
-    with pytest.raises(IndexError):  # a failure reaches its caller, and the generation thread serves on
+    with pytest.raises(IndexError):
         batcher.generate([broken])
-    assert batcher.generate([generator.prepare(*requests[1])])[0] == answers[1]
+    long.join(timeout=120)
+    assert order[-1] == 0 and answers[0] == generator.generate(*requests[0])
+    assert batcher.generate([generator.prepare(*requests[1])])[0] == answers[1]  # and the thread serves on
+    with pytest.raises(ValueError, match="max_rows"):
+        Batcher(generator, max_rows=0)
 
 
 def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_generating(untrained) -> None:

@@ -42,6 +42,7 @@ class Rows:
         self.probs = np.zeros((0, generator.model.vocab_size), np.float32)
         self.suffixes: Suffixes | None = None
         self.recent: cache.Recent | None = None
+        self.chosen = np.zeros(0, np.int32)  # the live rows' last characters, not yet read
 
     def add(self, rows: list[Row]) -> list[int]:
         """The rows join the batch (their prompts read first); returns their numbers."""
@@ -59,36 +60,48 @@ class Rows:
         if len(self.live):
             states = [tuple(map(_stack, old, new)) for old, new in zip(self.states, states)]
             probs = np.concatenate([self.probs, probs])
-            suffixes = self.suffixes.join(suffixes) if self.suffixes and suffixes else suffixes
-            recent = self.recent.join(recent) if self.recent and recent else recent
+            suffixes = self.suffixes.join(suffixes) if self.suffixes is not None and suffixes else suffixes
+            recent = self.recent.join(recent) if self.recent is not None and recent else recent
         self.states, self.probs, self.suffixes, self.recent = states, probs, suffixes, recent
         self.live = np.concatenate([self.live, numbers])
         return numbers
 
     def step(self) -> list[tuple[int, Generation]]:
         """One character for every live row; returns the rows that reached their length, which leave."""
+        done = self.choose()
+        self.advance()
+        return done
+
+    def choose(self) -> list[tuple[int, Generation]]:
+        """Each live row's next character; the rows that reached their length leave, with their text."""
+        if not len(self.live):
+            return []
         generator = self.generator
-        mixed = generator.mixture.mix(self.probs, self.suffixes, self.recent) if self.suffixes else self.probs
-        ids = np.empty(len(self.live), np.int32)
+        mixed = self.probs if self.suffixes is None else generator.mixture.mix(self.probs, self.suffixes, self.recent)
+        self.chosen = np.empty(len(self.live), np.int32)
         for j, number in enumerate(self.live):
             sampling = self.rows[number].sampling
-            ids[j] = pick(mixed[j : j + 1], sampling.temperature, sampling.top_k, self.rngs[number])[0]
-            self.texts[number].append(int(ids[j]))
+            self.chosen[j] = pick(mixed[j : j + 1], sampling.temperature, sampling.top_k, self.rngs[number])[0]
+            self.texts[number].append(int(self.chosen[j]))
         going = np.array([len(self.texts[n]) < self.rows[n].sampling.length for n in self.live], dtype=bool)
         done = [(int(number), self._leave(number)) for number in self.live[~going]]
         if done:
             keep = np.flatnonzero(going)
-            self.live, ids = self.live[keep], ids[keep]
+            self.live, self.chosen = self.live[keep], self.chosen[keep]
             self.states = [tuple(part[:, keep] for part in state) for state in self.states]
             for part in (self.suffixes, self.recent):
                 if part is not None:
                     part.keep(keep)
-        if len(self.live):
-            for part in (self.suffixes, self.recent):
-                if part is not None:
-                    part.push(ids)
-            self.probs, self.states = generator.model.step(ids, self.states)
         return done
+
+    def advance(self) -> None:
+        """The live rows read the characters just chosen."""
+        if not len(self.live):
+            return
+        for part in (self.suffixes, self.recent):
+            if part is not None:
+                part.push(self.chosen)
+        self.probs, self.states = self.generator.model.step(self.chosen, self.states)
 
     def _leave(self, number: int) -> Generation:
         row, text = self.rows.pop(number), self.texts.pop(number)
@@ -122,12 +135,21 @@ class _Job:
     def done(self) -> bool:
         return self.generation is not None or self.error is not None
 
+    def outcome(self) -> Generation:
+        if self.error is not None:
+            raise self.error
+        assert self.generation is not None
+        return self.generation
+
 
 class Batcher:
     """The queue of rows waiting to join, and the one thread that generates every live row, at most
-    `max_rows` at a time (started with the first request; a daemon, it ends with the server)."""
+    `max_rows` at a time (started with the first request, and again if it is gone, as in a forked
+    worker; a daemon, it ends with the server)."""
 
     def __init__(self, generator: Generator, max_rows: int = 64) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         self.generator, self.max_rows = generator, max_rows
         self._turn = threading.Condition()
         self._queue: list[_Job] = []
@@ -138,15 +160,12 @@ class Batcher:
         jobs = [_Job(row) for row in rows]
         with self._turn:
             self._queue.extend(jobs)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="char-rnn-batcher", daemon=True)
                 self._thread.start()
             self._turn.notify_all()
             self._turn.wait_for(lambda: all(job.done for job in jobs))
-        for job in jobs:
-            if job.error is not None:
-                raise job.error
-        return [job.generation for job in jobs if job.generation is not None]
+        return [job.outcome() for job in jobs]
 
     def _serve(self) -> None:
         rows, jobs = Rows(self.generator), {}
@@ -156,16 +175,25 @@ class Batcher:
                     self._turn.wait_for(lambda: self._queue)
                 free = self.max_rows - len(rows.live)
                 joining, self._queue = self._queue[:free], self._queue[free:]
+            ended: list[_Job] = []  # requests answered or failed in this step: their threads are woken
+            try:  # rows that cannot join (their prompt cannot be read) fail alone
+                jobs.update(zip(rows.add([job.row for job in joining]), joining) if joining else ())
+            except Exception as exc:
+                ended += self._fail(joining, exc)
+            for number, generation in rows.choose():
+                jobs[number].generation = generation
+                ended.append(jobs.pop(number))
             try:
-                if joining:
-                    jobs.update(zip(rows.add([job.row for job in joining]), joining))
-                done = rows.step()
-            except Exception as exc:  # every request in the batch learns why; none waits forever
-                done, failed = [], [*jobs.values(), *joining]  # joining: not numbered if `add` failed
+                rows.advance()
+            except Exception as exc:  # the rows still going learn why; none waits forever
+                ended += self._fail(list(jobs.values()), exc)
                 rows, jobs = Rows(self.generator), {}
-                for job in failed:
-                    job.error = exc
-            with self._turn:
-                for number, generation in done:
-                    jobs.pop(number).generation = generation
-                self._turn.notify_all()
+            if ended:
+                with self._turn:
+                    self._turn.notify_all()
+
+    @staticmethod
+    def _fail(jobs: list[_Job], error: Exception) -> list[_Job]:
+        for job in jobs:
+            job.error = error
+        return jobs

@@ -11,6 +11,7 @@ file by the NumPy runtime, the n-gram without pickle), never the stored pyfunc c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import tempfile
@@ -83,24 +84,20 @@ def read_local_store(uri: str, store: str) -> Found | None:
     """The version behind `uri` in a local sqlite store, read-only; None when the store is not one
     this reader knows (not sqlite, artifacts not on this disk, another schema): then MLflow decides."""
     name, alias, number = parse_model_uri(uri)
-    workspaces = os.environ.get("MLFLOW_WORKSPACE") or os.environ.get("MLFLOW_ENABLE_WORKSPACES")
-    if not store.startswith("sqlite:///") or workspaces or (alias or "").lower() == "latest":
-        return None  # MLflow's own rules: another store, workspaces, `@latest` (the highest version)
-    path = Path(store.removeprefix("sqlite:///"))
-    if not path.is_file():
-        return None
+    path = local_sqlite(store)
+    if path is None or (alias or "").lower() == "latest":
+        return None  # MLflow's own rules: another store or registry, `@latest` (the highest version)
+    if number is not None and int(number) >= 2**63:
+        raise ModelNotFound(f"{uri}: not in the registry at {store}")
     try:
-        with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
-            row = version_row(db, name, alias, number)
-            if row is None:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            where = workspace(db)
+            found = version_row(db, name, alias, number, where)
+            if found is None:
                 raise ModelNotFound(f"{uri}: not in the registry at {store}")
-            version, location = row
-            tags = dict(
-                db.execute(
-                    f"SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?{workspace(db)}",
-                    (name, version),
-                ).fetchall()
-            )
+            version, location = found
+            query = "SELECT key, value FROM model_version_tags WHERE name = ? AND version = ?"
+            tags = dict(db.execute(query + where, (name, version)).fetchall())
     except sqlite3.Error:
         return None
     folder = urlparse(location or "")
@@ -109,22 +106,31 @@ def read_local_store(uri: str, store: str) -> Found | None:
     return Found(str(version), tags, Path(unquote(folder.path)))
 
 
-def version_row(db: sqlite3.Connection, name: str, alias: str | None, number: str | None) -> tuple[int, str] | None:
+def local_sqlite(store: str) -> Path | None:
+    """The file of a `sqlite:///` store that MLflow's client would read for the registry too; None
+    for anything this reader does not handle as MLflow does (a query string, a registry URI of its
+    own, workspaces, a file not yet created)."""
+    rest = store.removeprefix("sqlite:///")
+    elsewhere = ("MLFLOW_REGISTRY_URI", "MLFLOW_WORKSPACE", "MLFLOW_ENABLE_WORKSPACES")
+    if rest == store or "?" in rest or any(os.environ.get(variable) for variable in elsewhere):
+        return None
+    path = Path(unquote(rest)).resolve()  # relative to the working directory, as SQLAlchemy reads it
+    return path if path.is_file() else None
+
+
+def version_row(
+    db: sqlite3.Connection, name: str, alias: str | None, number: str | None, where: str
+) -> tuple[int, str] | None:
     """(version, storage location) of the version the alias or number names; a deleted version keeps
-    its row, marked as MLflow's store marks it."""
+    its row, marked as MLflow's store marks it. `where`: the workspace condition."""
     if alias is not None:
-        found = db.execute(
-            f"SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?{workspace(db)}",
-            (name, alias),
-        ).fetchone()
+        query = "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"
+        found = db.execute(query + where, (name, alias)).fetchone()
         if found is None:
             return None
         number = str(found[0])
-    return db.execute(
-        "SELECT version, storage_location FROM model_versions"
-        f" WHERE name = ? AND version = ? AND current_stage != 'Deleted_Internal'{workspace(db)}",
-        (name, int(number or 0)),
-    ).fetchone()
+    query = "SELECT version, storage_location FROM model_versions WHERE name = ? AND version = ?"
+    return db.execute(query + " AND current_stage != 'Deleted_Internal'" + where, (name, int(number or 0))).fetchone()
 
 
 def workspace(db: sqlite3.Connection) -> str:

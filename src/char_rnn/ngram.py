@@ -182,7 +182,7 @@ class _Flat:
     keys: np.ndarray  # all orders' keys, shifted, sorted, then a sentinel above every key
     key_base: np.ndarray  # per order k (index k; 0 unused): shift of its keys
     key_start: np.ndarray  # per order k: index of its first key in `keys`
-    context_start: np.ndarray  # per order k: where its contexts start in `begin` ... `backoff`: its sentinel
+    context_start: np.ndarray  # per order k: index of its sentinel context; its context of rank r is at + 1 + r
     begin: np.ndarray  # per context: its followers are keys[begin:end]
     end: np.ndarray
     totals: np.ndarray

@@ -22,8 +22,9 @@ floor of any command. Goals (the issue): <= 2 s for 100 characters from the seed
 for 1000 characters from the kolaw hybrid (a local .keras file is timed too, but the goal is about
 the champion, which is read from the registry).
 
-(b) Warm, in this process, after one warm-up call each, best of 3, greedy, `--chars` characters
-(default 1000) from one prompt:
+(b) Warm, in this process, after one warm-up call each, best of 3 (the RNN alone and its mixture:
+best of 7 taken in turn, since their ratio is a goal), greedy, `--chars` characters (default 1000)
+from one prompt:
 - NumPy runtime: `Generator(model, chars).generate(...)` (an ensemble steps all members at once);
 - mixture loop: the same Generator with the hybrid's `Mixture` (RNN + n-gram + cache per character);
 - naive, for reference: the Keras model re-run over the last `window.length` ids per character with
@@ -177,6 +178,21 @@ def rate(run: Callable[[int], object], chars: int, repeats: int = 3) -> float:
     return chars / best
 
 
+def interleaved(runs: list[Callable[[int], object]], chars: int, rounds: int = 7) -> list[float]:
+    """Characters per second of each run, best of `rounds` taken in turn (a, b, a, b, ...) after one
+    warm-up call each: this machine's speed drifts by 20-30 % within minutes, so two figures taken one
+    after the other also measure the drift, and their ratio with it."""
+    for run in runs:
+        run(min(chars, 5))
+    best = [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run(chars)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return [chars / seconds for seconds in best]
+
+
 def greedy(n: int) -> Sampling:
     return Sampling(length=n, temperature=0.0)
 
@@ -241,12 +257,13 @@ def numpy_rows(subject: Subject, prompt: str, chars: int) -> tuple[Generator, fl
     generator = load_generator(subject.files)
     alone = Generator(generator.model, generator.chars)
     members = generator.model.members
-    fast = rate(lambda n: alone.generate(prompt, greedy(n)), chars)
-    print(f"{subject.label}: {members} member(s), vocabulary {len(generator.chars)}, prompt {prompt!r}")
-    print(f"  NumPy runtime, the RNN{' ensemble' if members > 1 else ''} alone: {fast:10,.0f} chars/s")
     mixture, origin = mixture_of(generator, subject)
     w = mixture.mixture.weights
-    mixed = rate(lambda n: mixture.generate(prompt, greedy(n)), chars)
+    fast, mixed = interleaved(
+        [lambda n: alone.generate(prompt, greedy(n)), lambda n: mixture.generate(prompt, greedy(n))], chars
+    )
+    print(f"{subject.label}: {members} member(s), vocabulary {len(generator.chars)}, prompt {prompt!r}")
+    print(f"  NumPy runtime, the RNN{' ensemble' if members > 1 else ''} alone: {fast:10,.0f} chars/s")
     print(f"  mixture loop (Generator with a Mixture):       {mixed:10,.0f} chars/s")
     print(f"    mixture: {origin}; weights rnn/n-gram/cache {w.rnn:.3f}/{w.ngram:.3f}/{w.cache:.3f}")
     cost, ok = fast / mixed, None
@@ -279,7 +296,10 @@ def naive_row(subject: Subject, generator: Generator, prompt: str, fast: float, 
 def warm_section(
     subjects: dict[str, Subject], prompt_of: Callable[[Subject], str], args: argparse.Namespace
 ) -> list[bool]:
-    print(f"(b) warm, in one process: greedy, {args.chars} characters per call (naive: {args.naive_chars}), best of 3")
+    print(
+        f"(b) warm, in one process: greedy, {args.chars} characters per call (naive: {args.naive_chars}),"
+        " best of 3 (alone and mixture: best of 7 in turn)"
+    )
     measured = {kind: numpy_rows(subject, prompt_of(subject), args.chars) for kind, subject in subjects.items()}
     met = [ok for _, _, ok in measured.values() if ok is not None]
     if args.naive_chars > 0:

@@ -140,17 +140,14 @@ class Generator:
         """`num_samples` continuations of `prompt`, computed together as one batch."""
         if not 1 <= num_samples <= MAX_SAMPLES:
             raise GenerationError(f"num_samples must be between 1 and {MAX_SAMPLES}, got {num_samples}")
-        kept, dropped = known_prompt(prompt, self.chars)
-        if not kept:
-            raise GenerationError(f"no character of the prompt {prompt!r} is in the model's vocabulary")
-        prompt_ids = [self._index[c] for c in kept]
+        row, s = self.prepare(prompt, sampling), sampling
+        prompt_ids = row.ids.tolist()
         if self.mixture is None:
-            s = sampling
             out = self.model.run(prompt_ids, num_samples, s.length, s.temperature, s.top_k, seed_of(s))
         else:
             out = self._run_mixture(prompt_ids, num_samples, sampling)
-        texts = ["".join(self.chars[i] for i in row) for row in out]
-        return Generation(prompt=kept, dropped=dropped, texts=texts)
+        texts = ["".join(self.chars[i] for i in ids) for ids in out]
+        return Generation(prompt=row.start.prompt, dropped=row.start.dropped, texts=texts)
 
     def prepare(self, prompt: str, sampling: Sampling) -> Row:
         """A request checked and turned into ids, before it joins a batch (so a bad one fails alone)."""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from char_rnn.corpus import read_source
-from char_rnn.ngram import KneserNey, bits_per_char
+from char_rnn.ngram import KneserNey, Memo, Suffixes, bits_per_char
 from char_rnn.windows import build_vocab, encode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,6 +87,47 @@ def test_a_batch_of_next_distributions_is_what_scoring_gives_each_row(order: int
         scored = [model.char_probabilities(np.append(context, c), length)[0] for c in range(vocab_size)]
         np.testing.assert_allclose(row, scored, rtol=1e-12)
         assert row.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("order", [1, 3, 5])
+@pytest.mark.parametrize("capacity", [2, 1000])
+def test_remembered_distributions_are_the_ones_computed(order: int, capacity: int):
+    """Rows walking through text that comes back to its contexts (and to contexts training never saw):
+    every step's distributions, recalled or computed, full or starting over, equal fresh ones bit for bit."""
+    vocab_size = len(VOCAB) + 2
+    model = KneserNey.fit(TRAIN, vocab_size, order)
+    memo = Memo(len(model._flat.totals), vocab_size, budget=capacity * 8 * vocab_size)
+    rng = np.random.default_rng(order)
+    text = np.stack([np.tile(TRAIN[:9], 6), np.tile(TRAIN[3:12], 6), rng.integers(0, vocab_size, 54)])
+    suffixes = Suffixes(model, text[:, :1], memo)
+    for n in range(1, text.shape[1]):
+        fresh = Suffixes(model, text[:, :n], Memo(len(model._flat.totals), vocab_size))
+        np.testing.assert_array_equal(suffixes.distributions(), fresh.distributions())
+        suffixes.push(text[:, n])
+    assert memo.used <= memo.capacity == capacity
+
+
+def test_threads_sharing_one_memo_each_get_their_own_distributions():
+    """Served requests share the model's memo: threads walking different texts, a memo too small for
+    them all (so it starts over while others read it), each step equal to a fresh computation."""
+    vocab_size = len(VOCAB) + 2
+    model = KneserNey.fit(TRAIN, vocab_size, 5)
+    shared = Memo(len(model._flat.totals), vocab_size, budget=5 * 8 * vocab_size)
+    texts = [np.random.default_rng(seed).choice(TRAIN, size=(2, 300)) for seed in range(4)]
+
+    def walk(text: np.ndarray) -> list[np.ndarray]:
+        suffixes, seen = Suffixes(model, text[:, :1], shared), []
+        for n in range(1, text.shape[1]):
+            seen.append(suffixes.distributions())
+            suffixes.push(text[:, n])
+        return seen
+
+    with ThreadPoolExecutor(4) as pool:
+        walked = list(pool.map(walk, texts))
+    for text, seen in zip(texts, walked):
+        for n, got in enumerate(seen, start=1):
+            fresh = Suffixes(model, text[:, :n], Memo(len(model._flat.totals), vocab_size)).distributions()
+            np.testing.assert_array_equal(got, fresh)
 
 
 def test_probabilities_follow_the_written_out_formula():

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -154,6 +155,11 @@ class KneserNey:
     def _flat(self) -> _Flat:
         return _Flat.of(self)
 
+    @cached_property
+    def memo(self) -> Memo:
+        """The distributions generation has computed so far (`Memo`)."""
+        return Memo(len(self._flat.totals), self.vocab_size)
+
     def bits_per_char(self, ids: np.ndarray, start: int, end: int | None = None) -> float:
         return bits_per_char(self.char_probabilities(ids, start, end))
 
@@ -230,9 +236,9 @@ class Suffixes:
     keeps the lower order, as in scoring).
     """
 
-    def __init__(self, model: KneserNey, contexts: np.ndarray) -> None:
+    def __init__(self, model: KneserNey, contexts: np.ndarray, memo: Memo | None = None) -> None:
         contexts = np.asarray(contexts, dtype=np.int64)
-        self.model, self.flat = model, model._flat
+        self.model, self.flat, self.memo = model, model._flat, memo or model.memo
         self.contexts = self.flat.context_start[2 : model.order + 1, None] + 1  # rank 0 of orders 2 .. K
         self.key_base, self.key_start = (
             self.flat.key_base[1 : model.order, None],
@@ -270,9 +276,13 @@ class Suffixes:
 
     def distributions(self) -> np.ndarray:
         """(batch, V): the next character's distribution after each row's text so far."""
-        flat, v = self.flat, self.model.vocab_size
-        batch, context = self.ranks.shape[1], self.ranks[1:]  # orders 2 .. K: contexts of 1 .. K-1 ids
-        index = self.contexts + context  # UNSEEN: the order's sentinel
+        index = self.contexts + self.ranks[1:]  # orders 2 .. K: contexts of 1 .. K-1 ids; UNSEEN: the sentinel
+        longest = np.where(self.ranks[1:] != UNSEEN, index, -1).max(axis=0, initial=-1)  # -1: none seen
+        return self.memo.recall(longest, index, self._compute)
+
+    def _compute(self, index: np.ndarray) -> np.ndarray:
+        """The distributions of the rows whose context indexes are `index` (orders 2 .. K, batch)."""
+        flat, v, batch = self.flat, self.model.vocab_size, index.shape[1]
         above = np.cumprod(flat.backoff[index][::-1], axis=0)[::-1]  # above[i]: backoffs of order i+2 and higher
         scale = np.concatenate([above[1:], np.ones((1, batch))])  # order i+2's own share is scaled by the orders above
         pick = np.flatnonzero(flat.totals[index] > 0)
@@ -284,6 +294,56 @@ class Suffixes:
         share = flat.own[keys] * np.repeat(scale.ravel()[pick], sizes)
         out = np.bincount(rows * v + flat.chars[keys], share, minlength=batch * v).reshape(batch, v)
         return out + (above[0] if len(above) else np.ones(batch))[:, None] * flat.unigram
+
+
+class Memo:
+    """Distributions already computed, by the longest context each was computed after: that context
+    decides every lower order's too (a suffix of a seen context was seen), hence the whole
+    distribution. Generated text keeps coming back to the same contexts (greedy text most of all), so
+    most steps copy a row instead of summing every order again. The copy is the array that was
+    computed, bit for bit. Bounded (~32 MiB): when full it starts over. Shared by every generation
+    from one model, served requests included, so it takes a lock.
+    """
+
+    def __init__(self, n_contexts: int, vocab_size: int, budget: int = 32 * 2**20) -> None:
+        self.capacity = max(1, budget // (8 * vocab_size))
+        self.slot_of = np.full(n_contexts + 1, -1, dtype=np.int64)  # + 1: index -1, no context seen at all
+        self.keys = np.empty(self.capacity, dtype=np.int64)
+        self.rows = np.empty((self.capacity, vocab_size))
+        self.used = 0
+        self.lock = threading.RLock()  # `clear` takes it too, also from inside `recall`
+
+    def recall(self, keys: np.ndarray, index: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """The rows for `keys`, computing (with `compute(index[:, missing])`) and keeping those not kept yet."""
+        with self.lock:
+            slots = self.slot_of[keys]
+            if slots.min() >= 0:
+                return self.rows[slots]
+            missing = np.flatnonzero(slots < 0)
+            fresh = compute(index[:, missing])
+            if len(missing) == len(keys):
+                out = fresh
+            else:
+                out = self.rows[np.maximum(slots, 0)]
+                out[missing] = fresh
+            self._keep(keys[missing], fresh)
+            return out
+
+    def clear(self) -> None:
+        """Forget every distribution (when full, and for benchmarks that time a first generation)."""
+        with self.lock:
+            self.slot_of[self.keys[: self.used]], self.used = -1, 0
+
+    def _keep(self, keys: np.ndarray, rows: np.ndarray) -> None:
+        """A key twice in one call takes two slots, either holding its row: cheaper than a `np.unique` per step."""
+        n = len(keys)
+        if n > self.capacity:
+            return
+        if self.used + n > self.capacity:
+            self.clear()
+        self.slot_of[keys] = np.arange(self.used, self.used + n)
+        self.keys[self.used : self.used + n], self.rows[self.used : self.used + n] = keys, rows
+        self.used += n
 
 
 def _load_order(data: np.lib.npyio.NpzFile, k: int) -> _Order:

@@ -301,8 +301,9 @@ class Memo:
     decides every lower order's too (a suffix of a seen context was seen), hence the whole
     distribution. Generated text keeps coming back to the same contexts (greedy text most of all), so
     most steps copy a row instead of summing every order again. The copy is the array that was
-    computed, bit for bit. Bounded (~32 MiB): when full it starts over. Shared by every generation
-    from one model, served requests included, so it takes a lock.
+    computed, bit for bit. Bounded: `budget` bytes of rows (then it starts over), plus 8 bytes per
+    context of the model for the index. Shared by every generation from one model, served requests
+    included, so it takes a lock; a copy of the model (pickle, deepcopy) gets an empty memo.
     """
 
     def __init__(self, n_contexts: int, vocab_size: int, budget: int = 32 * 2**20) -> None:
@@ -311,13 +312,17 @@ class Memo:
         self.keys = np.empty(self.capacity, dtype=np.int64)
         self.rows = np.empty((self.capacity, vocab_size))
         self.used = 0
-        self.lock = threading.RLock()  # `clear` takes it too, also from inside `recall`
+        self.lock = threading.RLock()
+        self.args = (n_contexts, vocab_size, budget)
+
+    def __reduce__(self) -> tuple[type[Memo], tuple[int, int, int]]:
+        return Memo, self.args  # `clear` takes it too, also from inside `recall`
 
     def recall(self, keys: np.ndarray, index: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The rows for `keys`, computing (with `compute(index[:, missing])`) and keeping those not kept yet."""
         with self.lock:
             slots = self.slot_of[keys]
-            if slots.min() >= 0:
+            if (slots >= 0).all():  # also an empty batch
                 return self.rows[slots]
             missing = np.flatnonzero(slots < 0)
             fresh = compute(index[:, missing])

@@ -227,12 +227,20 @@ def epoch_logger(group: str, member: int = 0) -> Any:
 
     `group` is `train` for the first fit (its validation figures go to `val/`) or `refit`; an
     ensemble's member i > 0 logs as `train/member<i+1>/loss`. Steps are epochs, counted from 1.
+    A fit killed after logging an epoch but before its checkpoint trains that epoch again when
+    resumed, to the same figures: the epochs the run already holds are not logged twice.
     """
     import keras
     import mlflow
 
     class EpochLogger(keras.callbacks.Callback):
+        def on_train_begin(self, logs: dict[str, float] | None = None) -> None:
+            run_id, key = mlflow.active_run().info.run_id, epoch_key(group, "loss", member)
+            self.logged = max((m.step for m in mlflow.MlflowClient().get_metric_history(run_id, key)), default=0)
+
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            if epoch + 1 <= self.logged:
+                return
             finite = {epoch_key(group, k, member): float(v) for k, v in (logs or {}).items() if math.isfinite(float(v))}
             mlflow.log_metrics(finite, step=epoch + 1)
 

@@ -22,9 +22,9 @@ floor of any command. Goals (the issue): <= 2 s for 100 characters from the seed
 for 1000 characters from the kolaw hybrid (a local .keras file is timed too, but the goal is about
 the champion, which is read from the registry).
 
-(b) Warm, in this process, after one warm-up call each, best of 3 (the RNN alone and its mixture:
-best of 7 taken in turn, since their ratio is a goal), greedy, `--chars` characters (default 1000)
-from one prompt:
+(b) Warm, in this process, after one warm-up call each, taken in turn (the RNN alone and its mixture
+best of 7, since their ratio is a goal; the naive pair once each), greedy, `--chars` characters
+(default 1000) from one prompt:
 - NumPy runtime: `Generator(model, chars).generate(...)` (an ensemble steps all members at once);
 - mixture loop: the same Generator with the hybrid's `Mixture` (RNN + n-gram + cache per character),
   its n-gram's memo (`ngram.Memo`) emptied before every call, so each text is generated for the first
@@ -170,17 +170,6 @@ def cold_section(subjects: dict[str, Subject], prompt_of: Callable[[Subject], st
 # ---- (b) warm -----------------------------------------------------------------------------------------
 
 
-def rate(run: Callable[[int], object], chars: int, repeats: int = 3) -> float:
-    """Characters per second, best of `repeats`, after one warm-up call."""
-    run(min(chars, 5))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(chars)
-        best = min(best, time.perf_counter() - start)
-    return chars / best
-
-
 def interleaved(runs: list[Callable[[int], object]], chars: int, rounds: int = 7) -> list[float]:
     """Characters per second of each run, best of `rounds` taken in turn (a, b, a, b, ...) after one
     warm-up call each: this machine's speed drifts by 20-30 % within minutes, so two figures taken one
@@ -305,8 +294,9 @@ def naive_row(subject: Subject, generator: Generator, prompt: str, fast: float, 
     ids = [index[c] for c in prompt if c in index]
     with quiet_stderr():  # TensorFlow's absl/oneDNN lines at its first ops, whatever TF_CPP_MIN_LOG_LEVEL says
         model = load_model(str(subject.files["model"]))
-        slow = rate(lambda n: naive(model, ids, n, window), chars, repeats=1)
-        called = rate(lambda n: naive(model, ids, n, window, False), chars, repeats=1)
+        slow, called = interleaved(
+            [lambda n: naive(model, ids, n, window), lambda n: naive(model, ids, n, window, False)], chars, rounds=1
+        )
     print(f"{subject.label}, naive Keras over the last {window} ids per character (for reference):")
     print(f"  model.predict: {slow:8.1f} chars/s; model(x): {called:8.1f} chars/s")
     print(f"  NumPy runtime / model.predict: {fast / slow:,.0f}x; / model(x): {fast / called:,.0f}x")
@@ -318,7 +308,7 @@ def warm_section(
 ) -> list[bool]:
     print(
         f"(b) warm, in one process: greedy, {args.chars} characters per call (naive: {args.naive_chars}),"
-        " best of 3 (alone and mixture: best of 7 in turn)"
+        " in turn (alone and mixture: best of 7; naive: once each)"
     )
     measured = {kind: numpy_rows(subject, prompt_of(subject), args.chars) for kind, subject in subjects.items()}
     met = [ok for _, _, ok in measured.values() if ok is not None]

@@ -312,11 +312,11 @@ class Memo:
         self.keys = np.empty(self.capacity, dtype=np.int64)
         self.rows = np.empty((self.capacity, vocab_size))
         self.used = 0
-        self.lock = threading.RLock()
-        self.args = (n_contexts, vocab_size, budget)
+        self.lock = threading.RLock()  # `clear` takes it too, also from inside `recall`
 
     def __reduce__(self) -> tuple[type[Memo], tuple[int, int, int]]:
-        return Memo, self.args  # `clear` takes it too, also from inside `recall`
+        vocab_size = self.rows.shape[1]
+        return Memo, (len(self.slot_of) - 1, vocab_size, self.capacity * 8 * vocab_size)
 
     def recall(self, keys: np.ndarray, index: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """The rows for `keys`, computing (with `compute(index[:, missing])`) and keeping those not kept yet."""

@@ -106,7 +106,7 @@ class Rows:
     def _leave(self, number: int) -> Generation:
         row, text = self.rows.pop(number), self.texts.pop(number)
         del self.rngs[number]
-        return Generation(row.start.prompt, row.start.dropped, ["".join(self.generator.chars[c] for c in text)])
+        return Generation(row.start.prompt, row.start.dropped, [self.generator.units.decode(text)])
 
 
 def read_prompts(model: NumpyModel, prompts: list[np.ndarray]) -> tuple[list[State], np.ndarray]:

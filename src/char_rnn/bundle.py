@@ -70,7 +70,9 @@ def checked_generator(uri: str, found: Found) -> Generator:
             f"{uri} (version {found.version}) bundles {', '.join(sorted(files))} but its sha256 tags"
             f" name {', '.join(sorted(tagged))}"
         )
-    return load_generator(files, {name: found.tags[f"{name}_sha256"] for name in files})
+    version_uri = f"models:/{parse_model_uri(uri)[0]}/{found.version}"
+    source = version_uri + (f" ({uri})" if uri != version_uri else "")
+    return load_generator(files, {name: found.tags[f"{name}_sha256"] for name in files}, source)
 
 
 def bundle_files(artifacts: dict[str, str], folder: Path) -> dict[str, Path]:

@@ -67,10 +67,16 @@ def dynamic_char_probabilities(
 
 
 def tune_rate(
-    model: Any, ids: np.ndarray, tune: tuple[int, int], rates: Sequence[float], segment: int, context: int
+    model: Any,
+    ids: np.ndarray,
+    tune: tuple[int, int],
+    rates: Sequence[float],
+    segment: int,
+    context: int,
+    chars: int | None = None,
 ) -> tuple[float, dict[str, float | None]]:
-    """The rate (0 = static, always a candidate) with the fewest bits/char on ids[t0:t1], and every figure
-    (None where the rate diverged).
+    """The rate (0 = static, always a candidate) with the fewest bits/char on ids[t0:t1] (units that
+    spell `chars` characters), and every figure (None where the rate diverged).
 
     `model` must not have read the tuning slice; nothing after t1 is read. Each rate is one pass
     over the slice (with its own traced step), so the grid's size is the cost.
@@ -79,12 +85,12 @@ def tune_rate(
     text = np.asarray(ids[:t1])
     tried = {}
     for rate in (0.0, *rates):
-        tried[rate] = finite_bits(dynamic_char_probabilities(model, text, t0, t1, rate, segment, context))
+        tried[rate] = finite_bits(dynamic_char_probabilities(model, text, t0, t1, rate, segment, context), chars)
     best = min(tried, key=tried.__getitem__)
     return best, {str(rate): figure if math.isfinite(figure) else None for rate, figure in tried.items()}
 
 
-def finite_bits(probs: np.ndarray) -> float:
+def finite_bits(probs: np.ndarray, chars: int | None = None) -> float:
     """Bits per character, or infinity where a rate diverged (a probability of 0 or NaN), so it loses:
     NaN would compare as neither better nor worse."""
-    return bits_per_char(probs) if np.all(probs > 0) else math.inf
+    return bits_per_char(probs, chars) if np.all(probs > 0) else math.inf

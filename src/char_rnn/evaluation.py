@@ -1,14 +1,16 @@
 """Evaluation: the numbers `dvc metrics show` prints, and the blog's twin-axis plot.
 
-`loss` and `accuracy` are Keras' averages over windows: on the validation windows when there is a
-split, else on the training windows exactly like the blog's `model.evaluate(xdata, ydata)`.
+With held-out text, the figures of each held-out split: the **test** text, reported and never used to
+choose anything, and the **validation** text beside it, on which early stopping and the configs
+were chosen. On each, `bits_per_char` and `perplexity` are scored honestly: every character exactly
+once, predicted from at least `evaluate.context` units before it (`char_rnn.heldout`), next to the
+Kneser-Ney n-gram on the same characters and, with a tuning slice, the hybrid (`char_rnn.hybrid`)
+and the RNN under dynamic evaluation (`char_rnn.dynamic`), with what the tune stage chose; `loss`
+and `accuracy` are Keras' averages over that split's windows.
 
-With a validation split, `bits_per_char` and `perplexity` are held-out figures scored honestly:
-every validation character exactly once, predicted from at least `evaluate.context` characters
-before it (`char_rnn.heldout`), next to the Kneser-Ney n-gram on the same characters and, with a
-tuning slice, the hybrid (`char_rnn.hybrid`) and the RNN under dynamic evaluation
-(`char_rnn.dynamic`), with what the tune stage chose. Without a split they come from the window loss
-(the blog's memorisation setting): bits per character = loss / ln 2, perplexity = e^loss.
+Without held-out text (the blog's memorisation setting) the figures come from the training windows,
+exactly like the blog's `model.evaluate(xdata, ydata)`: bits per character = loss / ln 2,
+perplexity = e^loss.
 """
 
 from __future__ import annotations
@@ -21,20 +23,20 @@ import numpy as np
 
 from char_rnn import cache
 from char_rnn.dynamic import dynamic_char_probabilities
-from char_rnn.heldout import rnn_char_probabilities, scored_span
+from char_rnn.heldout import SPLIT_NAMES, Span, rnn_char_probabilities, scored_span
 from char_rnn.hybrid import DynamicChoice, Hybrid, Weights
 from char_rnn.inference import NumpyModel
 from char_rnn.ngram import KneserNey, bits_per_char, perplexity
 from char_rnn.training import History
 from char_rnn.windows import WindowSpec, window_views
 
-HELDOUT_METHOD = "every validation character once, predicted from at least evaluate.context characters before it"
+HELDOUT_METHOD = "each character of the split once, predicted from at least evaluate.context units before it"
 
 
 def score(model: NumpyModel, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dict[str, float]:
     """Keras' `evaluate` over the windows of `ids`, in NumPy: the mean cross-entropy and accuracy over
     every position of every window (all windows are equally long, so Keras' per-batch means average
-    to the same figure)."""
+    to the same figure). Per unit: with closed units, per character as in the blog."""
     inputs, targets = window_views(np.asarray(ids, dtype=np.int32), spec.length, spec.stride)
     nats, hits = 0.0, 0
     for start in range(0, len(inputs), batch_size):
@@ -42,49 +44,52 @@ def score(model: NumpyModel, ids: np.ndarray, spec: WindowSpec, batch_size: int)
         true = np.take_along_axis(probs, targets[start : start + batch_size, :, None], axis=-1)[..., 0]
         nats -= float(np.log(np.clip(true, 1e-7, 1 - 1e-7)).sum())  # as Keras clips them
         hits += int((probs.argmax(axis=-1) == targets[start : start + batch_size]).sum())
-    loss = nats / targets.size
+    loss = nats / max(targets.size, 1)
+    return {"loss": loss, "accuracy": hits / max(targets.size, 1)}
+
+
+def memorised_metrics(model: NumpyModel, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dict[str, float]:
+    """The blog's figures, on the training windows it memorised: bits per character = loss / ln 2
+    (closed units: a unit is a character), perplexity = e^loss."""
+    metrics = score(model, ids[: spec.train_units], spec, batch_size)
+    per_char = spec.train_units / spec.train_chars  # 1 with closed units
     return {
-        "loss": loss,
-        "accuracy": hits / targets.size,
-        "bits_per_char": loss / math.log(2),
-        "perplexity": math.exp(min(loss, 700.0)),
+        **metrics,
+        "bits_per_char": metrics["loss"] * per_char / math.log(2),
+        "perplexity": math.exp(min(metrics["loss"] * per_char, 700.0)),
     }
 
 
 def heldout_metrics(
-    model: Any, ngram: KneserNey, weights: Weights | None, ids: np.ndarray, spec: WindowSpec, context: int
+    model: Any, ngram: KneserNey, weights: Weights | None, ids: np.ndarray, span: Span, context: int
 ) -> dict[str, float]:
-    """RNN, n-gram and (with the weights the tune stage fitted on the tuning slice) hybrid on the validation text."""
-    start, end = scored_span(spec)
+    """RNN, n-gram and (with the weights the tune stage fitted on the tuning slice) hybrid on one held-out span."""
+    start, end, chars = span.start, span.end, span.chars
     p_rnn = rnn_char_probabilities(model, ids, start, end, warmup=context)
     p_kn = ngram.char_probabilities(ids, start, end)
+    rnn, kn = bits_per_char(p_rnn, chars), bits_per_char(p_kn, chars)
     metrics = {
-        "heldout_chars": len(p_rnn),
-        "bits_per_char": bits_per_char(p_rnn),
-        "perplexity": perplexity(p_rnn),
-        "ngram_bits_per_char": bits_per_char(p_kn),
-        "rnn_vs_ngram": bits_per_char(p_rnn) / bits_per_char(p_kn) - 1,
+        "chars": chars,
+        "bits_per_char": rnn,
+        "perplexity": perplexity(p_rnn, chars),
+        "ngram_bits_per_char": kn,
+        "rnn_vs_ngram": rnn / kn - 1,
     }
     if weights is not None:
         window = weights.cache_window
         hybrid = weights.mix(p_rnn, p_kn, cache.char_probabilities(ids, start, end, window) if window else None)
-        metrics |= {
-            **weights.metrics(),
-            "hybrid_bits_per_char": bits_per_char(hybrid),
-            "hybrid_vs_ngram": bits_per_char(hybrid) / bits_per_char(p_kn) - 1,
-        }
+        metrics |= {"hybrid_bits_per_char": bits_per_char(hybrid, chars)}
+        metrics |= {"hybrid_vs_ngram": metrics["hybrid_bits_per_char"] / kn - 1}
     return metrics
 
 
-def dynamic_metrics(model: Any, ids: np.ndarray, spec: WindowSpec, dynamic: DynamicChoice) -> dict[str, float]:
+def dynamic_metrics(model: Any, ids: np.ndarray, span: Span, dynamic: DynamicChoice) -> dict[str, float]:
     """The RNN alone under dynamic evaluation, with the rate the tune stage chose and the segment and
     context it chose it for."""
-    start, end = scored_span(spec)
-    probs = dynamic_char_probabilities(model, ids, start, end, dynamic.rate, dynamic.segment, dynamic.context)
+    probs = dynamic_char_probabilities(model, ids, span.start, span.end, dynamic.rate, dynamic.segment, dynamic.context)
     return {
-        "dynamic_rate": dynamic.rate,
-        "dynamic_bits_per_char": bits_per_char(probs),
-        "dynamic_perplexity": perplexity(probs),
+        "dynamic_bits_per_char": bits_per_char(probs, span.chars),
+        "dynamic_perplexity": perplexity(probs, span.chars),
     }
 
 
@@ -101,22 +106,42 @@ def evaluate(
 ) -> dict[str, Any]:
     """Every figure of `reports/metrics.json` for the whole-corpus `ids`, which the stage writes and logs.
 
+    With held-out text: one section per held-out split, the reported test text first and the
+    validation text beside it, each with the RNN, the n-gram, the hybrid and dynamic evaluation on
+    its characters and Keras' window figures. Without (the blog's setting): the memorised figures.
     `model` (the NumPy runtime) scores; `trainable`, the Keras model, is needed only for dynamic
     evaluation, which takes gradient steps (the stage loads it only then).
     """
-    on_val = spec.val_chars > 0
-    windows = ids[spec.val_start :] if on_val else ids[: spec.train_chars]
-    metrics: dict[str, Any] = score(model, windows, spec, batch_size)
-    metrics["scored_on"] = "validation windows" if on_val else "training windows (no split, as in the blog)"
-    if on_val:
-        metrics |= heldout_metrics(model, ngram, hybrid.weights, ids, spec, context)
+    metrics: dict[str, Any] = {}
+    for split in spec.held_out:
+        span = scored_span(spec, split)
+        figures = heldout_metrics(model, ngram, hybrid.weights, ids, span, context)
         if hybrid.dynamic is not None:
-            metrics |= dynamic_metrics(trainable, ids, spec, hybrid.dynamic)
-            metrics["dynamic_vs_ngram"] = metrics["dynamic_bits_per_char"] / metrics["ngram_bits_per_char"] - 1
+            figures |= dynamic_metrics(trainable, ids, span, hybrid.dynamic)
+            figures["dynamic_vs_ngram"] = figures["dynamic_bits_per_char"] / figures["ngram_bits_per_char"] - 1
+        figures |= score(model, ids[span.start : span.end], spec, batch_size)
+        metrics[SPLIT_NAMES[split]] = figures
+    if spec.held_out:
         metrics["bits_per_char_method"] = HELDOUT_METHOD
+        if hybrid.weights is not None:
+            metrics |= hybrid.weights.metrics()
+        if hybrid.dynamic is not None:
+            metrics["dynamic_rate"] = hybrid.dynamic.rate
+    else:
+        metrics |= memorised_metrics(model, ids, spec, batch_size)
+        metrics["scored_on"] = "training windows (no held-out text, as in the blog)"
     metrics["train_loss"] = history["loss"][-1]
     metrics["train_accuracy"] = history["accuracy"][-1]
     metrics["epochs"] = len(history["loss"])
+    return metrics
+
+
+def reported(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures that are reported and registered: the test text's, else the validation text's, else
+    the memorised ones."""
+    for name in ("test", "validation"):
+        if name in metrics:
+            return metrics[name]
     return metrics
 
 

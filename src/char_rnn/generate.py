@@ -1,4 +1,4 @@
-"""Text generation: prompt in, characters of the vocabulary out, one character per model step.
+"""Text generation: prompt in, text out, one unit (`char_rnn.units`) per model step.
 
 Generation runs the trained weights in NumPy (`char_rnn.inference`): the `.keras` file is read
 without TensorFlow, so a command or a served model starts in about a second, and each character is
@@ -9,15 +9,20 @@ With a `Mixture` (the registered hybrid), every character is drawn from `w_rnn *
 + w_cache * p_cache`: the RNN's distribution mixed with the Kneser-Ney n-gram's and the cache's after
 the same text, the distribution that was scored.
 
-Prompt policy: characters outside the vocabulary are dropped and reported, never guessed; a prompt
-with no known character is refused. Output ids index the vocabulary, so output is vocabulary only.
+Prompt policy: a prompt is NFC-normalised like the corpus. Open units spell any prompt. With closed
+units, characters outside the vocabulary are dropped and reported, never guessed, and a prompt with
+no known character is refused. `length` counts characters: with open units a character takes one to
+four draws, each allowed only where it continues a well-formed spelling (`units.Speller`), so the
+text always decodes; it is returned NFC-normalised.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import unicodedata
 from collections.abc import Callable
+from collections.abc import Generator as Steps
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +34,7 @@ from char_rnn.hybrid import Weights, load_hybrid
 from char_rnn.inference import NumpyModel, pick
 from char_rnn.lineage import verify_sha256
 from char_rnn.ngram import KneserNey, Suffixes
-from char_rnn.windows import load_vocab
+from char_rnn.units import CLOSED, Speller, Units, load_units
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +43,7 @@ MAX_SAMPLES = 100
 
 
 class GenerationError(PipelineError):
-    """The request cannot be generated: bad sampling values, or no prompt character in the vocabulary."""
+    """The request cannot be generated: bad sampling values, or no prompt character the units can spell."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,8 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Generation:
-    prompt: str  # the prompt as used: its characters outside the vocabulary removed
-    dropped: str  # those removed characters, each once, in code-point order
+    prompt: str  # the prompt as used: NFC, its characters outside a closed vocabulary removed
+    dropped: str  # those removed characters, each once, in code-point order ('' with open units)
     texts: list[str]  # one continuation per sample, without the prompt
 
 
@@ -90,33 +95,66 @@ class Mixture:
         return self.weights.mix(p_rnn, suffixes.distributions(), p_cache)
 
 
-def known_prompt(prompt: str, chars: list[str]) -> tuple[str, str]:
-    """The policy for prompt characters outside the vocabulary: dropped and reported, never guessed."""
-    vocab = set(chars)
-    return "".join(c for c in prompt if c in vocab), "".join(sorted({c for c in prompt if c not in vocab}))
-
-
 def seed_of(sampling: Sampling) -> int:
     return secrets.randbelow(2**62) if sampling.seed is None else sampling.seed
 
 
+class Spelling:
+    """Each row's spelling as its units are drawn: which units may come next, and how many characters
+    are complete. A row is finished once it has `length` characters; a unit drawn past them (the
+    one that told a syllable had no trailing consonant) is cut off when the text is decoded."""
+
+    def __init__(self, speller: Speller, lengths: np.ndarray) -> None:
+        self.speller = speller
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.state = np.zeros(len(self.lengths), dtype=np.int8)  # every prompt is whole characters
+        self.chars = np.zeros(len(self.lengths), dtype=np.int64)
+        self.units: list[list[int]] = [[] for _ in self.lengths]
+
+    @property
+    def finished(self) -> np.ndarray:
+        return self.chars >= self.lengths
+
+    def allowed(self) -> np.ndarray | None:
+        """(rows, V): the units each row may draw next; None when every unit may (closed units)."""
+        return None if len(self.speller.allowed) == 1 else self.speller.allowed[self.state]
+
+    def take(self, chosen: np.ndarray) -> None:
+        """Each unfinished row draws its unit; finished rows ignore theirs."""
+        for row in np.flatnonzero(~self.finished):
+            self.units[row].append(int(chosen[row]))
+        going = ~self.finished
+        self.chars[going] += self.speller.completes[self.state[going], chosen[going]]
+        self.state[going] = self.speller.after[self.state[going], chosen[going]]
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Only these rows from now on (the others' requests are done)."""
+        self.lengths, self.state, self.chars = self.lengths[rows], self.state[rows], self.chars[rows]
+        self.units = [self.units[i] for i in rows]
+
+    def join(self, other: Spelling) -> Spelling:
+        """`other`'s rows after these (requests that joined the batch)."""
+        self.lengths, self.state, self.chars = (
+            np.concatenate([a, b]) for a, b in ((self.lengths, other.lengths), (self.state, other.state),
+                                                 (self.chars, other.chars))
+        )  # fmt: skip
+        self.units += other.units
+        return self
+
+
 class Generator:
-    """A model run in NumPy and its vocabulary (and, for the hybrid, the mixture): what the CLI, the
+    """A model run in NumPy and its units (and, for the hybrid, the mixture): what the CLI, the
     evaluate stage's sample, the champion gate and the served pyfunc generate and score with."""
 
-    def __init__(self, model: NumpyModel, chars: list[str], mixture: Mixture | None = None) -> None:
-        if model.vocab_size != len(chars):
-            raise GenerationError(
-                f"the vocabulary has {len(chars)} characters but the model predicts {model.vocab_size}"
-            )
-        if mixture is not None and mixture.ngram.vocab_size != len(chars):
-            raise GenerationError(
-                f"the n-gram knows {mixture.ngram.vocab_size} characters, the vocabulary {len(chars)}"
-            )
+    def __init__(self, model: NumpyModel, units: Units, mixture: Mixture | None = None, source: str = "") -> None:
+        if model.vocab_size != units.size:
+            raise GenerationError(f"the vocabulary has {units.size} units but the model predicts {model.vocab_size}")
+        if mixture is not None and mixture.ngram.vocab_size != units.size:
+            raise GenerationError(f"the n-gram knows {mixture.ngram.vocab_size} units, the vocabulary {units.size}")
         self.model = model
-        self.chars = chars
+        self.units = units
         self.mixture = mixture
-        self._index = {c: i for i, c in enumerate(chars)}
+        self.source = source  # what answers, as the CLI says it: a registered version or a file
 
     def char_probabilities(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
         """P(ids[t]) for t in [start, end) under what this generator samples from: the RNN, or the
@@ -131,7 +169,7 @@ class Generator:
         return weights.mix(p_rnn, p_kn, p_cache)
 
     def char_hits(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
-        """Greedy accuracy per character of the RNN (accuracy is a figure of the RNN alone)."""
+        """Greedy accuracy per unit of the RNN (accuracy is a figure of the RNN alone)."""
         from char_rnn.heldout import rnn_char_hits
 
         return rnn_char_hits(self.model, ids, start, end, warmup=context)
@@ -141,57 +179,75 @@ class Generator:
         if not 1 <= num_samples <= MAX_SAMPLES:
             raise GenerationError(f"num_samples must be between 1 and {MAX_SAMPLES}, got {num_samples}")
         row, s = self.prepare(prompt, sampling), sampling
-        prompt_ids = row.ids.tolist()
-        if self.mixture is None:
-            out = self.model.run(prompt_ids, num_samples, s.length, s.temperature, s.top_k, seed_of(s))
+        if self.mixture is None and self.units.kind == CLOSED:  # one unit per character: a fixed number of steps
+            out = self.model.run(row.ids.tolist(), num_samples, s.length, s.temperature, s.top_k, seed_of(s))
+            texts = [self.units.decode(ids) for ids in out]
         else:
-            out = self._run_mixture(prompt_ids, num_samples, sampling)
-        texts = ["".join(self.chars[i] for i in ids) for ids in out]
+            texts = self._draw(np.tile(row.ids, (num_samples, 1)), sampling)
         return Generation(prompt=row.start.prompt, dropped=row.start.dropped, texts=texts)
 
     def prepare(self, prompt: str, sampling: Sampling) -> Row:
         """A request checked and turned into ids, before it joins a batch (so a bad one fails alone)."""
-        kept, dropped = known_prompt(prompt, self.chars)
+        prompt = unicodedata.normalize("NFC", prompt)
+        dropped = self.units.unknown(prompt)
+        kept = "".join(c for c in prompt if c not in dropped) if dropped else prompt
         if not kept:
             raise GenerationError(f"no character of the prompt {prompt!r} is in the model's vocabulary")
-        return Row(np.array([self._index[c] for c in kept]), sampling, Generation(kept, dropped, []))
+        return Row(self.units.encode(kept), sampling, Generation(kept, dropped, []))
 
-    def _run_mixture(self, prompt_ids: list[int], batch: int, sampling: Sampling) -> np.ndarray:
-        """As `NumpyModel.run`, each character drawn from the mixture after the text so far."""
+    def text(self, units: list[int], length: int) -> str:
+        """The characters that drawn units spell, the first `length` of them."""
+        return self.units.decode(units)[:length]
+
+    def _draw(self, prompts: np.ndarray, sampling: Sampling) -> list[str]:
+        """Every row continued until it has `sampling.length` characters, each unit drawn by `pick`
+        from what may continue its spelling."""
         rng = np.random.default_rng(seed_of(sampling))
-        text = np.empty((batch, len(prompt_ids) + sampling.length), dtype=np.int32)
-        text[:, : len(prompt_ids)] = prompt_ids
-        self.mixture_loop(
-            text, len(prompt_ids), lambda mixed, n: pick(mixed, sampling.temperature, sampling.top_k, rng)
-        )
-        return text[:, len(prompt_ids) :]
+        spelling = Spelling(self.units.speller, np.full(len(prompts), sampling.length))
+        steps = self.steps(prompts)
+        probs = next(steps)
+        while not spelling.finished.all():
+            chosen = pick(probs, sampling.temperature, sampling.top_k, rng, spelling.allowed())
+            spelling.take(chosen)
+            probs = steps.send(chosen)
+        return [self.text(units, sampling.length) for units in spelling.units]
+
+    def steps(self, prompts: np.ndarray) -> Steps[np.ndarray, np.ndarray, None]:
+        """Yields (batch, V), the distribution sampled from after each row's text so far (the RNN's, or
+        the mixture's), and is sent the units drawn next; the prompts (rows of equal length) read first."""
+        prompts = np.asarray(prompts, dtype=np.int32)
+        mixture = self.mixture
+        window = mixture.weights.cache_window if mixture else 0
+        recent = cache.Recent(prompts, self.model.vocab_size, window) if window else None
+        suffixes = Suffixes(mixture.ngram, prompts) if mixture else None
+        states = self.model.initial_state(len(prompts))
+        for t in range(prompts.shape[1]):
+            probs, states = self.model.step(prompts[:, t], states)
+        while True:
+            chosen = yield probs if mixture is None else mixture.mix(probs, suffixes, recent)
+            for part in (suffixes, recent):
+                if part is not None:
+                    part.push(chosen)
+            probs, states = self.model.step(chosen, states)
 
     def mixture_loop(self, text: np.ndarray, prompt: int, choose: Callable[[np.ndarray, int], np.ndarray]) -> None:
-        """Fills text[:, prompt:] column by column with `choose(the mixture after text[:, :n], n)`.
+        """Fills text[:, prompt:] column by column with `choose(the distribution after text[:, :n], n)`.
 
-        Sampling chooses by drawing; a test chooses the true text, to check that this loop's
-        distributions are the ones held-out scoring measured (`char_probabilities`).
+        A test chooses the true text, to check that these distributions are the ones held-out scoring
+        measured (`char_probabilities`).
         """
-        assert self.mixture is not None
-        mixture, window = self.mixture, self.mixture.weights.cache_window
-        recent = cache.Recent(text[:, :prompt], self.model.vocab_size, window) if window else None
-        suffixes = Suffixes(mixture.ngram, text[:, :prompt])
-        states = self.model.initial_state(len(text))
-        for t in range(prompt):
-            probs, states = self.model.step(text[:, t], states)
+        steps = self.steps(text[:, :prompt])
+        probs = next(steps)
         for n in range(prompt, text.shape[1]):
-            text[:, n] = choose(mixture.mix(probs, suffixes, recent), n)
-            suffixes.push(text[:, n])
-            if recent is not None:
-                recent.push(text[:, n])
-            probs, states = self.model.step(text[:, n], states)
+            text[:, n] = choose(probs, n)
+            probs = steps.send(text[:, n])
 
 
 def sample(generator: Generator, prompt: str, length: int, temperature: float, seed: int) -> Generation:
     """One continuation of `prompt`, as the evaluate stage writes its sample (dropped characters logged)."""
     result = generator.generate(prompt, Sampling(length, temperature, seed=seed))
     if result.dropped:
-        log.warning("prompt characters not in the vocabulary were dropped: %s", result.dropped)
+        log.warning("prompt characters not in the closed vocabulary were dropped: %s", result.dropped)
     return result
 
 
@@ -209,12 +265,16 @@ def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
     return Mixture(ngram, hybrid.weights)
 
 
-def load_generator(files: dict[str, Path], digests: dict[str, str | None] | None = None) -> Generator:
+def load_generator(
+    files: dict[str, Path], digests: dict[str, str | None] | None = None, source: str | None = None
+) -> Generator:
     """`files`: model and vocab, plus ngram and hybrid for the mixture. Each file is checked against its
     recorded sha256 first (when `digests` is given); the model is read by the NumPy runtime, which
-    accepts only this project's architecture and unpickles nothing."""
+    accepts only this project's architecture and unpickles nothing. `source` names it (default: the
+    model file)."""
     if digests is not None:
         for name, path in files.items():
             verify_sha256(path, digests.get(name))
     mixture = load_mixture(files["ngram"], files["hybrid"]) if "ngram" in files else None
-    return Generator(inference.load(files["model"]), load_vocab(files["vocab"]), mixture)
+    units = load_units(files["vocab"])
+    return Generator(inference.load(files["model"]), units, mixture, source or str(files["model"]))

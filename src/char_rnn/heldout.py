@@ -9,13 +9,15 @@ included), keeping only the predictions for the chunk itself. Every character th
 `warmup + chunk - 1`; memory is bounded by one batch of chunks, never length x vocabulary of the text.
 
 Every model (the RNN, the n-gram, the hybrid, the RNN under dynamic evaluation) is scored on the
-same characters, `scored_span`: the validation tail, or without a split the training text itself,
-as the blog evaluates.
+same characters, `scored_span`: the test text (reported), the validation text (beside it), or without
+either the training text itself, as the blog evaluates. Scoring is per unit (`char_rnn.units`); a
+span also knows how many characters its units spell, so every figure is bits per character.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,14 +26,27 @@ from char_rnn.windows import WindowSpec
 
 WARMUP = 500  # characters of context run through the model before the first scored one of a chunk
 CHUNK = 500  # characters scored per row of a batch
+SPLIT_NAMES = {"test": "test", "val": "validation", "train": "memorised"}  # metrics.json's and the run's names
 
 
-def scored_span(spec: WindowSpec) -> tuple[int, int]:
-    """[start, end) of the scored characters in the whole text's ids: the validation tail, or without
-    one all the text before it from its second character (the first has nothing before it)."""
-    if spec.val_chars:
-        return spec.val_start, spec.val_start + spec.val_chars
-    return 1, spec.val_start
+@dataclass(frozen=True)
+class Span:
+    """Scored units [start, end) of the whole text's ids, and the characters they spell."""
+
+    start: int
+    end: int
+    chars: int
+    split: str  # test, val, or train (no held-out text: the blog's memorised setting)
+
+
+def scored_span(spec: WindowSpec, split: str | None = None) -> Span:
+    """A held-out split's units (default: the reported one, test before validation), or without
+    held-out text all of the training text from its second character (the first has nothing before it)."""
+    split = split or (spec.held_out[0] if spec.held_out else "train")
+    if split == "train":
+        return Span(spec.first_units, spec.train_units, spec.train_chars - 1, split)
+    start = spec.start(split)
+    return Span(start, start + getattr(spec, f"{split}_units"), getattr(spec, f"{split}_chars"), split)
 
 
 def scoring_rows(n_ids: int, start: int, end: int, warmup: int, chunk: int) -> list[tuple[int, int, int]]:

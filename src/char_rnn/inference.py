@@ -218,15 +218,20 @@ class NumpyModel:
         return ids
 
 
-def pick(probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> np.ndarray:
-    """`generate.pick` for the whole batch at once: greedy at temperature 0, else a draw among the top k.
+def pick(
+    probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """One id per row: greedy at temperature 0, else a draw among the top k, only among `allowed` ids
+    when given (a mask of the same shape; open units allow what continues a spelling).
 
-    The same draws as `generate.pick` with the same `rng`: one uniform per row, against the float64
-    cumulative sum that `numpy.random.Generator.choice` compares it with, without a Python call per row.
+    One uniform per row, against the float64 cumulative sum that `numpy.random.Generator.choice`
+    compares it with, without a Python call per row.
     """
     if temperature == 0:
-        return probs.argmax(axis=-1).astype(np.int32)
+        return (probs if allowed is None else np.where(allowed, probs, -1.0)).argmax(axis=-1).astype(np.int32)
     logits = np.log(np.maximum(probs, 1e-30))
+    if allowed is not None:
+        logits = np.where(allowed, logits, -np.inf)
     scaled = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     if 0 < top_k < probs.shape[-1]:
         kth = np.partition(scaled, -top_k, axis=-1)[:, -top_k, None]

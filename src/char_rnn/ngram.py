@@ -374,11 +374,12 @@ def _interpolate(table: _Order, context: np.ndarray, counts: np.ndarray, lower: 
     return np.where(seen, own + table.backoff[safe] * lower, lower)
 
 
-def bits_per_char(probs: np.ndarray) -> float:
-    """Mean -log2 P over the scored characters: the cross-entropy every model here is compared on."""
-    return float(-np.mean(np.log2(probs)))
+def bits_per_char(probs: np.ndarray, chars: int | None = None) -> float:
+    """-log2 P of the scored units per character they spell (`chars`; default: one unit per character):
+    the cross-entropy every model here is compared on, whatever its units."""
+    return float(-np.sum(np.log2(probs)) / (len(probs) if chars is None else chars))
 
 
-def perplexity(probs: np.ndarray) -> float:
-    """e to the cross-entropy in nats, the same figure as 2 ** bits_per_char."""
-    return math.exp(float(-np.mean(np.log(probs))))
+def perplexity(probs: np.ndarray, chars: int | None = None) -> float:
+    """Per character, the same figure as 2 ** bits_per_char."""
+    return math.exp(float(-np.sum(np.log(probs)) / (len(probs) if chars is None else chars)))

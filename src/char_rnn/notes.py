@@ -26,15 +26,21 @@ def change(relative: float) -> str:
 
 
 def data(corpus: str, spec: WindowSpec, corpus_md5: str, passed: int, failed: int) -> str:
-    total = spec.train_chars + spec.tune_chars + spec.val_chars
+    total = spec.train_chars + spec.tune_chars + spec.val_chars + spec.test_chars
     splits = ", ".join(
         f"{name} {chars:,}"
-        for name, chars in (("training", spec.train_chars), ("tuning", spec.tune_chars), ("validation", spec.val_chars))
+        for name, chars in (
+            ("training", spec.train_chars),
+            ("tuning", spec.tune_chars),
+            ("validation", spec.val_chars),
+            ("test", spec.test_chars),
+        )
         if chars
     )
     return (
-        f"**{corpus}**: {total:,} characters, {spec.vocab_size:,} distinct (md5 `{corpus_md5}`); {splits}.\n"
-        f"Windows of {spec.length}, stride {spec.stride}: {spec.train_windows:,} for training.\n"
+        f"**{corpus}**: {total:,} characters (md5 `{corpus_md5}`); {splits}, in that order.\n"
+        f"{spec.vocab_size:,} {spec.units} units, from the training text alone; windows of {spec.length}, stride"
+        f" {spec.stride}: {spec.train_windows:,} for training.\n"
         f"Great Expectations: {passed} expectations passed, {failed} failed."
     )
 
@@ -65,27 +71,34 @@ def refit(kept: list[int], spec: WindowSpec) -> str:
     )
 
 
-def evaluation(metrics: dict[str, Any], held_out: bool, sample: str) -> str:
-    if not held_out:
+def evaluation(metrics: dict[str, Any], spec: WindowSpec, sample: str) -> str:
+    if not spec.held_out:
         return (
-            f"No validation split (the blog's setting): scored on the training text it memorised, accuracy"
+            f"No held-out text (the blog's setting): scored on the training text it memorised, accuracy"
             f" **{metrics['accuracy']:.4f}**, {number(metrics['bits_per_char'])} bits/char.\n\n"
             f"Sample: `{sample}`"
         )
-    lines = [
-        f"Held-out: **{number(metrics['bits_per_char'])} bits/char** on the {metrics['heldout_chars']:,} validation"
-        f" characters, each predicted once from at least the text before it; Kneser-Ney n-gram"
-        f" {number(metrics['ngram_bits_per_char'])} (RNN {change(metrics['rnn_vs_ngram'])})."
-    ]
-    if "hybrid_bits_per_char" in metrics:
+    lines = []
+    for name, what in (
+        ("test", "the test text, the corpus's tail: never used to choose anything"),
+        ("validation", "the validation text, before it: early stopping and configs were chosen on it"),
+    ):
+        if name not in metrics:
+            continue
+        figures = metrics[name]
+        line = (
+            f"**{name.capitalize()}** ({figures['chars']:,} characters, {what}): RNN"
+            f" **{number(figures['bits_per_char'])} bits/char**, Kneser-Ney n-gram"
+            f" {number(figures['ngram_bits_per_char'])} (RNN {change(figures['rnn_vs_ngram'])})"
+        )
+        if "hybrid_bits_per_char" in figures:
+            line += f"; hybrid **{number(figures['hybrid_bits_per_char'])}** ({change(figures['hybrid_vs_ngram'])})"
+        if "dynamic_bits_per_char" in figures:
+            line += f"; dynamic evaluation {number(figures['dynamic_bits_per_char'])}"
+        lines.append(line + ".")
+    if "hybrid_weight_rnn" in metrics:
         weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in ("rnn", "ngram", "cache"))
-        lines.append(
-            f"Hybrid: **{number(metrics['hybrid_bits_per_char'])}** ({change(metrics['hybrid_vs_ngram'])}"
-            f" vs the n-gram; weights {weights}, fitted on the tuning slice)."
-        )
-    if "dynamic_bits_per_char" in metrics:
-        lines.append(
-            f"Dynamic evaluation: {number(metrics['dynamic_bits_per_char'])}"
-            f" ({change(metrics['dynamic_vs_ngram'])}, rate {metrics['dynamic_rate']})."
-        )
+        lines.append(f"Hybrid weights {weights}, fitted on the tuning slice.")
+    if "dynamic_rate" in metrics:
+        lines.append(f"Dynamic evaluation's rate {metrics['dynamic_rate']}, chosen on the tuning slice.")
     return "\n".join(lines) + f"\n\nSample: `{sample}`"

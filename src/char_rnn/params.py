@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import random as _random
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -56,18 +57,45 @@ class WindowParams(_Section):
 
 
 class SplitParams(_Section):
-    val_fraction: float = Field(ge=0.0, lt=1.0, description="contiguous tail of the corpus held out for validation")
+    """Contiguous slices in the text's order: train, tune, validation, test (the newest text last)."""
+
+    test_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=1.0,
+        description="the corpus's tail: the reported figures and the gate's comparison; never used to choose anything",
+    )
+    val_fraction: float = Field(
+        ge=0.0, lt=1.0, description="slice just before the test text: early stopping and choosing configs"
+    )
     tune_fraction: float = Field(
         ge=0.0,
         lt=1.0,
-        description="slice just before the validation tail, held out from the first fit to fit the hybrid's weights",
+        description="slice just before the validation text, held out from the first fit to fit the hybrid's weights",
     )
 
     @model_validator(mode="after")
     def _room_for_training(self) -> SplitParams:
-        if self.val_fraction + self.tune_fraction >= 1.0:
-            raise ValueError("val_fraction + tune_fraction must leave text to train on (sum < 1)")
+        if self.test_fraction + self.val_fraction + self.tune_fraction >= 1.0:
+            raise ValueError("test_fraction + val_fraction + tune_fraction must leave text to train on (sum < 1)")
         return self
+
+
+class UnitKind(str, Enum):
+    closed = "closed"
+    open = "open"
+
+
+class VocabParams(_Section):
+    """What the models read and predict (`char_rnn.units`); built from the training text alone."""
+
+    units: UnitKind = Field(
+        description="closed: one unit per character of the training text (the blog's); open: any text, rare and"
+        " unseen characters spelled in Hangul jamo or UTF-8 bytes"
+    )
+    min_count: int = Field(
+        default=2, ge=1, le=MAX_INT, description="open: a training character this frequent is a unit of its own"
+    )
 
 
 class Cell(str, Enum):
@@ -170,10 +198,10 @@ class EvaluateParams(_Section):
 
 
 class Metric(str, Enum):
+    """The figures the gate can rank versions by, each re-scored on the same text for both versions."""
+
     bits_per_char = "bits_per_char"
     hybrid_bits_per_char = "hybrid_bits_per_char"
-    loss = "loss"
-    perplexity = "perplexity"
     accuracy = "accuracy"
 
     @property
@@ -182,15 +210,32 @@ class Metric(str, Enum):
 
 
 class RegistryParams(_Section):
-    model_name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    metric: Metric = Field(description="what is served (the hybrid or the RNN alone) and compared with the champion")
+    model_name: str | None = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="registered model; null: char-rnn-<corpus>, so each corpus has its own champion",
+    )
+    metric: Metric = Field(
+        description="what is served (the hybrid or the RNN alone) and ranks it against the champion:"
+        " bits_per_char, hybrid_bits_per_char (lower wins) or accuracy (higher wins)"
+    )
     min_improvement: float = Field(
         ge=0.0, lt=1.0, description="relative gain over the champion, re-scored on the same text, needed to promote"
+    )
+    must_beat_baseline: bool = Field(
+        default=False,
+        description="never crown a version that is not better than the n-gram on the same test text",
     )
     # What one request to a served version may ask for, so that no request holds the server for minutes.
     max_length: int = Field(default=2000, ge=1, le=10_000, description="longest continuation a request may ask for")
     max_prompt: int = Field(default=10_000, ge=1, le=1_000_000, description="longest prompt, in characters")
     max_rows: int = Field(default=64, ge=1, le=10_000, description="most prompts in one request")
+
+
+def default_model_name(source: str) -> str:
+    """`char-rnn-<corpus>`: a built-in corpus's name, or a file's name without its suffix."""
+    stem = source if source in BUILTIN_CORPORA else Path(source).stem
+    return "char-rnn-" + (re.sub(r"[^A-Za-z0-9_.]+", "-", stem).strip("-.") or "corpus")
 
 
 SWEEPABLE = ("model", "train")
@@ -231,6 +276,7 @@ class SweepParams(_Section):
 
 class Params(_Section):
     corpus: CorpusParams
+    vocab: VocabParams
     window: WindowParams
     split: SplitParams
     model: ModelParams
@@ -243,9 +289,21 @@ class Params(_Section):
     registry: RegistryParams
     sweep: SweepParams
 
+    @model_validator(mode="before")
+    @classmethod
+    def _name_the_model(cls, raw: Any) -> Any:
+        """`registry.model_name: null` names the registered model after the corpus: `char-rnn-kolaw`, or a
+        file's name without its suffix, so that each corpus has its own champion."""
+        registry, corpus = (raw.get(key) if isinstance(raw, dict) else None for key in ("registry", "corpus"))
+        if not (isinstance(registry, dict) and isinstance(corpus, dict) and registry.get("model_name") is None):
+            return raw
+        return {**raw, "registry": {**registry, "model_name": default_model_name(str(corpus.get("source", "")))}}
+
     @model_validator(mode="after")
     def _needs_held_out_text(self) -> Params:
         """Options that read held-out text are refused when the split provides none."""
+        if self.registry.must_beat_baseline and not self.split.test_fraction:
+            raise ValueError("registry.must_beat_baseline needs split.test_fraction > 0 (it compares on the test text)")
         if self.train.early_stopping_patience and not self.split.val_fraction:
             raise ValueError("train.early_stopping_patience needs split.val_fraction > 0 (it watches val_loss)")
         if self.registry.metric is Metric.hybrid_bits_per_char and not (
@@ -385,6 +443,8 @@ def load_params(path: Path | str) -> Params:
 def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
     """Apply dotted-key overrides (`{"train.epochs": 5}`) and validate the result like a file."""
     raw = params.model_dump(mode="json")
+    if raw["registry"]["model_name"] == default_model_name(params.corpus.source):
+        raw["registry"]["model_name"] = None  # named after the corpus: named again after an overridden one
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if section not in raw or not key:

@@ -44,10 +44,10 @@ def check(params: Params, layout: Layout) -> Summary:
     `dvc.yaml` keeps (persist) when it fails. The params were validated when they were loaded.
     """
     from char_rnn.corpus import load_corpus
-    from char_rnn.windows import split_sizes
+    from char_rnn.windows import spellable, split_sizes
 
     text = load_corpus(params.corpus, layout.root)
-    split_sizes(len(text), params.split, params.window.length)
+    spellable(text, split_sizes(len(text), params.split, params.window.length)[0], params.vocab)
     # What ingest depends on: it changes with the corpus, not with any other param.
     found = {"corpus.source": params.corpus.source, "characters": len(text)}
     _write_json(layout.check, found)
@@ -65,16 +65,17 @@ def ingest(params: Params, layout: Layout) -> Summary:
 
 
 def window(params: Params, layout: Layout) -> Summary:
-    """Build the vocabulary and the integer-id train/tune/validation splits that windows are cut from."""
+    """Build the units from the training text and the integer-id train/tune/validation/test splits."""
     from char_rnn.corpus import read_corpus
     from char_rnn.windows import cut_windows, save_windows
 
-    windows = cut_windows(read_corpus(layout.corpus), params.window, params.split)
+    windows = cut_windows(read_corpus(layout.corpus), params.window, params.split, params.vocab)
     save_windows(windows, layout.vocab, layout.windows)
     spec = windows.spec
     summary = (
-        f"{spec.vocab_size} characters in the vocabulary; {spec.train_windows:,} training windows of"
-        f" {spec.length}; tuning {spec.tune_chars:,} and validation {spec.val_chars:,} characters"
+        f"{spec.vocab_size} {spec.units} units from the training text; {spec.train_windows:,} training windows of"
+        f" {spec.length}; tuning {spec.tune_chars:,}, validation {spec.val_chars:,} and test {spec.test_chars:,}"
+        " characters"
     )
     return {**asdict(spec), "summary": summary}
 
@@ -82,13 +83,13 @@ def window(params: Params, layout: Layout) -> Summary:
 def validate(params: Params, layout: Layout) -> Summary:
     """Run the Great Expectations suites on the corpus and the windows; fail on any unmet expectation."""
     from char_rnn.corpus import read_corpus
+    from char_rnn.units import load_units
     from char_rnn.validation import require_success
     from char_rnn.validation import validate as run_suites
-    from char_rnn.windows import load_vocab, load_windows
+    from char_rnn.windows import load_spec
 
-    spec, train_ids, val_ids = load_windows(layout.windows)
-    text, chars = read_corpus(layout.corpus), load_vocab(layout.vocab)
-    report = run_suites(text, chars, spec, train_ids, val_ids, params.validation)
+    spec, text, units = load_spec(layout.windows), read_corpus(layout.corpus), load_units(layout.vocab)
+    report = run_suites(text, units, spec, layout.windows, params.validation)
     _write_json(layout.validation_report, report)
     require_success(report)
     passed = sum(len(suite["expectations"]) for suite in report["suites"])
@@ -97,25 +98,26 @@ def validate(params: Params, layout: Layout) -> Summary:
 
 
 def baseline(params: Params, layout: Layout) -> Summary:
-    """Fit the Kneser-Ney character n-gram and score it on the text the RNN is scored on: the number to beat."""
-    from char_rnn.heldout import scored_span
+    """Fit the Kneser-Ney n-gram on the text before the validation text and score it on the text the RNN
+    is scored on (test, then validation): the number to beat."""
+    from char_rnn.heldout import SPLIT_NAMES, scored_span
     from char_rnn.ngram import KneserNey, bits_per_char, perplexity
     from char_rnn.windows import load_spec, load_text_ids
 
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
     ngram = KneserNey.fit(ids[: spec.val_start], spec.vocab_size, params.baseline.order)
-    probs = ngram.char_probabilities(ids, *scored_span(spec))
-    result = {
-        "ngram_order": params.baseline.order,
-        "ngram_bits_per_char": bits_per_char(probs),
-        "ngram_perplexity": perplexity(probs),
-        "scored_chars": len(probs),
-        "scored_on": "validation text" if spec.val_chars else "training text (no split: memorised, as in the blog)",
-    }
+    result: dict[str, Any] = {"ngram_order": params.baseline.order}
+    for split in spec.held_out or ("train",):
+        span = scored_span(spec, split)
+        probs = ngram.char_probabilities(ids, span.start, span.end)
+        figures = {"bits_per_char": bits_per_char(probs, span.chars), "perplexity": perplexity(probs, span.chars)}
+        result[SPLIT_NAMES[split]] = {**figures, "chars": span.chars}
     write_atomically(layout.ngram, ngram.to_bytes())
     _write_json(layout.baseline, result)
-    summary = (
-        f"{params.baseline.order}-gram: {result['ngram_bits_per_char']:.4f} bits/char on {len(probs):,} characters"
+    summary = f"{params.baseline.order}-gram: " + "; ".join(
+        f"{figures['bits_per_char']:.4f} bits/char on the {figures['chars']:,} characters of the {name} text"
+        for name, figures in result.items()
+        if isinstance(figures, dict)
     )
     return {**result, "summary": summary}
 
@@ -239,6 +241,7 @@ def _log_datasets(corpus: str, layout: Layout, corpus_md5: str, spec: Any) -> No
         ("train", spec.train_chars, "train"),
         ("tune", spec.tune_chars, "tune"),
         ("val", spec.val_chars, "validation"),
+        ("test", spec.test_chars, "test"),
     ):
         if chars:
             path = layout.windows / f"{split}.npy"
@@ -251,7 +254,7 @@ def tune(params: Params, layout: Layout) -> Summary:
     from char_rnn.windows import load_spec
 
     spec = load_spec(layout.windows)
-    hybrid = _tune_on_slice(params, layout) if spec.tune_chars else Hybrid(tune_chars=0)
+    hybrid = _tune_on_slice(params, layout) if spec.tune_units else Hybrid(tune_chars=0)
     write_atomically(layout.hybrid, dump_hybrid(hybrid))
     summary = "no tuning slice: nothing to fit"
     if hybrid.weights is not None:
@@ -272,14 +275,14 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
     model, span, context = (
         load_model(str(layout.fit_model)),
-        (spec.train_chars, spec.val_start),
+        (spec.train_units, spec.val_start),
         params.evaluate.context,
     )
     weights = fit_hybrid_weights(members(model), ids, span, params.baseline.order, context, params.tune.cache_window)
     dynamic = None
     if params.tune.dynamic_rates:
         segment, steps_context = params.tune.dynamic_segment, params.tune.dynamic_context
-        rate, tried = tune_rate(model, ids, span, params.tune.dynamic_rates, segment, steps_context)
+        rate, tried = tune_rate(model, ids, span, params.tune.dynamic_rates, segment, steps_context, spec.tune_chars)
         dynamic = DynamicChoice(rate=rate, segment=segment, context=steps_context, tune_bits_per_char=tried)
     return Hybrid(
         tune_chars=spec.tune_chars, weights=weights, ngram_order=params.baseline.order, context=context, dynamic=dynamic
@@ -307,10 +310,9 @@ def refit(params: Params, layout: Layout) -> Summary:
         label = progress.member_label("refit", i, params.model.ensemble)
         return [tracking.epoch_logger("refit", i), progress.epoch_progress(label, kept[i])]
 
+    val = ids[spec.val_start : spec.start("test")]  # watched, never the test text
     with tracking.resumed_run(layout.mlruns, run_id):
-        fitted = fit_members(
-            params.model, params.train, spec, ids[: spec.val_start], ids[spec.val_start :], callbacks, kept, checkpoints
-        )
+        fitted = fit_members(params.model, params.train, spec, ids[: spec.val_start], val, callbacks, kept, checkpoints)
         tracking.set_note_section(run_id, "Refit", notes.refit(kept, spec))
     save_model(fitted.model, layout.model)
     write_atomically(layout.history, history_csv(fitted.histories[0]))
@@ -332,7 +334,7 @@ def evaluate(params: Params, layout: Layout) -> Summary:
     spec, ids, history = load_spec(layout.windows), load_text_ids(layout.windows), read_history(layout.history)
     generator, hybrid = load_generator(bundle(params, layout)), load_hybrid(layout.hybrid)
     ngram = generator.mixture.ngram if generator.mixture else KneserNey.load(layout.ngram)  # read once
-    trainable = _keras_model(layout) if hybrid.dynamic is not None and spec.val_chars else None
+    trainable = _keras_model(layout) if hybrid.dynamic is not None and spec.held_out else None
     metrics = score_all(generator.model, ngram, hybrid, spec, ids, history, params.evaluate.context,
                         params.train.batch_size, trainable)  # fmt: skip
     written = sample(
@@ -356,15 +358,20 @@ def _keras_model(layout: Layout) -> Any:
 def _evaluation_line(metrics: dict[str, Any]) -> str:
     from char_rnn.notes import change
 
-    if "heldout_chars" not in metrics:
+    if "bits_per_char_method" not in metrics:
         return f"accuracy {metrics['accuracy']:.4f}, {metrics['bits_per_char']:.4f} bits/char on the memorised text"
-    line = (
-        f"{metrics['bits_per_char']:.4f} bits/char held out vs the n-gram's {metrics['ngram_bits_per_char']:.4f}"
-        f" ({change(metrics['rnn_vs_ngram'])})"
-    )
-    if "hybrid_bits_per_char" in metrics:
-        line += f"; hybrid {metrics['hybrid_bits_per_char']:.4f} ({change(metrics['hybrid_vs_ngram'])})"
-    return line
+    lines = []
+    for name in ("test", "validation"):
+        if name in metrics:
+            figures = metrics[name]
+            line = (
+                f"{name}: {figures['bits_per_char']:.4f} bits/char vs the n-gram's"
+                f" {figures['ngram_bits_per_char']:.4f} ({change(figures['rnn_vs_ngram'])})"
+            )
+            if "hybrid_bits_per_char" in figures:
+                line += f", hybrid {figures['hybrid_bits_per_char']:.4f} ({change(figures['hybrid_vs_ngram'])})"
+            lines.append(line)
+    return "; ".join(lines)
 
 
 def _log_evaluation(layout: Layout, spec: Any, metrics: dict[str, Any], text: str) -> None:
@@ -374,27 +381,28 @@ def _log_evaluation(layout: Layout, spec: Any, metrics: dict[str, Any], text: st
     from char_rnn import notes, tracking
 
     run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
-    held_out = spec.val_chars > 0
     with tracking.resumed_run(layout.mlruns, run_id):
-        mlflow.log_metrics(tracking.evaluation_metrics(metrics, held_out), step=metrics["epochs"])
+        mlflow.log_metrics(tracking.evaluation_metrics(metrics), step=metrics["epochs"])
         for artifact in (layout.metrics, layout.plot, layout.sample, layout.history, layout.hybrid):
             mlflow.log_artifact(str(artifact), artifact_path="reports")
-        tracking.set_note_section(run_id, "Evaluation", notes.evaluation(metrics, held_out, text))
+        tracking.set_note_section(run_id, "Evaluation", notes.evaluation(metrics, spec, text))
 
 
 def register(params: Params, layout: Layout) -> Summary:
-    """Register the model in MLflow: champion if it beats the champion re-scored on this run's text, else
-    challenger; files already registered are reported as their version. One registration of the model at
-    a time (`char_rnn.registry_lock`), so two runs that finish together end with the better one champion."""
+    """Register the model in MLflow: champion if it beats the champion re-scored on this run's test text,
+    else challenger; files already registered are reported as their version. One registration of the model
+    at a time (`char_rnn.registry_lock`), so two runs that finish together end with the better one champion."""
     from char_rnn import progress, registry, tracking
+    from char_rnn.evaluation import reported
     from char_rnn.lineage import file_sha256
     from char_rnn.registry_lock import registry_lock
     from char_rnn.windows import load_spec
 
     run_id, spec = tracking.pipeline_run(layout.mlruns, layout.train_run), load_spec(layout.windows)
     name, metric = params.registry.model_name, params.registry.metric
-    key = tracking.metric_key(metric.value, held_out=spec.val_chars > 0)
-    value = registry.check_registrable(run_id, metric, json.loads(layout.metrics.read_text(encoding="utf-8")))
+    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    key = tracking.metric_key(metric.value, metrics)
+    value = registry.check_registrable(run_id, metric, reported(metrics))
     files = bundle(params, layout)
     digests = {f"{file}_sha256": file_sha256(path) for file, path in files.items()}
     with registry_lock(name):  # another run registering now would compare with the same champion
@@ -406,7 +414,7 @@ def register(params: Params, layout: Layout) -> Summary:
             result |= {"metric": key, "value": value}
             _write_json(layout.registration, result)
             return {**result, "summary": f"these files are {name} version {existing} already: nothing registered"}
-        decision = _gate(params, layout, files, spec)
+        decision = _gate(params, layout, files, spec, metrics)
         version = _publish(params, layout, run_id, files, digests, (key, value), decision)
     result = {
         "model_name": name,
@@ -421,31 +429,54 @@ def register(params: Params, layout: Layout) -> Summary:
     return {**result, "summary": f"{name} version {version} is {decision.alias}: {decision.reason}"}
 
 
-def _gate(params: Params, layout: Layout, files: dict[str, Path], spec: Any) -> Any:
-    """The candidate and the current champion scored on this run's text, as each would serve it."""
+def _gate(params: Params, layout: Layout, files: dict[str, Path], spec: Any, metrics: dict[str, Any]) -> Any:
+    """The candidate and the current champion scored on this run's test text, as each would serve it."""
     from char_rnn import gate, registry
     from char_rnn.bundle import load_registered
     from char_rnn.corpus import read_corpus
     from char_rnn.errors import PipelineError
+    from char_rnn.evaluation import reported
     from char_rnn.generate import load_generator
-    from char_rnn.heldout import scored_span
 
     metric, name = params.registry.metric, params.registry.model_name
-    text = gate.Text(read_corpus(layout.corpus), *scored_span(spec), params.evaluate.context)
-    candidate = gate.score(load_generator(files), text, metric)
     champion = registry.current_champion(name)
+    if not spec.test_chars:  # the blog's setting: no text that no model learnt from
+        figures, where = reported(metrics), _scored_on(spec)
+        value, chars = figures[metric.value], figures.get("chars", spec.train_chars - 1)
+        if champion is None:
+            return gate.first(value, metric, where, chars)
+        why = f"this run has no test text (it is scored on {where})"
+        return gate.unfair(value, str(champion.version), why, metric, 0)
+    start = spec.train_chars + spec.tune_chars + spec.val_chars
+    text = gate.Text(read_corpus(layout.corpus), start, start + spec.test_chars, params.evaluate.context)
+    candidate_scorer = load_generator(files)
+    candidate = gate.score(candidate_scorer, text, metric)
+    ngram = metrics["test"]["ngram_bits_per_char"]
+    bits = gate.score(candidate_scorer, text, Metric.bits_per_char) if metric is Metric.accuracy else candidate
+    if params.registry.must_beat_baseline and bits >= ngram:
+        return gate.below_baseline(candidate, metric, text, ngram, bits)
     if champion is None:
-        return gate.first(candidate, metric, text.chars)
+        return gate.first(candidate, metric, text.where, text.chars, ngram)
     version = str(champion.version)
+    if why := gate.overlap(dict(champion.tags), text):
+        return gate.unfair(candidate, version, why, metric, text.chars)
     try:
         scorer = load_registered(f"models:/{name}/{version}")
     except (PipelineError, OSError) as exc:
         return gate.unfair(candidate, version, f"its files cannot be used ({exc})", metric, text.chars)
-    if missing := gate.unreadable(scorer.chars, text):
-        return gate.unfair(candidate, version, f"its vocabulary lacks {missing} of this text", metric, text.chars)
-    return gate.decide(
-        candidate, gate.score(scorer, text, metric), version, metric, params.registry.min_improvement, text.chars
-    )
+    if missing := gate.unreadable(scorer.units, text):
+        return gate.unfair(candidate, version, f"its closed units lack {missing} of this text", metric, text.chars)
+    champion_figure = gate.score(scorer, text, metric)
+    return gate.decide(candidate, champion_figure, version, metric, params.registry.min_improvement, text, ngram)
+
+
+def _scored_on(spec: Any) -> str:
+    """Which text the reported figures come from, as the version's description says it."""
+    if spec.test_chars:
+        return f"the test text (the last {spec.test_chars:,} characters, never used to choose anything)"
+    if spec.val_chars:
+        return f"the validation text (the last {spec.val_chars:,} characters; no test text)"
+    return f"the {spec.train_chars:,} characters it trained on (memorised, as in the blog; no held-out text)"
 
 
 def _publish(
@@ -457,19 +488,21 @@ def _publish(
     figure: tuple[str, float],
     decision: Any,
 ) -> str:
-    """Log the generator pyfunc into the run, register it with the run's lineage and the gate's decision,
-    and move the aliases."""
+    """Log the generator pyfunc into the run, register it with the run's lineage, which text it learnt
+    from and the gate's decision, and move the aliases."""
     import mlflow
 
-    from char_rnn import registry, tracking
+    from char_rnn import gate, registry, tracking
+    from char_rnn.corpus import read_corpus
     from char_rnn.lineage import file_md5
     from char_rnn.serving import log_generator
+    from char_rnn.windows import load_spec
 
-    name = params.registry.model_name
+    name, spec = params.registry.model_name, load_spec(layout.windows)
     lineage = tracking.lineage_tags(run_id)
     gate_tags = {"gate.decision": decision.alias, "gate.reason": decision.reason}
     compared = {"candidate": decision.candidate, "champion": decision.champion,
-                "relative_change": decision.relative_change}  # fmt: skip
+                "relative_change": decision.relative_change, "ngram": decision.ngram}  # fmt: skip
     figures = {figure[0]: figure[1], **{f"gate/{k}": v for k, v in compared.items() if v is not None}}
     epochs = ("refit",) if params.refit.enabled else ("train", "val")
     with tracking.resumed_run(layout.mlruns, run_id):
@@ -477,18 +510,21 @@ def _publish(
         shas = {key.removesuffix("_sha256"): value for key, value in digests.items()}
         info = log_generator(files, shas, params.evaluate.prompt, limits)
         mlflow.log_metrics(figures, model_id=info.model_id)
-        tracking.attach_figures(run_id, info.model_id, (*epochs, "heldout", "memorised", "hybrid", "dynamic"))
-    model_uri = info.model_uri
+        groups = (*epochs, "test", "validation", "memorised", "hybrid", "dynamic")
+        tracking.attach_figures(run_id, info.model_id, groups)
+    seen = spec.train_chars + spec.tune_chars + spec.val_chars  # everything before the test text
     version_tags = {
         **lineage,
         **digests,
+        **gate.seen_tags(read_corpus(layout.corpus), seen),
+        "data.units": spec.units,
         figure[0]: repr(figure[1]),
         **gate_tags,
         "run_id": run_id,
         "model_md5": file_md5(layout.model),
     }
-    description = f"**{decision.alias}**: {decision.reason}"
-    version = registry.register_version(model_uri, name, version_tags, description)
+    description = f"{decision.alias}: {decision.reason}\n\nFigures are on {_scored_on(spec)}."
+    version = registry.register_version(info.model_uri, name, version_tags, description)
     if decision.alias == registry.CHAMPION:
         registry.crown(name, version)
     else:

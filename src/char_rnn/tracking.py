@@ -7,9 +7,9 @@ bare `./mlruns` file store.
 
 One run per training, named for what ran, with a description the stages fill in section by section,
 and one metric name per figure, grouped by prefix so the UI draws one section per group: `train/`,
-`val/`, `refit/` per epoch (steps are epochs, from 1), and the evaluation's `heldout/` (or
-`memorised/` without a validation split: the blog's setting scores the text it trained on),
-`hybrid/`, `dynamic/`.
+`val/`, `refit/` per epoch (steps are epochs, from 1), and the evaluation's `test/` and
+`validation/` (the text each figure is on; `memorised/` without held-out text: the blog's setting
+scores the text it trained on), `hybrid/`, `dynamic/`.
 """
 
 from __future__ import annotations
@@ -267,27 +267,28 @@ def attach_figures(run_id: str, model_id: str, groups: tuple[str, ...]) -> None:
     client.log_batch(run_id, metrics=[Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in last])
 
 
-def evaluation_metrics(metrics: dict[str, Any], held_out: bool) -> dict[str, float]:
-    """metrics.json's figures under their run names: one name per figure, grouped by prefix.
+def evaluation_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """metrics.json's figures under their run names: one name per figure, grouped by the text it is on
+    (`test/`, `validation/`, or `memorised/` without held-out text) and by part (`hybrid/weight_rnn`).
 
     The final training figures are left out: they are the last step of `train/` already.
     """
-    group = "heldout" if held_out else "memorised"
     named = {}
+    for section in ("test", "validation"):
+        named |= {f"{section}/{key}": value for key, value in finite_metrics(metrics.get(section, {})).items()}
     for key, value in finite_metrics(metrics).items():
         if key in ("train_loss", "train_accuracy", "epochs"):
             continue
         head, _, rest = key.partition("_")
-        if head in ("hybrid", "dynamic"):
-            named[f"{head}/{rest}"] = value
-        else:
-            named[f"{group}/{'chars' if key == 'heldout_chars' else key}"] = value
+        named[f"{head}/{rest}" if head in ("hybrid", "dynamic") else f"memorised/{key}"] = value
     return named
 
 
-def metric_key(metric: str, held_out: bool) -> str:
-    """The run's (and so the registry's) name for a `registry.metric`: `hybrid/bits_per_char`, ..."""
-    return next(iter(evaluation_metrics({metric: 0.0}, held_out)))
+def metric_key(metric: str, metrics: dict[str, Any]) -> str:
+    """The run's (and so the registry's) name for a `registry.metric` of these figures: the reported
+    text's, `test/hybrid_bits_per_char` (or `validation/...`, or `memorised/...` without held-out text)."""
+    section = next((name for name in ("test", "validation") if name in metrics), "memorised")
+    return f"{section}/{metric}"
 
 
 def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:

@@ -1,13 +1,16 @@
-"""Great Expectations suites on the corpus and on the windows; training never starts on bad data.
+"""Great Expectations suites on the corpus, the splits and the windows; training never starts on bad data.
 
 GX validates tables, so each suite runs on a small frame derived from the data: one profile row for
-the corpus, one row per window for the windows. The report is plain JSON, not GX's Data Docs HTML,
+the corpus, one row per split (train, tune, validation, test: each split's ids are the corpus's text
+spelled again, and the units are the ones the training text alone gives), one row per window for the
+windows training reads. The report is plain JSON, not GX's Data Docs HTML,
 which loads its scripts and styles from CDNs and renders blank offline.
 """
 
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +18,8 @@ import pandas as pd
 
 from char_rnn.errors import PipelineError
 from char_rnn.params import ValidationParams
-from char_rnn.windows import WindowSpec, encode, window_views
+from char_rnn.units import OPEN, Units, UnitsError
+from char_rnn.windows import SPLITS, WindowSpec, load_split, window_views
 
 ALLOWED_CONTROLS = frozenset("\n\t")
 
@@ -37,28 +41,51 @@ def corpus_profile(text: str) -> pd.DataFrame:
     )
 
 
-def window_table(text: str, chars: list[str], spec: WindowSpec, train: np.ndarray, val: np.ndarray) -> pd.DataFrame:
-    """One row per window of each split, checked against the corpus text itself (not only the ids)."""
-    corpus_ids = encode(text, chars) if set(text) <= set(chars) else None
+def split_table(text: str, units: Units, spec: WindowSpec, ids: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per split: its ids against the corpus text spelled again, and the units against the
+    ones the training text alone gives (nothing of the held-out text may reach them)."""
+    rebuilt = Units.closed(text[: spec.train_chars])
+    if units.kind == OPEN:
+        rebuilt = Units.open(text[: spec.train_chars], units.min_count)
+    rows, start = [], 0
+    for name in SPLITS:
+        chars, split_ids = getattr(spec, f"{name}_chars"), ids[name]
+        try:
+            expected = units.encode(text[start : start + chars])
+            matches = bool(np.array_equal(expected, split_ids))
+        except UnitsError:
+            matches = False
+        rows.append(
+            {
+                "split": name,
+                "chars": chars,
+                "units": len(split_ids),
+                "declared_units": getattr(spec, f"{name}_units"),
+                "min_id": int(split_ids.min(initial=0)),
+                "max_id": int(split_ids.max(initial=0)),
+                "ids_match_corpus": matches,
+                "units_from_training_text": rebuilt.names == units.names,
+            }
+        )
+        start += chars
+    frame = pd.DataFrame(rows)
+    frame["covers_corpus"] = int(frame["chars"].sum()) == len(text)
+    return frame
+
+
+def window_table(spec: WindowSpec, ids: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One row per window of the training and validation splits (the windows that fit reads)."""
     frames = []
-    for name, ids, offset in (("train", train, 0), ("val", val, spec.train_chars + spec.tune_chars)):
-        inputs, targets = window_views(ids, spec.length, spec.stride)
-        starts = np.arange(len(inputs)) * spec.stride
-        matches = np.zeros(len(inputs), dtype=bool)
-        if corpus_ids is not None and len(inputs):
-            source, _ = window_views(corpus_ids[offset : offset + len(ids)], spec.length, spec.stride)
-            matches = (inputs == source).all(axis=1)
+    for name in ("train", "val"):
+        inputs, targets = window_views(ids[name], spec.length, spec.stride)
         frames.append(
             pd.DataFrame(
                 {
                     "split": name,
-                    "start": starts + offset,
+                    "start": np.arange(len(inputs)) * spec.stride + spec.start(name),
                     "input_length": inputs.shape[1],
                     "target_length": targets.shape[1],
-                    "min_id": np.minimum(inputs.min(axis=1, initial=0), targets.min(axis=1, initial=0)),
-                    "max_id": np.maximum(inputs.max(axis=1, initial=0), targets.max(axis=1, initial=0)),
                     "target_is_shifted_input": (targets[:, :-1] == inputs[:, 1:]).all(axis=1),
-                    "input_matches_corpus": matches,
                 }
             )
         )
@@ -79,6 +106,22 @@ def corpus_expectations(params: ValidationParams, length: int) -> list[Any]:
     ]
 
 
+def split_expectations(spec: WindowSpec) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectTableRowCountToEqual(value=len(SPLITS)),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="units", column_B="declared_units"),
+        gxe.ExpectColumnValuesToBeBetween(column="min_id", min_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="max_id", max_value=spec.vocab_size - 1),
+        gxe.ExpectColumnValuesToBeInSet(column="ids_match_corpus", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="units_from_training_text", value_set=[True], meta={"why": "nothing learnt from held-out text"}
+        ),
+        gxe.ExpectColumnValuesToBeInSet(column="covers_corpus", value_set=[True]),
+    ]
+
+
 def window_expectations(spec: WindowSpec) -> list[Any]:
     import great_expectations.expectations as gxe
 
@@ -86,10 +129,7 @@ def window_expectations(spec: WindowSpec) -> list[Any]:
         gxe.ExpectTableRowCountToEqual(value=spec.train_windows + spec.val_windows),
         gxe.ExpectColumnValuesToBeInSet(column="input_length", value_set=[spec.length]),
         gxe.ExpectColumnValuesToBeInSet(column="target_length", value_set=[spec.length]),
-        gxe.ExpectColumnValuesToBeBetween(column="min_id", min_value=0),
-        gxe.ExpectColumnValuesToBeBetween(column="max_id", max_value=spec.vocab_size - 1),
         gxe.ExpectColumnValuesToBeInSet(column="target_is_shifted_input", value_set=[True]),
-        gxe.ExpectColumnValuesToBeInSet(column="input_matches_corpus", value_set=[True]),
     ]
 
 
@@ -133,12 +173,14 @@ def _args(kwargs: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
 
 
-def validate(
-    text: str, chars: list[str], spec: WindowSpec, train: np.ndarray, val: np.ndarray, params: ValidationParams
-) -> dict[str, Any]:
-    """Both suites' report, passed or not: the stage writes it before `require_success` stops the run."""
-    suites = [run_suite("corpus", corpus_profile(text), corpus_expectations(params, spec.length))]
-    suites.append(run_suite("windows", window_table(text, chars, spec, train, val), window_expectations(spec)))
+def validate(text: str, units: Units, spec: WindowSpec, windows: Path, params: ValidationParams) -> dict[str, Any]:
+    """Every suite's report, passed or not: the stage writes it before `require_success` stops the run."""
+    ids = {name: load_split(windows, name) for name in SPLITS}
+    suites = [
+        run_suite("corpus", corpus_profile(text), corpus_expectations(params, spec.length)),
+        run_suite("splits", split_table(text, units, spec, ids), split_expectations(spec)),
+        run_suite("windows", window_table(spec, ids), window_expectations(spec)),
+    ]
     return {"success": all(s["success"] for s in suites), "suites": suites}
 
 

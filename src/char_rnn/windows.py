@@ -1,4 +1,4 @@
-"""Vocabulary, integer ids, contiguous split and sliding windows.
+"""Units, integer ids, contiguous splits and sliding windows.
 
 Windows are never materialised, one-hot or otherwise: the stage stores each split as one int32 id
 array, and a window is a slice of it (input `ids[s:s+L]`, target `ids[s+1:s+L+1]`). Memory therefore
@@ -7,6 +7,7 @@ grows with the corpus, not with windows x length x vocabulary as the blog's `to_
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from char_rnn import progress
 from char_rnn.errors import PipelineError
 from char_rnn.layout import replace_folder, write_atomically
-from char_rnn.params import SplitParams, WindowParams
+from char_rnn.params import SplitParams, UnitKind, VocabParams, WindowParams
+from char_rnn.units import Units, UnitsError, load_units
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-VOCAB_FORMAT = 1
+SPLITS = ("train", "tune", "val", "test")  # in the text's order: the test text is the newest
 
 
 class WindowError(PipelineError):
@@ -31,54 +32,56 @@ class WindowError(PipelineError):
 
 @dataclass(frozen=True)
 class WindowSpec:
-    """What the window stage promises; the validate stage checks the id files against it."""
+    """What the window stage promises; the validate stage checks the id files against it.
+
+    `*_chars` count characters of the text, `*_units` the ids that spell them (the same numbers
+    with closed units).
+    """
 
     length: int
     stride: int
+    units: str
     vocab_size: int
     train_chars: int
     tune_chars: int
     val_chars: int
+    test_chars: int
+    train_units: int
+    tune_units: int
+    val_units: int
+    test_units: int
+    first_units: int  # units of the text's first character, which nothing before it predicts
     train_windows: int
     val_windows: int
 
+    def start(self, split: str) -> int:
+        """Where a split's ids start in the whole text's ids."""
+        return sum(getattr(self, f"{name}_units") for name in SPLITS[: SPLITS.index(split)])
+
     @property
     def val_start(self) -> int:
-        """Where the validation tail starts in the whole text: everything before it may be trained on."""
-        return self.train_chars + self.tune_chars
+        """Where the validation text starts: everything before it may be trained on (the refit, the n-gram)."""
+        return self.start("val")
+
+    @property
+    def held_out(self) -> tuple[str, ...]:
+        """The held-out splits that are scored, the reported one first: test, then validation."""
+        return tuple(split for split in ("test", "val") if getattr(self, f"{split}_chars"))
 
 
-def build_vocab(text: str) -> list[str]:
-    """Sorted by code point: the same text always gives the same ids (the blog's `set()` order did not)."""
-    return sorted(set(text))
+def build_units(training: str, vocab: VocabParams) -> Units:
+    """From the training text alone: held-out text never adds a unit."""
+    if vocab.units is UnitKind.closed:
+        return Units.closed(training)
+    return Units.open(training, vocab.min_count)
 
 
-def save_vocab(chars: list[str], path: Path) -> None:
-    payload = {"format": VOCAB_FORMAT, "size": len(chars), "chars": chars}
-    write_atomically(path, json.dumps(payload, ensure_ascii=False, indent=1) + "\n")
+def save_vocab(units: Units, path: Path) -> None:
+    write_atomically(path, units.to_json())
 
 
-def load_vocab(path: Path) -> list[str]:
-    payload = json.loads(path.read_text(encoding="utf-8"))
-    if payload.get("format") != VOCAB_FORMAT or len(payload["chars"]) != payload["size"]:
-        raise WindowError(f"{path}: not a vocabulary of format {VOCAB_FORMAT}")
-    return payload["chars"]
-
-
-ENCODE_CHUNK = 5_000_000  # characters encoded between two progress lines on a large corpus
-
-
-def encode(text: str, chars: list[str]) -> np.ndarray:
-    """The text as vocabulary ids; a corpus of tens of millions of characters reports its progress."""
-    index = {c: i for i, c in enumerate(chars)}
-    if len(text) <= ENCODE_CHUNK:
-        return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
-    ids = np.empty(len(text), dtype=np.int32)
-    for start in range(0, len(text), ENCODE_CHUNK):
-        part = text[start : start + ENCODE_CHUNK]
-        ids[start : start + len(part)] = np.fromiter((index[c] for c in part), dtype=np.int32, count=len(part))
-        progress.log.info("window: encoded %s of %s characters", f"{start + len(part):,}", f"{len(text):,}")
-    return ids
+def load_vocab(path: Path) -> Units:
+    return load_units(path)
 
 
 def count_windows(n_ids: int, length: int, stride: int) -> int:
@@ -90,18 +93,20 @@ def window_starts(n_ids: int, length: int, stride: int) -> np.ndarray:
     return np.arange(0, max(0, n_ids - length), stride, dtype=np.int64)
 
 
-def split_sizes(n_chars: int, split: SplitParams, length: int) -> tuple[int, int, int]:
-    """Characters in (train, tune, val), or `WindowError` when a split is too short for a window.
+def split_sizes(n_chars: int, split: SplitParams, length: int) -> tuple[int, int, int, int]:
+    """Characters in (train, tune, val, test), or `WindowError` when a split is too short for its use.
 
     Needs only the corpus's length, so the check stage refuses a bad split before any stage runs.
     """
+    n_test = round(n_chars * split.test_fraction)
     n_val = round(n_chars * split.val_fraction)
     n_tune = round(n_chars * split.tune_fraction)
-    n_train = n_chars - n_val - n_tune
-    if split.tune_fraction and not n_tune:
-        raise WindowError(
-            f"split.tune_fraction={split.tune_fraction} leaves no tuning character in {n_chars}; raise it or use 0"
-        )
+    n_train = n_chars - n_test - n_val - n_tune
+    for name, fraction, n in (("tune", split.tune_fraction, n_tune), ("test", split.test_fraction, n_test)):
+        if fraction and not n:
+            raise WindowError(
+                f"split.{name}_fraction={fraction} leaves no {name} character in {n_chars}; raise it or use 0"
+            )
     if count_windows(n_train, length, 1) == 0:
         raise WindowError(
             f"the training text has {n_train} characters; window.length={length} needs at least"
@@ -112,56 +117,69 @@ def split_sizes(n_chars: int, split: SplitParams, length: int) -> tuple[int, int
             f"split.val_fraction={split.val_fraction} leaves {n_val} validation characters;"
             f" window.length={length} needs at least {length + 1}"
         )
-    return n_train, n_tune, n_val
+    return n_train, n_tune, n_val, n_test
 
 
-def split_ids(ids: np.ndarray, split: SplitParams, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Contiguous (train, tune, val): validation is the tail, the tuning slice sits just before it.
-
-    Nothing is interleaved, so no validation character has been seen in training, even in a window.
-    """
-    n_train, n_tune, _ = split_sizes(len(ids), split, length)
-    return ids[:n_train], ids[n_train : n_train + n_tune], ids[n_train + n_tune :]
+def spellable(text: str, n_train: int, vocab: VocabParams) -> None:
+    """Refuse held-out text that the units built from the training text cannot spell (closed units only)."""
+    if vocab.units is UnitKind.open:
+        return
+    missing = sorted(set(text[n_train:]) - set(text[:n_train]))
+    if missing:
+        shown = ", ".join(repr(c) for c in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise WindowError(
+            f"the held-out text has {len(missing)} characters the training text lacks ({shown}): closed units"
+            " cannot score them; use vocab.units: open (any text), or no held-out split"
+        )
 
 
 @dataclass(frozen=True)
 class Windows:
-    """What the window stage writes: the vocabulary, the three splits' ids and the spec they satisfy."""
+    """What the window stage writes: the units, the four splits' ids and the spec they satisfy."""
 
-    chars: list[str]
+    units: Units
     train: np.ndarray
     tune: np.ndarray
     val: np.ndarray
+    test: np.ndarray
     spec: WindowSpec
 
 
-def cut_windows(text: str, window: WindowParams, split: SplitParams) -> Windows:
-    """The vocabulary, the contiguous splits as ids and their spec; refused when a split is too short."""
-    chars = build_vocab(text)
-    train, tune, val = split_ids(encode(text, chars), split, window.length)
+def cut_windows(text: str, window: WindowParams, split: SplitParams, vocab: VocabParams) -> Windows:
+    """The units (from the training text), the contiguous splits as ids and their spec."""
+    sizes = split_sizes(len(text), split, window.length)
+    spellable(text, sizes[0], vocab)
+    units = build_units(text[: sizes[0]], vocab)
+    try:
+        ids, offsets = units.encode_with_offsets(text)
+    except UnitsError as exc:  # unreachable after `spellable`; kept as one line rather than a traceback
+        raise WindowError(str(exc)) from None
+    bounds = np.cumsum([0, *sizes])
+    parts = [ids[offsets[a] : offsets[b]] for a, b in itertools.pairwise(bounds)]
     spec = WindowSpec(
         length=window.length,
         stride=window.stride,
-        vocab_size=len(chars),
-        train_chars=len(train),
-        tune_chars=len(tune),
-        val_chars=len(val),
-        train_windows=count_windows(len(train), window.length, window.stride),
-        val_windows=count_windows(len(val), window.length, window.stride),
+        units=units.kind,
+        vocab_size=units.size,
+        **{f"{name}_chars": n for name, n in zip(SPLITS, sizes)},
+        **{f"{name}_units": len(part) for name, part in zip(SPLITS, parts)},
+        first_units=int(offsets[1]),
+        train_windows=count_windows(len(parts[0]), window.length, window.stride),
+        val_windows=count_windows(len(parts[2]), window.length, window.stride),
     )
-    return Windows(chars, train, tune, val, spec)
+    return Windows(units, *parts, spec)
 
 
 def save_windows(windows: Windows, vocab_path: Path, out_dir: Path) -> None:
-    """One .npy file per split and spec.json in `out_dir`; the vocabulary as JSON at `vocab_path`."""
+    """One .npy file per split and spec.json in `out_dir`; the units as JSON at `vocab_path`."""
 
     def write(folder: Path) -> None:
-        for name in ("train", "tune", "val"):
+        for name in SPLITS:
             np.save(folder / f"{name}.npy", getattr(windows, name))
         (folder / "spec.json").write_text(json.dumps(asdict(windows.spec), indent=1) + "\n", encoding="utf-8")
 
     replace_folder(out_dir, write)
-    save_vocab(windows.chars, vocab_path)
+    save_vocab(windows.units, vocab_path)
 
 
 def load_spec(out_dir: Path) -> WindowSpec:
@@ -169,13 +187,17 @@ def load_spec(out_dir: Path) -> WindowSpec:
 
 
 def load_windows(out_dir: Path) -> tuple[WindowSpec, np.ndarray, np.ndarray]:
-    """The spec with the ids training sees: its own split and the validation split."""
+    """The spec with the ids training sees: its own split and the validation split (early stopping)."""
     return load_spec(out_dir), np.load(out_dir / "train.npy"), np.load(out_dir / "val.npy")
 
 
+def load_split(out_dir: Path, split: str) -> np.ndarray:
+    return np.load(out_dir / f"{split}.npy")
+
+
 def load_text_ids(out_dir: Path) -> np.ndarray:
-    """The whole corpus as ids (train, tune, val in order): held-out scoring reads context across splits."""
-    return np.concatenate([np.load(out_dir / f"{name}.npy") for name in ("train", "tune", "val")])
+    """The whole corpus as ids (train, tune, val, test in order): held-out scoring reads context across splits."""
+    return np.concatenate([load_split(out_dir, name) for name in SPLITS])
 
 
 def window_views(ids: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:

@@ -82,14 +82,22 @@ def layout(tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatch
     return Layout(tmp_path)
 
 
-def write_windows(text: str, folder: Path, length: int = 20, stride: int = 1, val: float = 0.0, tune: float = 0.0):
+def write_windows(
+    text: str,
+    folder: Path,
+    length: int = 20,
+    stride: int = 1,
+    val: float = 0.0,
+    tune: float = 0.0,
+    test: float = 0.0,
+    units: str = "closed",
+):
     """The window stage's files for `text` under `folder` (vocab.json, windows/); returns their spec."""
-    from char_rnn.params import SplitParams, WindowParams
+    from char_rnn.params import SplitParams, VocabParams, WindowParams
     from char_rnn.windows import cut_windows, save_windows
 
-    windows = cut_windows(
-        text, WindowParams(length=length, stride=stride), SplitParams(val_fraction=val, tune_fraction=tune)
-    )
+    split = SplitParams(test_fraction=test, val_fraction=val, tune_fraction=tune)
+    windows = cut_windows(text, WindowParams(length=length, stride=stride), split, VocabParams(units=units))
     save_windows(windows, folder / "vocab.json", folder / "windows")
     return windows.spec
 

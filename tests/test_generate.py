@@ -15,9 +15,11 @@ from char_rnn.generate import GenerationError, Generator, Mixture, Sampling
 from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params, with_overrides
+from char_rnn.units import CLOSED, Units
 from conftest import REPO, as_runtime, run_cli
 
 CHARS = list(" 가나다라마바사아자차카타파하")
+UNITS = Units(CLOSED, CHARS)
 BLOG = (REPO / "src" / "char_rnn" / "seed.txt").read_text(encoding="utf-8").strip()
 PROMPT = "알엔엔 으로"
 
@@ -33,7 +35,7 @@ def untrained(params: Params, overrides: dict[str, object] | None = None) -> obj
 
 @pytest.fixture(scope="module")
 def generator(repo_params: Params) -> Generator:
-    return Generator(untrained(repo_params), CHARS)
+    return Generator(untrained(repo_params), UNITS)
 
 
 @pytest.fixture(scope="session")
@@ -92,21 +94,21 @@ def ngram():
 def test_the_mixture_at_its_ends_is_the_rnn_alone_or_the_ngram_alone(repo_params: Params, ngram) -> None:
     model = untrained(repo_params)
     greedy = Sampling(length=40, temperature=0.0)
-    rnn_only = Generator(model, CHARS, Mixture(ngram, Weights(1.0, 0.0))).generate("가나", greedy).texts
-    assert rnn_only == Generator(model, CHARS).generate("가나", greedy).texts  # the compiled loop's text
+    rnn_only = Generator(model, UNITS, Mixture(ngram, Weights(1.0, 0.0))).generate("가나", greedy).texts
+    assert rnn_only == Generator(model, UNITS).generate("가나", greedy).texts  # the compiled loop's text
     text = [CHARS.index(c) for c in "가나"]
     for _ in range(40):  # the n-gram's own greedy chain, written out
         text.append(int(np.argmax(ngram.distribution(np.array(text)))))
-    ngram_only = Generator(model, CHARS, Mixture(ngram, Weights(0.0, 1.0))).generate("가나", greedy).texts[0]
+    ngram_only = Generator(model, UNITS, Mixture(ngram, Weights(0.0, 1.0))).generate("가나", greedy).texts[0]
     assert ngram_only == "".join(CHARS[i] for i in text[2:])
     assert ngram_only != rnn_only[0]
-    cache_only = Generator(model, CHARS, Mixture(ngram, Weights(0.0, 0.0, 1.0, cache_window=3)))
+    cache_only = Generator(model, UNITS, Mixture(ngram, Weights(0.0, 0.0, 1.0, cache_window=3)))
     # The most frequent of the last three characters, the lowest id on ties: "가나다" -> 가, then 가 forever.
     assert cache_only.generate("다가나다", greedy).texts == ["가" * 40]
 
 
 def test_mixture_samples_are_seeded_and_from_the_vocabulary(repo_params: Params, ngram) -> None:
-    hybrid = Generator(untrained(repo_params), CHARS, Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=8)))
+    hybrid = Generator(untrained(repo_params), UNITS, Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=8)))
     sampling = Sampling(length=60, temperature=1.0, top_k=5, seed=11)
     first = hybrid.generate("다라", sampling, num_samples=2).texts
     assert hybrid.generate("다라", sampling, num_samples=2).texts == first
@@ -123,7 +125,7 @@ def test_the_sampled_mixture_is_the_scored_mixture(repo_params: Params, ngram, w
     """Teacher-forced through the generation loop, the mixture gives the true text the probabilities
     that held-out scoring (`char_rnn.heldout`, the n-gram's and the cache's vectorised scoring) gave it."""
     weights = Weights(0.5, 0.3, 0.2, cache_window=window) if window else Weights(0.6, 0.4)
-    hybrid = Generator(untrained(repo_params, {"model.ensemble": 2}), CHARS, Mixture(ngram, weights))
+    hybrid = Generator(untrained(repo_params, {"model.ensemble": 2}), UNITS, Mixture(ngram, weights))
     ids = np.array([CHARS.index(c) for c in "다라 가나다 아자차 파하 가나다라 바사 " * 3], dtype=np.int32)
     prompt, seen = 3, []
 
@@ -147,7 +149,7 @@ def test_rows_generated_together_get_the_text_each_gets_alone(repo_params: Param
     from char_rnn.batcher import Rows
 
     mixture = Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=3)) if hybrid else None
-    generator = Generator(untrained(repo_params, {"model.ensemble": 2}), CHARS, mixture)
+    generator = Generator(untrained(repo_params, {"model.ensemble": 2}), UNITS, mixture)
     requests = [
         ("가나다라마바", Sampling(length=30, temperature=0.0)),
         ("다#", Sampling(length=5, temperature=1.0, seed=3)),
@@ -176,8 +178,8 @@ def test_a_mixture_that_does_not_fit_is_refused(repo_params: Params, ngram) -> N
     with pytest.raises(ValueError, match="sum to 1"):
         Mixture(ngram, Weights(1.5, -0.5))
     other = KneserNey.fit(np.arange(20) % 5, 5, 2)
-    with pytest.raises(GenerationError, match="n-gram knows 5 characters"):
-        Generator(untrained(repo_params), CHARS, Mixture(other, Weights(0.5, 0.5)))
+    with pytest.raises(GenerationError, match="n-gram knows 5 units"):
+        Generator(untrained(repo_params), UNITS, Mixture(other, Weights(0.5, 0.5)))
 
 
 @pytest.mark.parametrize(

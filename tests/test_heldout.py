@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from char_rnn.heldout import average_rnns, rnn_char_probabilities, scored_span
+from char_rnn.heldout import Span, average_rnns, rnn_char_probabilities, scored_span
 from char_rnn.ngram import bits_per_char, perplexity
 from conftest import TEXT_VOCAB, write_windows
 
@@ -56,7 +56,13 @@ def test_several_rnns_are_averaged(untrained, text):
     np.testing.assert_allclose(average_rnns([untrained, untrained], text, 390), single)
 
 
-def test_every_model_is_scored_on_the_validation_tail_or_without_one_on_the_text_before_it(tmp_path):
+def test_every_model_is_scored_on_the_test_tail_then_validation_or_without_either_on_the_text_before_it(tmp_path):
     text = "가나다라마바사아자차카타파하" * 10
-    assert scored_span(write_windows(text, tmp_path / "a", val=0.2, tune=0.1)) == (112, 140)
-    assert scored_span(write_windows(text, tmp_path / "b")) == (1, 140)
+    spec = write_windows(text, tmp_path / "a", val=0.2, tune=0.1, test=0.1)
+    assert scored_span(spec) == Span(126, 140, 14, "test") == scored_span(spec, "test")
+    assert scored_span(spec, "val") == Span(98, 126, 28, "val")
+    assert scored_span(write_windows(text, tmp_path / "b", val=0.2)) == Span(112, 140, 28, "val")
+    assert scored_span(write_windows(text, tmp_path / "c")) == Span(1, 140, 139, "train")
+    once = "".join(chr(0xAC01 + 28 * i) + " " for i in range(40))  # 각, 낙, ...: each once, spelled in 3 jamo
+    spelled = write_windows(once, tmp_path / "d", length=5, test=0.1, units="open")
+    assert scored_span(spelled) == Span(36 * 4, 40 * 4, 8, "test")  # a syllable and a space: 4 units

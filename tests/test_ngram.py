@@ -13,7 +13,7 @@ import pytest
 
 from char_rnn.corpus import read_source
 from char_rnn.ngram import KneserNey, Memo, Suffixes, bits_per_char
-from char_rnn.windows import build_vocab, encode
+from char_rnn.units import Units
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def test_kneser_ney_beats_add_one_on_repetitive_text():
 @pytest.mark.parametrize(("source", "expected"), [("kolaw", 3.59), ("kolaw+kobill", 2.75)])
 def test_reproduces_the_issues_five_gram_figures(source: str, expected: float):
     text = read_source(source, REPO)
-    ids = encode(text, build_vocab(text))
+    ids = Units.closed(text).encode(text)  # the issue's figures: the whole text's characters, as they were
     cut = len(ids) - round(len(ids) * 0.1)
     model = KneserNey.fit(ids[:cut], int(ids.max()) + 1, 5)
     assert model.bits_per_char(ids, cut) == pytest.approx(expected, abs=0.01)
@@ -191,7 +191,7 @@ def test_bad_arguments_are_refused():
 
 def test_a_saved_model_loads_back_identical_without_pickle(tmp_path: Path) -> None:
     text = "가나다라 가나다 가나 라다나가 " * 5
-    vocab = "".join(build_vocab(text))
+    vocab = "".join(Units.closed(text).names)
     ids = ids_of(text, vocab)
     model = KneserNey.fit(ids[:60], len(vocab), 4)
     (tmp_path / "ngram.npz").write_bytes(model.to_bytes())

@@ -28,7 +28,7 @@ def test_repo_params_reproduce_the_blog(repo_params):
         ("model.cell", "transformer", "'simple_rnn', 'lstm' or 'gru'"),
         ("model.units", "many", "valid integer"),
         ("split.val_fraction", 1.5, "less than 1"),
-        ("registry.metric", "f1", "'bits_per_char', 'hybrid_bits_per_char', 'loss', 'perplexity' or 'accuracy'"),
+        ("registry.metric", "f1", "'bits_per_char', 'hybrid_bits_per_char' or 'accuracy'"),
         ("tune.dynamic_rates", [0.1, 0.0], "every rate must be > 0"),
         ("tune.dynamic_segment", 0, "greater than or equal to 1"),
     ],
@@ -85,3 +85,18 @@ def test_dynamic_evaluation_needs_a_tuning_slice_and_a_validation_tail(repo_para
         with_overrides(repo_params, {"tune.dynamic_rates": [0.1], "split.val_fraction": 0.2})
     split = {"split.val_fraction": 0.2, "split.tune_fraction": 0.1}
     assert with_overrides(repo_params, {**split, "tune.dynamic_rates": [0.1]}).tune.dynamic_rates == [0.1]
+
+
+def test_each_corpus_is_its_own_registered_model_unless_named(repo_params):
+    assert repo_params.registry.model_name == "char-rnn-seed"
+    assert with_overrides(repo_params, {"corpus.source": "kolaw+kobill"}).registry.model_name == "char-rnn-kolaw-kobill"
+    mine = with_overrides(repo_params, {"corpus.source": "data/raw/my text.txt"})
+    assert mine.registry.model_name == "char-rnn-my-text"
+    named = with_overrides(repo_params, {"registry.model_name": "team-model"})
+    assert with_overrides(named, {"corpus.source": "kolaw"}).registry.model_name == "team-model"  # kept
+
+
+def test_the_baseline_floor_needs_test_text(repo_params):
+    with pytest.raises(ParamsError, match="registry.must_beat_baseline needs split.test_fraction > 0"):
+        with_overrides(repo_params, {"registry.must_beat_baseline": True})
+    assert with_overrides(repo_params, {"registry.must_beat_baseline": True, "split.test_fraction": 0.1})

@@ -11,18 +11,18 @@ import pytest
 from char_rnn import stages
 from char_rnn.layout import Layout
 from char_rnn.params import Params, ValidationParams, with_overrides
+from char_rnn.units import Units, load_units
 from char_rnn.validation import ValidationFailed, require_success
 from char_rnn.validation import validate as run_suites
-from char_rnn.windows import load_vocab, load_windows
+from char_rnn.windows import load_split
 from conftest import SEED, write_windows
 
 CHECKS = ValidationParams(max_control_share=0.01)
 
 
-def _prepared(tmp_path: Path, text: str = SEED, length: int = 20):
-    write_windows(text, tmp_path, length=length)
-    spec, train, val = load_windows(tmp_path / "windows")
-    return text, load_vocab(tmp_path / "vocab.json"), spec, train, val
+def _prepared(tmp_path: Path, text: str = SEED, length: int = 20, **split):
+    spec = write_windows(text, tmp_path, length=length, **split)
+    return text, load_units(tmp_path / "vocab.json"), spec, tmp_path / "windows"
 
 
 def validate(*args) -> dict:
@@ -31,15 +31,23 @@ def validate(*args) -> dict:
     return report
 
 
+def expectation(report: dict, suite: str, kind: str, column: str | None = None) -> dict:
+    return next(
+        e
+        for s in report["suites"]
+        if s["suite"] == suite
+        for e in s["expectations"]
+        if e["expectation"] == kind and e["kwargs"].get("column") == column
+    )
+
+
 def test_blog_data_passes_and_report_is_written(layout: Layout, repo_params: Params):
     for stage in ("ingest", "window", "validate"):
         stages.stage(stage).run(repo_params, layout)
     saved = json.loads(layout.validation_report.read_text(encoding="utf-8"))
     assert saved["success"]
-    row_count = next(
-        e for s in saved["suites"] for e in s["expectations"] if e["expectation"] == "expect_table_row_count_to_equal"
-    )
-    assert row_count["observed"] == 51
+    assert expectation(saved, "windows", "expect_table_row_count_to_equal")["observed"] == 51
+    assert expectation(saved, "splits", "expect_table_row_count_to_equal")["observed"] == 4
 
 
 def test_a_failed_report_is_written_before_the_stage_fails(layout: Layout, repo_params: Params):
@@ -52,32 +60,58 @@ def test_a_failed_report_is_written_before_the_stage_fails(layout: Layout, repo_
     assert not json.loads(layout.validation_report.read_text(encoding="utf-8"))["success"]
 
 
-def test_ids_out_of_range_fail_naming_the_expectation(tmp_path: Path):
-    text, chars, spec, train, val = _prepared(tmp_path)
-    train = train.copy()
-    train[5] = spec.vocab_size + 3
+@pytest.mark.parametrize("split", ["train", "tune", "val", "test"])
+def test_ids_out_of_range_in_any_split_fail_naming_the_expectation(tmp_path: Path, split: str):
+    text = SEED * 4
+    text, units, spec, windows = _prepared(tmp_path, text, val=0.25, tune=0.1, test=0.1)
+    ids = load_split(windows, split)
+    ids[1] = spec.vocab_size + 3
+    np.save(windows / f"{split}.npy", ids)
     with pytest.raises(ValidationFailed) as caught:
-        validate(text, chars, spec, train, val, CHECKS)
+        validate(text, units, spec, windows, CHECKS)
     message = str(caught.value)
-    assert "windows: expect_column_values_to_be_between(column='max_id', max_value=47" in message
-    assert "observed [51, 51, 51, 51, 51, 51], 6 unexpected rows" in message
-    assert "input_matches_corpus" in message
+    assert f"splits: expect_column_values_to_be_between(column='max_id', max_value={spec.vocab_size - 1}" in message
+    assert f"observed [{spec.vocab_size + 3}], 1 unexpected rows" in message
+    assert "ids_match_corpus" in message
+
+
+def test_a_split_that_is_not_the_corpus_text_fails(tmp_path: Path):
+    text, units, spec, windows = _prepared(tmp_path, SEED * 4, val=0.25, tune=0.1, test=0.1)
+    tune = load_split(windows, "tune")
+    np.save(windows / "tune.npy", tune[::-1].copy())  # the right ids, in the wrong order
+    with pytest.raises(ValidationFailed, match="column='ids_match_corpus'.*1 unexpected rows"):
+        validate(text, units, spec, windows, CHECKS)
+
+
+def test_units_that_know_held_out_characters_fail(tmp_path: Path):
+    """Units rebuilt from the whole text, as a leak would build them, are not the training text's."""
+    text = SEED * 4 + "쀍뷁 " * 10
+    text, _, spec, windows = _prepared(tmp_path, text, test=0.1, units="open")
+    leaked = Units.open(text, 2)  # 쀍 and 뷁 occur only in the test text
+    assert "쀍" in leaked.index
+    with pytest.raises(ValidationFailed, match="column='units_from_training_text'"):
+        validate(text, leaked, spec, windows, CHECKS)
 
 
 def test_windows_that_disagree_with_the_spec_fail(tmp_path: Path):
-    text, chars, spec, train, val = _prepared(tmp_path)
-    with pytest.raises(ValidationFailed, match="expect_table_row_count_to_equal.*observed 50"):
-        validate(text, chars, spec, train[:-1], val, CHECKS)
+    text, units, spec, windows = _prepared(tmp_path)
+    train = load_split(windows, "train")
+    np.save(windows / "train.npy", train[:-1])
+    with pytest.raises(ValidationFailed) as caught:
+        validate(text, units, spec, windows, CHECKS)
+    assert "windows: expect_table_row_count_to_equal(value=51) failed; observed 50" in str(caught.value)
+    assert "column_A='units', column_B='declared_units'" in str(caught.value)
 
 
 def test_control_characters_and_denormalised_text_fail(tmp_path: Path):
     text = SEED + "\x00\x07\x1b" * 2
-    _, chars, spec, train, val = _prepared(tmp_path, text)
+    _, units, spec, windows = _prepared(tmp_path, text)
     with pytest.raises(ValidationFailed) as caught:
-        validate(text, chars, spec, train, val, CHECKS)
+        validate(text, units, spec, windows, CHECKS)
     assert "corpus: expect_column_values_to_be_between(column='control_share', max_value=0.01)" in str(caught.value)
     decomposed = "\u1112\u1161\u11ab" * 10  # 한 in jamo (NFD): ingest would have composed it
-    _, chars, spec, train, val = _prepared(tmp_path, decomposed)
-    with pytest.raises(ValidationFailed, match="column='is_nfc'.*observed \\[False\\]"):
-        validate(decomposed, chars, spec, train, val, CHECKS)
-    assert np.all(train >= 0)
+    _, units, spec, windows = _prepared(tmp_path, decomposed)
+    with pytest.raises(ValidationFailed) as caught:
+        validate(decomposed, units, spec, windows, CHECKS)
+    assert len(caught.value.args[0].splitlines()) == 2  # the NFC expectation and nothing else
+    assert "column='is_nfc'" in str(caught.value) and "observed [False]" in str(caught.value)

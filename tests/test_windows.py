@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from char_rnn.units import Units, load_units
 from char_rnn.windows import (
     WindowError,
-    build_vocab,
     count_windows,
-    encode,
-    load_vocab,
+    load_split,
     load_windows,
     window_dataset,
     window_views,
@@ -23,28 +22,39 @@ from conftest import SEED, write_windows
 def test_blog_sentence_gives_the_blogs_51_windows(tmp_path: Path):
     spec = write_windows(SEED, tmp_path)
     assert (spec.vocab_size, spec.train_windows, spec.val_windows) == (48, 51, 0)
-    chars = load_vocab(tmp_path / "vocab.json")
+    units = load_units(tmp_path / "vocab.json")
     _, train, _ = load_windows(tmp_path / "windows")
     inputs, targets = window_views(train, 20, 1)
-    decode = lambda row: "".join(chars[i] for i in row)  # noqa: E731
+    decode = units.decode
     # The blog's "data 0": input "알엔엔 으로 자연어 처리하기 어렵지", output shifted by one.
     assert decode(inputs[0]) == SEED[0:20] and decode(targets[0]) == SEED[1:21]
     assert decode(inputs[-1]) == SEED[50:70] and decode(targets[-1]) == SEED[51:71]
 
 
 def test_vocabulary_is_sorted_and_stable():
-    assert build_vocab("다가나가") == ["가", "나", "다"]
-    assert build_vocab(SEED) == build_vocab("".join(reversed(SEED)))
+    assert Units.closed("다가나가").names == ["가", "나", "다"]
+    assert Units.closed(SEED).names == Units.closed("".join(reversed(SEED))).names
 
 
-def test_split_is_contiguous_tail(tmp_path: Path):
+def test_splits_are_contiguous_in_the_texts_order_test_last(tmp_path: Path):
     text = "".join(chr(0xAC00 + i % 50) for i in range(1000))
-    spec = write_windows(text, tmp_path, length=10, stride=3, val=0.1)
+    spec = write_windows(text, tmp_path, length=10, stride=3, val=0.1, tune=0.05, test=0.15)
     _, train, val = load_windows(tmp_path / "windows")
-    chars = load_vocab(tmp_path / "vocab.json")
-    assert (spec.train_chars, spec.val_chars) == (900, 100)
-    assert np.array_equal(np.concatenate([train, val]), encode(text, chars))
-    assert spec.train_windows == count_windows(900, 10, 3) == len(range(0, 890, 3))
+    units = load_units(tmp_path / "vocab.json")
+    assert (spec.train_chars, spec.tune_chars, spec.val_chars, spec.test_chars) == (700, 50, 100, 150)
+    tune, test = load_split(tmp_path / "windows", "tune"), load_split(tmp_path / "windows", "test")
+    assert np.array_equal(np.concatenate([train, tune, val, test]), units.encode(text))
+    assert units.decode(test) == text[-150:] and units.decode(val) == text[750:850]
+    assert spec.held_out == ("test", "val") and spec.start("test") == 850
+    assert spec.train_windows == count_windows(700, 10, 3) == len(range(0, 690, 3))
+
+
+def test_a_closed_vocabulary_refuses_held_out_characters_the_training_text_lacks(tmp_path: Path):
+    text = "가나다라" * 50 + "마바"  # the last two characters only in the test text
+    with pytest.raises(WindowError, match=r"the held-out text has 2 characters the training text lacks \('마', '바'\)"):
+        write_windows(text, tmp_path, length=5, test=0.05)
+    spec = write_windows(text, tmp_path, length=5, test=0.05, units="open")
+    assert spec.test_chars == 10 and "마" not in load_units(tmp_path / "vocab.json").index
 
 
 def test_corpus_shorter_than_a_window_is_refused(tmp_path: Path):

@@ -188,16 +188,19 @@ def load_units(path: Path) -> Units:
 
 # States of a spelling in progress. A syllable's vowel may be followed by a trailing consonant or end
 # the syllable; UTF-8's first continuation byte is narrower after E0, ED, F0 and F4 (no overlong
-# forms, no surrogates, nothing past U+10FFFF).
-BOUNDARY, AFTER_LEAD, AFTER_VOWEL, CONT1, CONT2, CONT3, AFTER_E0, AFTER_ED, AFTER_F0, AFTER_F4 = range(10)
-_CONTINUATION = {  # state -> (first allowed byte, last allowed byte, state after it)
-    CONT1: (0x80, 0xBF, BOUNDARY),
-    CONT2: (0x80, 0xBF, CONT1),
-    CONT3: (0x80, 0xBF, CONT2),
-    AFTER_E0: (0xA0, 0xBF, CONT1),
-    AFTER_ED: (0x80, 0x9F, CONT1),
-    AFTER_F0: (0x90, 0xBF, CONT2),
-    AFTER_F4: (0x80, 0x8F, CONT2),
+# forms, no surrogates, nothing past U+10FFFF), and after E1 it skips U+1100..U+11FF: a conjoining
+# jamo drawn as a character would join the syllable before it under NFC.
+STATES = 11
+BOUNDARY, AFTER_LEAD, AFTER_VOWEL, CONT1, CONT2, CONT3, AFTER_E0, AFTER_ED, AFTER_F0, AFTER_F4, AFTER_E1 = range(STATES)
+_CONTINUATION = {  # state -> [(first allowed byte, last allowed byte)], state after it
+    CONT1: ([(0x80, 0xBF)], BOUNDARY),
+    CONT2: ([(0x80, 0xBF)], CONT1),
+    CONT3: ([(0x80, 0xBF)], CONT2),
+    AFTER_E0: ([(0xA0, 0xBF)], CONT1),
+    AFTER_E1: ([(0x80, 0x83), (0x88, 0xBF)], CONT1),
+    AFTER_ED: ([(0x80, 0x9F)], CONT1),
+    AFTER_F0: ([(0x90, 0xBF)], CONT2),
+    AFTER_F4: ([(0x80, 0x8F)], CONT2),
 }
 
 
@@ -205,7 +208,7 @@ def _after_lead_byte(value: int) -> int | None:
     """The state after a byte that starts a character, or None if no character starts with it."""
     if value < 0x80:
         return BOUNDARY
-    special = {0xE0: AFTER_E0, 0xED: AFTER_ED, 0xF0: AFTER_F0, 0xF4: AFTER_F4}
+    special = {0xE0: AFTER_E0, 0xE1: AFTER_E1, 0xED: AFTER_ED, 0xF0: AFTER_F0, 0xF4: AFTER_F4}
     if value in special:
         return special[value]
     if 0xC2 <= value <= 0xDF:
@@ -232,7 +235,7 @@ class Speller:
         v = units.size
         if units.kind == CLOSED:
             return cls(np.ones((1, v), bool), np.zeros((1, v), np.int8), np.ones((1, v), np.int8))
-        allowed, after, completes = np.zeros((10, v), bool), np.zeros((10, v), np.int8), np.zeros((10, v), np.int8)
+        allowed, after, completes = (np.zeros((STATES, v), dtype) for dtype in (bool, np.int8, np.int8))
         starts = cls._starts(units)
         for unit, (state, done) in starts.items():
             allowed[BOUNDARY, unit], after[BOUNDARY, unit], completes[BOUNDARY, unit] = True, state, done
@@ -241,9 +244,10 @@ class Speller:
             allowed[AFTER_LEAD, units.index[vowel]], after[AFTER_LEAD, units.index[vowel]] = True, AFTER_VOWEL
         for tail in TAILS:
             allowed[AFTER_VOWEL, units.index[tail]], completes[AFTER_VOWEL, units.index[tail]] = True, 1
-        for state, (low, high, then) in _CONTINUATION.items():
-            allowed[state, low : high + 1], after[state, low : high + 1] = True, then
-            completes[state, low : high + 1] = then == BOUNDARY
+        for state, (ranges, then) in _CONTINUATION.items():
+            for low, high in ranges:
+                allowed[state, low : high + 1], after[state, low : high + 1] = True, then
+                completes[state, low : high + 1] = then == BOUNDARY
         return cls(allowed, after, completes)
 
     @staticmethod
@@ -257,7 +261,3 @@ class Speller:
             if state is not None and not (value < 0x80 and chr(value) in units.index):
                 starts[value] = (state, int(state == BOUNDARY))
         return starts
-
-    def start(self, rows: int) -> np.ndarray:
-        """Each row's state after its prompt, which is whole characters."""
-        return np.zeros(rows, dtype=np.int8)

@@ -104,8 +104,9 @@ def split_sizes(n_chars: int, split: SplitParams, length: int) -> tuple[int, int
     n_train = n_chars - n_test - n_val - n_tune
     for name, fraction, n in (("tune", split.tune_fraction, n_tune), ("test", split.test_fraction, n_test)):
         if fraction and not n:
+            what = "tuning" if name == "tune" else "test"
             raise WindowError(
-                f"split.{name}_fraction={fraction} leaves no {name} character in {n_chars}; raise it or use 0"
+                f"split.{name}_fraction={fraction} leaves no {what} character in {n_chars}; raise it or use 0"
             )
     if count_windows(n_train, length, 1) == 0:
         raise WindowError(

@@ -12,7 +12,7 @@ import pytest
 from char_rnn import cache, stages
 from char_rnn.dynamic import dynamic_char_probabilities
 from char_rnn.evaluation import heldout_metrics
-from char_rnn.heldout import rnn_char_probabilities
+from char_rnn.heldout import rnn_char_probabilities, scored_span
 from char_rnn.hybrid import Weights, load_hybrid
 from char_rnn.layout import Layout
 from char_rnn.model import load_model
@@ -34,6 +34,7 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, rep
     text = "\n".join(SEED[i:] + SEED[:i] for i in range(0, 71, 7))
     (root / "data" / "raw" / "text.txt").write_text(text, encoding="utf-8")
     overrides = {"corpus.source": "data/raw/text.txt", "split.val_fraction": 0.2, "split.tune_fraction": 0.1,
+                 "split.test_fraction": 0.15,
                  "train.epochs": 30, "train.early_stopping_patience": 2, "train.learning_rate": 0.01,
                  "tune.cache_window": 30, "tune.dynamic_rates": [0.01, 0.1]}  # fmt: skip
     params, layout = with_overrides(with_overrides(repo_params, TINY), overrides), Layout(root)
@@ -55,7 +56,7 @@ def history(layout: Layout, run_id: str, key: str) -> list[float]:
 def test_without_split_metrics_are_the_blogs(layout, tiny_params):
     results = stages.run_all(tiny_params, layout)
     metrics = results["evaluate"]
-    assert metrics["scored_on"].startswith("training windows")
+    assert metrics["scored_on"].startswith("training windows") and "test" not in metrics
     assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2))
     assert "ngram_bits_per_char" not in metrics
     assert layout.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -63,39 +64,46 @@ def test_without_split_metrics_are_the_blogs(layout, tiny_params):
 
 
 @pytest.mark.integration  # the whole pipeline
-def test_held_out_scores_every_validation_character_next_to_the_ngram(held_out):
+def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(held_out):
     layout, params, results = held_out
     metrics = results["evaluate"]
-    spec = json.loads((layout.windows / "spec.json").read_text(encoding="utf-8"))
+    assert list(metrics)[:2] == ["test", "validation"]  # what `dvc metrics show` lists first
+    spec = load_windows(layout.windows)[0]
     baseline = json.loads(layout.baseline.read_text(encoding="utf-8"))
-    assert metrics["heldout_chars"] == spec["val_chars"] == baseline["scored_chars"]
-    assert metrics["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"])
+    ids, model, ngram = load_text_ids(layout.windows), load_model(str(layout.model)), KneserNey.load(layout.ngram)
     hybrid = load_hybrid(layout.hybrid)
-    weights = hybrid.weights
+    weights, dynamic = hybrid.weights, hybrid.dynamic
     assert {key: metrics[key] for key in weights.metrics()} == weights.metrics()
-    # The hybrid's figure is the three parts' mixture on the validation text, the cache's included.
-    ids, start = load_text_ids(layout.windows), spec["train_chars"] + spec["tune_chars"]
-    p_rnn = rnn_char_probabilities(load_model(str(layout.model)), ids, start, warmup=params.evaluate.context)
-    p_kn = KneserNey.load(layout.ngram).char_probabilities(ids, start)
-    p_cache = cache.char_probabilities(ids, start, None, params.tune.cache_window)
-    assert weights.cache_window == params.tune.cache_window
-    assert metrics["hybrid_bits_per_char"] == pytest.approx(bits_per_char(weights.mix(p_rnn, p_kn, p_cache)))
-    # Here the n-gram has read every rotation and takes nearly all the weight; with a cache share
-    # forced in, the scored figure follows the three-part mixture.
-    forced = Weights(0.3, 0.3, 0.4, cache_window=params.tune.cache_window)
-    model, ngram = load_model(str(layout.model)), KneserNey.load(layout.ngram)
-    scored = heldout_metrics(model, ngram, forced, ids, load_windows(layout.windows)[0], params.evaluate.context)
-    assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(forced.mix(p_rnn, p_kn, p_cache)))
-    assert metrics["bits_per_char"] == pytest.approx(math.log2(metrics["perplexity"]))
-    # The static figure is the saved model's: dynamic evaluation below leaves no trace on it.
-    assert metrics["bits_per_char"] == pytest.approx(bits_per_char(p_rnn))
-    # The RNN under dynamic evaluation, with the settings the tune stage chose the rate for.
-    dynamic = hybrid.dynamic
-    assert set(dynamic.tune_bits_per_char) == {"0.0", "0.01", "0.1"}
-    assert dynamic.rate in (0.0, 0.01, 0.1) and metrics["dynamic_rate"] == dynamic.rate
+    for name, start, end in (
+        ("test", spec.start("test"), len(ids)),
+        ("validation", spec.val_start, spec.start("test")),
+    ):
+        figures = metrics[name]
+        assert figures["chars"] == end - start == baseline[name]["chars"]  # closed units: a unit per character
+        assert figures["ngram_bits_per_char"] == pytest.approx(baseline[name]["bits_per_char"])
+        # The hybrid's figure is the three parts' mixture on this text, the cache's included.
+        p_rnn = rnn_char_probabilities(model, ids, start, end, warmup=params.evaluate.context)
+        p_kn = ngram.char_probabilities(ids, start, end)
+        p_cache = cache.char_probabilities(ids, start, end, params.tune.cache_window)
+        assert figures["hybrid_bits_per_char"] == pytest.approx(bits_per_char(weights.mix(p_rnn, p_kn, p_cache)))
+        # The static figure is the saved model's: dynamic evaluation leaves no trace on it.
+        assert figures["bits_per_char"] == pytest.approx(bits_per_char(p_rnn))
+        assert figures["bits_per_char"] == pytest.approx(math.log2(figures["perplexity"]))
+        p_dynamic = dynamic_char_probabilities(model, ids, start, end, dynamic.rate, dynamic.segment, dynamic.context)
+        assert figures["dynamic_bits_per_char"] == pytest.approx(bits_per_char(p_dynamic))
+    assert metrics["test"]["bits_per_char"] != pytest.approx(metrics["validation"]["bits_per_char"])
+    # Dynamic evaluation's rate is the tuning slice's best, with the settings it was chosen for.
+    tried = {float(rate): bits for rate, bits in dynamic.tune_bits_per_char.items()}
+    assert set(tried) == {0.0, 0.01, 0.1} and dynamic.rate == min(tried, key=tried.__getitem__)
+    assert metrics["dynamic_rate"] == dynamic.rate
     assert (dynamic.segment, dynamic.context) == (params.tune.dynamic_segment, params.tune.dynamic_context)
-    p_dynamic = dynamic_char_probabilities(model, ids, start, None, dynamic.rate, dynamic.segment, dynamic.context)
-    assert metrics["dynamic_bits_per_char"] == pytest.approx(bits_per_char(p_dynamic))
+    # With a cache share forced in, the scored figure follows the three-part mixture.
+    forced = Weights(0.3, 0.3, 0.4, cache_window=params.tune.cache_window)
+    span = scored_span(spec)
+    scored = heldout_metrics(model, ngram, forced, ids, span, params.evaluate.context)
+    p_rnn = rnn_char_probabilities(model, ids, span.start, span.end, warmup=params.evaluate.context)
+    p_kn, p_cache = ngram.char_probabilities(ids, span.start), cache.char_probabilities(ids, span.start, None, 30)
+    assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(forced.mix(p_rnn, p_kn, p_cache)))
 
 
 @pytest.mark.integration  # the whole pipeline
@@ -103,7 +111,7 @@ def test_early_stopping_restores_the_best_epoch(held_out):
     layout, params, results = held_out
     val_loss = history(layout, results["train"]["run_id"], "val/loss")
     assert len(val_loss) < params.train.epochs, "the run should have stopped early"
-    assert results["evaluate"]["loss"] == pytest.approx(min(val_loss), rel=1e-4)
+    assert results["evaluate"]["validation"]["loss"] == pytest.approx(min(val_loss), rel=1e-4)
 
 
 def test_refit_needs_a_tuning_slice_and_the_hybrid_metric_needs_the_refit(tiny_params):

@@ -7,7 +7,6 @@ decided and why.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from pathlib import Path
@@ -24,7 +23,6 @@ from char_rnn.ngram import bits_per_char
 from char_rnn.params import Metric, Params, with_overrides
 from char_rnn.units import CLOSED, Units
 from conftest import REPO, as_runtime, run_cli
-
 
 TEXT = gate.Text("가나다라" * 600, start=2000, end=2400, context=100)
 

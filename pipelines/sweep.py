@@ -9,7 +9,8 @@ op determinism are process-global, and writes into its own `sweeps/<sweep-id>/<t
 
 MLflow: the flow opens one parent run; each trial's training run is nested under it (tag
 `mlflow.parentRunId`), and the parent gets the trial table, the per-trial metric and the best trial.
-The best trial by `registry.metric` (lower wins, except accuracy) is then registered, alone: it
+The best trial by `registry.metric` on the validation text (lower wins, except accuracy; the test text
+chooses nothing, and without held-out text the memorised figure) is then registered, alone: it
 becomes challenger, or champion when it beats the current champion (`char_rnn.registry`). A failed
 trial (NaN loss, time budget) is reported and skipped; the sweep fails only when every trial fails.
 
@@ -37,6 +38,7 @@ from prefect.states import Failed, State
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from char_rnn.errors import PipelineError
+from char_rnn.evaluation import chosen_on
 from char_rnn.layout import Layout
 from char_rnn.params import Metric, Params, SweepParams
 from char_rnn.tracking import tracking_uri
@@ -163,7 +165,7 @@ def trial_row(trial: Trial, future: PrefectFuture, metric: Metric) -> dict[str, 
     if not future.state.is_completed():
         return {**row, "status": "failed", "error": str(future.state.message or future.state.name)[:500]}
     result = future.result()
-    value = result["metrics"].get(metric.value)
+    value = chosen_on(result["metrics"]).get(metric.value)
     row.update(
         run_id=result["run_id"],
         run_dir=result["run_dir"],

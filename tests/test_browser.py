@@ -41,9 +41,9 @@ localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
 localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
 localStorage.setItem('_mlflow_model_registry_promo_modal_dismissed_v1', 'true');
 """
-KOLAW = {"corpus.source": "kolaw", "split.val_fraction": 0.1, "model.cell": "gru", "model.units": 16,
-         "window.stride": 5, "train.batch_size": 64, "evaluate.context": 100, "evaluate.prompt": "대한민국은",
-         "registry.model_name": "char-rnn-kolaw"}  # fmt: skip
+KOLAW = {"corpus.source": "kolaw", "vocab.units": "open", "split.val_fraction": 0.1, "model.cell": "gru",
+         "model.units": 16, "window.stride": 5, "train.batch_size": 64, "evaluate.context": 100,
+         "evaluate.prompt": "대한민국은", "registry.model_name": "char-rnn-kolaw"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +159,6 @@ def test_the_champion_version_says_why_it_is_champion(store: dict, page: Any) ->
     expect(page.get_by_text(comparison).first).to_be_visible()
     expect(page.get_by_text("champion", exact=False).first).to_be_visible()
     page.screenshot(path=SHOTS / "05-champion-version.png", full_page=True)
-    page.goto(f"{store['url']}/#/models/char-rnn-ko")
+    page.goto(f"{store['url']}/#/models/char-rnn-seed")
     expect(page.get_by_text(re.compile(r"there was no champion"))).to_be_visible()  # the seed run's version
     page.screenshot(path=SHOTS / "06-seed-model.png", full_page=True)

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.integration
 # Long enough epochs to be killed in the middle of one: the constitution, an ensemble of two, a refit.
 KILLABLE = {
     "corpus.source": "kolaw",
+    "vocab.units": "open",
     "window.stride": 10,
     "split.val_fraction": 0.05,
     "split.tune_fraction": 0.05,
@@ -172,7 +173,7 @@ def test_a_run_started_while_another_holds_the_project_is_refused_and_removes_no
     files = [p for p in root.rglob("*") if p.is_file() and ".git" not in p.parts and ".dvc" not in p.parts]
     before = {p: p.read_bytes() for p in files if p.name != "mlflow.db"}
     client = mlflow_client(root)
-    versions = [(v.version, v.run_id) for v in client.search_model_versions("name='char-rnn-ko'")]
+    versions = [(v.version, v.run_id) for v in client.search_model_versions("name='char-rnn-seed'")]
     with project_lock(Layout(root).lock, "flow run test-holder"):
         repro = dvc_repro(root, "--force")
         output = repro.communicate(timeout=300)[0]
@@ -180,7 +181,7 @@ def test_a_run_started_while_another_holds_the_project_is_refused_and_removes_no
     [line] = [line for line in output.splitlines() if "another run" in line]
     assert "another run is using this project (flow run test-holder, pid" in line, output
     assert {p: p.read_bytes() for p in before} == before
-    assert [(v.version, v.run_id) for v in client.search_model_versions("name='char-rnn-ko'")] == versions
+    assert [(v.version, v.run_id) for v in client.search_model_versions("name='char-rnn-seed'")] == versions
 
 
 def test_a_new_store_opened_by_several_processes_at_once_is_created_once(tmp_path: Path) -> None:

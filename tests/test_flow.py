@@ -168,7 +168,7 @@ def test_run_is_tracked_registered_and_recorded_by_dvc(served: dict[str, Any], r
     assert run.data.tags["prefect.deployment"] == "nightly"
     assert run.data.tags["git_commit"] == head
     assert run.data.tags["corpus_md5"] == lock["ingest"]["outs"][0]["md5"]
-    (version,) = _mlflow(root).search_model_versions("name='char-rnn-ko'")
+    (version,) = _mlflow(root).search_model_versions("name='char-rnn-seed'")
     assert version.run_id == run.info.run_id
     assert runs["status_after_x"] == {}
     assert lock["train"]["params"]["params.yaml"]["train"]["epochs"] == TINY["train.epochs"]
@@ -244,7 +244,7 @@ def test_a_killed_model_worker_fails_the_run_and_the_next_run_resumes_it_alone(
     print(f"model worker killed after epoch {killed_at}; the next run resumed from it")
     assert json.loads(dvc(root, "status", "--json")) == {}
     assert {run.info.status for run in _training_runs(root)} == {"FINISHED"}
-    assert _mlflow(root).get_model_version_by_alias("char-rnn-ko", "champion").run_id in {
+    assert _mlflow(root).get_model_version_by_alias("char-rnn-seed", "champion").run_id in {
         run.info.run_id for run in _training_runs(root)
     }
 

@@ -79,9 +79,9 @@ def test_the_run_report_links_the_mlflow_run_and_says_what_each_stage_did() -> N
     from pipelines.flow import report
 
     markdown = report({"train": {"run_name": "seed · x", "run_url": "http://127.0.0.1:5000/#/r", "summary": "3 epochs"},
-                       "register": {"summary": "char-rnn-ko version 2 is champion: better"}, "dvc": {}})  # fmt: skip
+                       "register": {"summary": "char-rnn-seed version 2 is champion: better"}, "dvc": {}})  # fmt: skip
     assert "MLflow run [seed · x](http://127.0.0.1:5000/#/r)" in markdown
-    assert "- **register**: char-rnn-ko version 2 is champion: better" in markdown
+    assert "- **register**: char-rnn-seed version 2 is champion: better" in markdown
 
 
 def test_a_stage_past_its_budget_is_stopped(layout: Layout, tiny_params: Params) -> None:

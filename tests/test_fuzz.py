@@ -14,6 +14,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from char_rnn.corpus import load_corpus, read_corpus
 from char_rnn.errors import PipelineError
-from char_rnn.params import CorpusParams, Params, ParamsError, SplitParams, WindowParams, load_params
+from char_rnn.params import CorpusParams, Params, ParamsError, SplitParams, VocabParams, WindowParams, load_params
 from char_rnn.windows import cut_windows, split_sizes
 from conftest import BIN, REPO
 
@@ -216,13 +217,14 @@ def _ingest(tmp_path: Path, data: bytes) -> str | None:
         split_sizes(len(text), split, window.length)
         written = tmp_path / "data.txt"
         written.write_text(text, encoding="utf-8", newline="")
-        windows = cut_windows(read_corpus(written), window, split)
+        windows = cut_windows(read_corpus(written), window, split, VocabParams(units="open"))
     except PipelineError as exc:
         message = str(exc)
         assert message.isprintable(), f"not one printable line: {message!r}"
         return message
     assert text == unicodedata.normalize("NFC", text) and "\r" not in text and not text.startswith("\ufeff")
-    assert len(windows.chars) == len(set(text))
+    spelled = [getattr(windows, split) for split in ("train", "tune", "val", "test")]
+    assert windows.units.decode(np.concatenate(spelled)) == text  # every character, the held-out ones too
     return None
 
 

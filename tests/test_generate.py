@@ -213,7 +213,7 @@ def test_greedy_continues_the_blog_sentence_from_the_champion(
     # The evaluate stage's sample (60 characters, greedy) comes from the same generator.
     assert seed_project.sample.read_text(encoding="utf-8") == PROMPT + rest[:60] + "\n"
     mlflow.set_tracking_uri(tracking_uri(seed_project.mlruns))
-    champion = load_registered("models:/char-rnn-ko@champion")
+    champion = load_registered("models:/char-rnn-seed@champion")
     result = champion.generate(PROMPT, Sampling(length=len(rest), temperature=1e-4, seed=1))
     assert result.texts == [rest]
 

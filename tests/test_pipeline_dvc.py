@@ -62,7 +62,7 @@ def versions(root: Path) -> list[int]:
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
-    return sorted(int(v.version) for v in client.search_model_versions("name='char-rnn-ko'"))
+    return sorted(int(v.version) for v in client.search_model_versions("name='char-rnn-seed'"))
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,7 @@ def test_dvc_repro_reproduces_the_blog_and_then_runs_nothing(project: Path) -> N
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 100
     artifacts = {a.path for folder in ("reports", "data") for a in client.list_artifacts(run.info.run_id, folder)}
     assert {"reports/loss_accuracy.png", "reports/metrics.json", "data/validation.json"} <= artifacts
-    champion = client.get_model_version_by_alias("char-rnn-ko", "champion")
+    champion = client.get_model_version_by_alias("char-rnn-seed", "champion")
     assert champion.version == 1 and champion.run_id == run.info.run_id
     assert ran_stages(sh("dvc", "repro", cwd=project).stdout) == []
     assert "up to date" in sh("dvc", "status", cwd=project).stdout

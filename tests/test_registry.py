@@ -27,11 +27,12 @@ def files(layout: Layout) -> dict[str, Path]:
     import mlflow
 
     from char_rnn.tracking import connect
+    from char_rnn.units import CLOSED, Units
     from char_rnn.windows import save_vocab
 
     mlflow.set_experiment(experiment_id=connect(layout.mlruns))  # artifacts under the layout's mlruns/
     layout.vocab.parent.mkdir(parents=True)
-    save_vocab(CHARS, layout.vocab)
+    save_vocab(Units(CLOSED, CHARS), layout.vocab)
     write_model(layout.model, seed=0)
     return {"model": layout.model, "vocab": layout.vocab}
 
@@ -145,7 +146,7 @@ def test_tampered_model_file_is_refused(files: dict[str, Path], layout: Layout, 
 
     registry.crown(NAME, publish(files))
     uri, given = f"models:/{NAME}@{CHAMPION}", tracking_uri(layout.mlruns) if store == "sqlite" else None
-    assert load_registered(uri, given).chars == CHARS  # intact: loads
+    assert load_registered(uri, given).units.names == CHARS  # intact: loads
     (stored,) = layout.mlruns.glob("artifacts/models/*/artifacts/artifacts/model.keras")
     stored.write_bytes(stored.read_bytes() + b"\0")
     with pytest.raises(ModelIntegrityError, match="does not match the registered"):
@@ -226,7 +227,7 @@ def test_generating_from_a_local_store_imports_no_mlflow(files: dict[str, Path],
     code = (
         "import sys; from char_rnn.bundle import load_registered;"
         f"g = load_registered('models:/{NAME}@{CHAMPION}', {tracking_uri(layout.mlruns)!r});"
-        "print(''.join(g.chars), 'mlflow' in sys.modules)"
+        "print(''.join(g.units.names), 'mlflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["가나다", "False"]

@@ -17,6 +17,7 @@ from char_rnn.params import Params, with_overrides
 # epoch: every piece of state a resume has to put back (moments, seed states, patience, data order).
 RESUMABLE = {
     "window.length": 8,
+    "vocab.units": "open",
     "split.val_fraction": 0.3,
     "model.cell": "gru",
     "model.units": 16,

@@ -19,6 +19,7 @@ from char_rnn.generate import Generation, GenerationError, Generator, Mixture, R
 from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params
+from char_rnn.units import CLOSED, Units
 from conftest import BIN, TEXT_VOCAB, as_runtime, free_port
 
 
@@ -43,7 +44,10 @@ def test_a_prompt_that_is_not_text_is_refused_alike_by_the_rnn_and_the_hybrid(un
 
     chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
     mixture = Mixture(KneserNey.fit(text, TEXT_VOCAB, 3), Weights(0.5, 0.3, 0.2, cache_window=5))
-    for generator in (Generator(as_runtime(untrained), chars), Generator(as_runtime(untrained), chars, mixture)):
+    for generator in (
+        Generator(as_runtime(untrained), Units(CLOSED, chars)),
+        Generator(as_runtime(untrained), Units(CLOSED, chars), mixture),
+    ):
         served = CharRNNGenerator({})
         served.use(generator)
         answer = served.predict(None, pd.DataFrame([{"prompt": chars[3] + chars[1], "length": 5, "temperature": 0}]))
@@ -63,7 +67,7 @@ def test_concurrent_requests_each_get_their_own_text_and_a_short_one_does_not_wa
     from char_rnn.batcher import Batcher
 
     chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
-    generator = Generator(as_runtime(untrained), chars)
+    generator = Generator(as_runtime(untrained), Units(CLOSED, chars))
     batcher = Batcher(generator)
     requests = [(chars[1] * 3, Sampling(length=10_000, temperature=0.0))]  # long: the others arrive meanwhile
     requests += [(chars[i] + chars[2 * i], Sampling(length=20 + i, temperature=1.0, seed=i)) for i in range(1, 7)]
@@ -101,7 +105,7 @@ def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_genera
 
     chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
     served = CharRNNGenerator({}, {"max_length": 50, "max_prompt": 100, "max_rows": 3})
-    served.use(Generator(as_runtime(untrained), chars))
+    served.use(Generator(as_runtime(untrained), Units(CLOSED, chars)))
     fine = {"prompt": chars[0], "length": 50}
     assert len(served.predict(None, pd.DataFrame([fine] * 3))["text"][2]) == 50
     refused = {
@@ -200,10 +204,10 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout: float) -> None:
 def test_served_champion_answers_invocations(layout: Layout, tiny_params: Params) -> None:
     from char_rnn import stages
     from char_rnn.tracking import tracking_uri
-    from char_rnn.windows import load_vocab
+    from char_rnn.units import load_units
 
     assert stages.run_all(tiny_params, layout)["register"]["alias"] == "champion"
-    vocab = set(load_vocab(layout.vocab))
+    vocab = set(load_units(layout.vocab).names)
     port = free_port()
     env = {
         **os.environ,

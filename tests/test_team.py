@@ -24,7 +24,7 @@ from benchmarks.team_services import Team, run_nightly, team_services, wait_for
 from char_rnn.layout import Layout
 from conftest import REPO, assert_one_champion_the_better, register_at_once
 
-MODEL = "char-rnn-ko"
+MODEL = "char-rnn-seed"
 EPOCHS = 3
 SPEC = {"max_parallel": 2, "grid": {"model.units": [8, 16], "model.cell": ["gru"]}}
 

@@ -73,7 +73,7 @@ def test_pipeline_logs_and_registers_through_a_tracking_server(layout, tiny_para
     assert client.get_run(run_id).data.metrics["memorised/bits_per_char"] == pytest.approx(
         results["evaluate"]["bits_per_char"]
     )
-    assert client.get_model_version_by_alias("char-rnn-ko", "champion").run_id == run_id
+    assert client.get_model_version_by_alias("char-rnn-seed", "champion").run_id == run_id
     assert not (layout.mlruns / "artifacts").exists(), "with a server, nothing goes into the local store"
 
 

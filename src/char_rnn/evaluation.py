@@ -136,6 +136,12 @@ def evaluate(
     return metrics
 
 
+def chosen_on(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The figures a choice between configs is made on: the validation text's, never the test text's
+    (without a validation text, the memorised figures: the blog's setting has nothing held out)."""
+    return metrics.get("validation", metrics if "test" not in metrics else {})
+
+
 def reported(metrics: dict[str, Any]) -> dict[str, Any]:
     """The figures that are reported and registered: the test text's, else the validation text's, else
     the memorised ones."""

@@ -18,7 +18,7 @@ import numpy as np
 from char_rnn.errors import PipelineError
 from char_rnn.layout import replace_folder, write_atomically
 from char_rnn.params import SplitParams, UnitKind, VocabParams, WindowParams
-from char_rnn.units import Units, UnitsError, load_units
+from char_rnn.units import Units, UnitsError
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -78,10 +78,6 @@ def build_units(training: str, vocab: VocabParams) -> Units:
 
 def save_vocab(units: Units, path: Path) -> None:
     write_atomically(path, units.to_json())
-
-
-def load_vocab(path: Path) -> Units:
-    return load_units(path)
 
 
 def count_windows(n_ids: int, length: int, stride: int) -> int:

@@ -7,7 +7,7 @@ the registered model (what `registry.metric` names: the hybrid or the RNN alone)
 (statically and under dynamic evaluation) and the n-gram, the goals of issue 22 judged on the
 spread, and the training minutes:
 
-    .venv/bin/python benchmarks/quality.py benchmarks/configs/kolaw.yaml --seeds 42 43 44
+    .venv/bin/python -m benchmarks.quality benchmarks/configs/kolaw.yaml --seeds 42 43 44
 
 The test text is reported and never used to choose anything; configs are chosen on the validation
 text (`--json` keeps every run's figures for RESULTS.md). Copying the file over params.yaml and
@@ -96,15 +96,21 @@ def report(runs: list[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
+def overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` pairs, each value read as JSON (`0.3`, `[]`, `"gru"`)."""
+    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path, help="a complete params file (same schema as params.yaml)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="train.seed of each run")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--set", nargs="*", default=[], help="dotted overrides (JSON values): model.ensemble=1")
     args = parser.parse_args()
     runs = []
     for seed in args.seeds:
-        runs.append(run_once(args.config, seed))
+        runs.append(run_once(args.config, seed, overrides(args.set)))
         print(f"seed {seed}: test {json.dumps(runs[-1]['metrics']['test'])}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")

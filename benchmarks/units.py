@@ -1,6 +1,6 @@
 """Which units: the same config trained with each unit design, compared on the validation text.
 
-    .venv/bin/python benchmarks/units.py benchmarks/configs/kolaw.yaml --min-counts 1 2 3 1000000000
+    .venv/bin/python -m benchmarks.units benchmarks/configs/kolaw.yaml --min-counts 1 2 3 1000000000
 
 Open units (`char_rnn.units`) give a character a unit of its own when the training text has it at
 least `vocab.min_count` times and spell the others (Hangul syllables in jamo, anything else in UTF-8
@@ -14,10 +14,9 @@ proxy of the config.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from benchmarks.quality import run_once
+from benchmarks.quality import overrides, run_once
 
 
 def main() -> None:
@@ -27,10 +26,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--set", nargs="*", default=[], help="dotted overrides, e.g. model.ensemble=1")
     args = parser.parse_args()
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
+    fixed = overrides(args.set)
     print("min_count | units | units/char train, val | val RNN | val n-gram | val hybrid | test hybrid | train min")
     for min_count in args.min_counts:
-        run = run_once(args.config, args.seed, {**overrides, "vocab.units": "open", "vocab.min_count": min_count})
+        run = run_once(args.config, args.seed, {**fixed, "vocab.units": "open", "vocab.min_count": min_count})
         spec, val, test = run["spec"], run["metrics"]["validation"], run["metrics"]["test"]
         ratios = [spec[f"{s}_units"] / spec[f"{s}_chars"] for s in ("train", "val")]
         print(

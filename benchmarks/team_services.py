@@ -119,7 +119,7 @@ def _pg_bin() -> Path:
     if found:
         return Path(subprocess.run([found, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    assert candidates, "no PostgreSQL server binaries: install them (apt-get install -y postgresql; .ci/run does)"
+    assert candidates, "no PostgreSQL server binaries: make test installs them (.ci/system-packages)"
     return Path(candidates[-1]).parent
 
 

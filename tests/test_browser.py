@@ -41,9 +41,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-component-update", "--disable-sync"]  # fmt: skip
 # Two layers: a longer model name, so that names that led with the corpus and size would show the
 # same first characters for both kolaw runs in the runs list.
-KOLAW = {"corpus.source": "kolaw", "split.val_fraction": 0.1, "model.cell": "gru", "model.units": 16,
-         "model.layers": 2, "window.stride": 5, "train.batch_size": 64, "evaluate.context": 100,
-         "evaluate.prompt": "대한민국은", "registry.model_name": "char-rnn-kolaw"}  # fmt: skip
+KOLAW = {"corpus.source": "kolaw", "vocab.units": "open", "split.test_fraction": 0.1, "split.val_fraction": 0.1,
+         "model.cell": "gru", "model.units": 16, "model.layers": 2, "window.stride": 5, "train.batch_size": 64,
+         "evaluate.context": 100, "evaluate.prompt": "대한민국은", "registry.model_name": "char-rnn-kolaw"}  # fmt: skip
 README_LINK = re.compile(re.escape(LOCAL_UI) + r"/#/experiments/\d+\?workflowType=machine_learning")
 # What a runs list's name link shows: the characters left of its right edge, less the ellipsis MLflow
 # draws over a name it cuts.
@@ -183,8 +183,8 @@ def test_a_run_page_says_what_ran_and_how_it_scored(store: dict, page: Any, shot
     page.goto(local(train["run_url"], store))  # the link in the stage's summary and the Prefect report
     expect_model_training_view(page)
     expect(page.get_by_role("heading", name=train["run_name"])).to_be_visible()
-    expect(page.get_by_text(re.compile(r"^Held-out: "))).to_be_visible()  # the description's evaluation section
-    expect(page.get_by_text(re.compile(r"characters, \d+ distinct"))).to_be_visible()  # its data section
+    expect(page.get_by_text(re.compile(r"^Test \([\d,]+ characters"))).to_be_visible()  # the evaluation section
+    expect(page.get_by_text(re.compile(r"[\d,]+ open units, from the training text"))).to_be_visible()  # data
     expect(page.get_by_text(re.compile(r"^kolaw \(")).first).to_be_visible()  # the Datasets section
     page.get_by_text("Show more", exact=True).first.click()
     expect(page.get_by_text(re.compile(r"^Sample: 대한민국은"))).to_be_visible()  # Korean, rendered
@@ -197,7 +197,7 @@ def test_metrics_are_grouped_by_prefix_with_train_and_val_loss_charts(store: dic
     train = store["runs"]["kolaw-2"]["train"]
     page.goto(local(train["run_url"], store))
     page.get_by_role("tab", name="Model metrics").click()
-    for section in ("train", "val", "heldout", "gate", "validation"):
+    for section in ("train", "val", "test", "gate", "validation"):
         expect(page.get_by_text(section, exact=True).first).to_be_visible()
     page.screenshot(path=shots / "03-metrics.png")
     search = page.get_by_placeholder("Search metric charts")
@@ -221,9 +221,9 @@ def test_the_registry_shows_which_version_holds_which_alias_and_why(store: dict,
     page.screenshot(path=shots / "05-kolaw-versions.png", full_page=True)
     page.get_by_role("link", name=f"Version {registered['version']}", exact=True).click()
     expect(alias_chips(page)).to_have_attribute("title", "champion")
-    comparison = re.compile(r"vs v1's [\d.]+ bits/char on the same [\d,]+ characters")
+    comparison = re.compile(r"vs v1's [\d.]+ bits/char on the test text")
     expect(page.get_by_text(comparison).first).to_be_visible()
     page.screenshot(path=shots / "06-champion-version.png", full_page=True)
-    page.goto(f"{store['url']}/#/models/char-rnn-ko")
+    page.goto(f"{store['url']}/#/models/{store['runs']['seed']['register']['model_name']}")
     expect(page.get_by_text(re.compile(r"there was no champion"))).to_be_visible()  # the seed run's version
     page.screenshot(path=shots / "07-seed-model.png", full_page=True)

@@ -100,7 +100,8 @@ def run_name(corpus: str, cell: str, units: int, layers: int, ensemble: int, epo
     size; the corpus, which changes least, and the commit follow.
     """
     size = f"{cell}({units})" + (f" {layers} layers" if layers > 1 else "") + (f" ×{ensemble}" if ensemble > 1 else "")
-    return " · ".join([f"{epochs} epochs", size, Path(corpus).stem if "/" in corpus else corpus, commit[:7]])
+    epochs_trained = f"{epochs} epoch" + ("s" if epochs != 1 else "")
+    return " · ".join([epochs_trained, size, Path(corpus).stem if "/" in corpus else corpus, commit[:7]])
 
 
 def experiment_url(experiment_id: str, base: str = LOCAL_UI) -> str:

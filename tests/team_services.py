@@ -1,4 +1,4 @@
-"""README's "Team setup", run as written on loopback: for `tests/test_team.py` and `team_overhead.py`.
+"""README's "Team setup", run as written on loopback: for `tests/test_team.py` and `benchmarks/team_overhead.py`.
 
 What a team already operates is stood in for by real local processes: PostgreSQL 15 (a throw-away
 cluster, `initdb` as the `postgres` user), a moto S3 server (for MinIO or AWS S3) and a bare git

@@ -10,7 +10,7 @@ export DVC_NO_ANALYTICS := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: setup run test lint lock ui
+.PHONY: setup system-packages run test lint lock ui
 
 # --compile-bytecode: uv writes no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set (CI images,
 # containers) Python never caches one, so every process would compile TensorFlow, MLflow and Great
@@ -29,8 +29,13 @@ run: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc metrics show
 
-test: lint
+# What the suite drives besides Python (Chromium, CJK fonts, PostgreSQL), installed when missing: the
+# same command passes on a fresh machine and in CI (.ci/run runs exactly this).
+test: lint system-packages
 	$(BIN)/python -m pytest
+
+system-packages:
+	.ci/system-packages
 
 lint: setup
 	$(BIN)/ruff check .

@@ -8,7 +8,7 @@ accuracy; each is one command started as a fresh process and timed from start to
 
 - blog: `python benchmarks/blog.py PLOT` (the post's script: TensorFlow, one-hot arrays, fit, evaluate,
   the twin-axis plot), with `TF_CPP_MIN_LOG_LEVEL=3` in its environment;
-- pipeline: `dvc repro --force` in a fresh git + DVC project scaffolded as `flow_overhead.py` does
+- pipeline: `dvc repro --force` in a fresh git + DVC project scaffolded as the suite does (`tests/harness.py`)
   (dvc.yaml, params.yaml, .dvcignore, .gitignore, src/; scaffolding is not timed), with the venv's
   bin first on PATH: every stage of dvc.yaml (check ... register) as its own `char-rnn <stage>`
   process, plus DVC's hashing, locking and run-cache bookkeeping.
@@ -49,7 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from flow_overhead import VENV_BIN, child_env, scaffold_project
+from flow_overhead import VENV_BIN, child_env  # it puts the repository root on the path
+
+from tests.harness import scaffold_project
 
 GOAL_RATIO = 1.5
 PROBE_REPEATS = 2  # fresh-process probes are short and noisy: the best of this many counts
@@ -94,7 +96,7 @@ def timed_run(command: list[str], cwd: Path, env: dict[str, str]) -> Timed:
 
 
 def scaffold(dest: Path, epochs: int) -> Path:
-    """flow_overhead's git + DVC project, with train.epochs changed when a smoke test asks for fewer."""
+    """The suite's git + DVC project (tests/harness.py), with train.epochs changed when a smoke test asks for fewer."""
     root = scaffold_project(dest)
     if epochs != 100:
         params = yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8"))

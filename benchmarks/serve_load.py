@@ -26,7 +26,7 @@ out-of-range values) before the load. At the end the whole process group is stop
 SIGKILL after 20 s) and the script checks that none of it is left.
 
 `--prepare rnn|hybrid DIR` builds something to serve instead: a fresh git + DVC project in DIR (as
-`flow_overhead.py` scaffolds it), params.yaml from the repository (rnn: the blog's seed, 100 epochs)
+the suite scaffolds one, `tests/harness.py`), params.yaml from the repository (rnn: the blog's seed, 100 epochs)
 or from benchmarks/configs/kolaw.yaml (hybrid: 5 x GRU(256) + 5-gram + cache, 10+ minutes of
 training), changed by `--epochs N` and `--set key=value` (dotted keys, YAML values, validated like
 params.yaml; e.g. `--set train.epochs=2 --set tune.dynamic_rates=[]` keeps the 5 x GRU(256) shape and
@@ -51,7 +51,9 @@ from pathlib import Path
 
 import psutil
 import yaml
-from flow_overhead import REPO, VENV_BIN, child_env, free_port, scaffold_project, stop_group, wait_http_ok
+from flow_overhead import REPO, VENV_BIN, child_env, free_port  # it puts the repository root on the path
+
+from tests.harness import scaffold_project, stop_group, wait_http_ok
 
 CONFIGS = {"rnn": REPO / "params.yaml", "hybrid": REPO / "benchmarks" / "configs" / "kolaw.yaml"}
 BAD_REQUESTS: list[tuple[str, str, str]] = [  # (what, content type, body)
@@ -128,7 +130,7 @@ def group_left(pgid: int) -> list[psutil.Process]:
 
 
 def stop_server(process: subprocess.Popen, grace_s: float = 20) -> None:
-    """flow_overhead's stop_group (SIGTERM to the group, SIGKILL if the parent lingers), then waits for
+    """The suite's stop_group (SIGTERM to the group, SIGKILL if the parent lingers), then waits for
     the rest of the group (uvicorn finishing its shutdown) and kills whatever outlives the grace period."""
     stop_group(process, grace_s)
     deadline = time.monotonic() + grace_s

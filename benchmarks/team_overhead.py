@@ -3,7 +3,7 @@ services, against the one-machine flow, in one run (goal: ratio <= 1.25).
 
     .venv/bin/python -m benchmarks.team_overhead [--repeats 1]     # from the repository root
 
-Team: README's "Team setup" on loopback (`benchmarks/team_services.py`, the services `tests/test_team.py`
+Team: README's "Team setup" on loopback (`tests/team_services.py`, the services `tests/test_team.py`
 starts), then `prefect deployment run char-rnn/nightly`, timed until the flow run is final: the worker's
 git clone, every stage with MLflow over HTTP (PostgreSQL, artifacts proxied to S3), `dvc push` to S3 and
 the run branch pushed to origin. One machine: `python -m pipelines run` in a clone of the same commit,
@@ -19,8 +19,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks.flow_overhead import QUIET
-from benchmarks.team_services import MARKER, Team, run_nightly, team_services
+from tests.harness import QUIET
+from tests.team_services import MARKER, Team, run_nightly, team_services
 
 
 def one_machine(team: Team, round_: int) -> float:

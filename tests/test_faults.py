@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from harness import GIT_IDENTITY, QUIET, scaffold_project
 
-from benchmarks.flow_overhead import GIT_IDENTITY, QUIET, scaffold_project
 from char_rnn.layout import Layout
 from char_rnn.params import load_params, with_overrides
 from conftest import saved_epoch

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import QUIET, prefect_server, scaffold_project, stop_group
 
-from benchmarks.flow_overhead import QUIET, prefect_server, scaffold_project, stop_group
 from conftest import REPO, TINY, free_port, saved_epoch
 
 pytestmark = pytest.mark.integration

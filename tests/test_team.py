@@ -2,7 +2,7 @@
 nightly run through the work pool's worker, a sweep on the Dask cluster, two registrations at once, and a
 stop that leaves no process behind.
 
-`benchmarks/team_services.py` stands in PostgreSQL, a moto S3 server and a bare git repository for what a
+`tests/team_services.py` stands in PostgreSQL, a moto S3 server and a bare git repository for what a
 team already runs, and starts the rest with README's commands (MLflow server on them, Prefect server, work
 pool, deployment, worker, Dask scheduler and two workers). One test, not one per check: the services take
 about a minute to start on two cores, and the nightly run as long again; every check below reads them.
@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+from team_services import Team, run_nightly, team_services, wait_for
 
-from benchmarks.team_services import Team, run_nightly, team_services, wait_for
 from char_rnn.layout import Layout
 from conftest import REPO, assert_one_champion_the_better, register_at_once
 

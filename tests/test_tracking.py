@@ -52,3 +52,23 @@ def test_an_epoch_logged_before_a_kill_is_not_logged_again_when_resumed(layout: 
     assert [(m.step, m.value) for m in history] == [(1, 3.0), (2, 2.0), (3, 1.0), (4, 0.0), (5, -1.0)]
     accuracy = mlflow.MlflowClient().get_metric_history(run.info.run_id, "train/member2/accuracy")
     assert [m.step for m in accuracy] == [1, 2, 3, 4, 5]
+
+
+def test_the_experiment_says_it_is_model_training_new_or_old(layout: Layout) -> None:
+    """Set on the experiment a store already had, too (MLflow reads the kind; the link chooses the view)."""
+    import mlflow
+
+    experiment_id = tracking.connect(layout.mlruns)
+    assert mlflow.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    mlflow.MlflowClient().delete_experiment_tag(experiment_id, "mlflow.experimentKind")
+    assert tracking.connect(layout.mlruns) == experiment_id
+    assert mlflow.get_experiment(experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_run_names_differ_where_the_runs_list_cuts_them() -> None:
+    """The runs list shows about the first 20 characters of a name (tests/test_browser.py reads them):
+    a quick run beside a full one, or two sizes of one cell, differ there."""
+    quick, full = (tracking.run_name("seed", "simple_rnn", 100, 1, 1, epochs, "1a2b3c4") for epochs in (5, 100))
+    small, large = (tracking.run_name("kolaw", "gru", units, 2, 5, 80, "1a2b3c4") for units in (64, 256))
+    assert quick[:20] != full[:20] and small[:20] != large[:20], (quick, full, small, large)
+    assert full == "100 epochs · simple_rnn(100) · seed · 1a2b3c4"  # and all of what ran is there

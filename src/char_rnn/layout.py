@@ -85,10 +85,6 @@ class Layout:
         return self.root / "reports" / "check.json"
 
     @property
-    def raw_dir(self) -> Path:
-        return self.root / "data" / "raw"
-
-    @property
     def corpus(self) -> Path:
         return self.root / "data" / "corpus.txt"
 

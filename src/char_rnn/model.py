@@ -105,11 +105,9 @@ def average(members: list[keras.Model]) -> keras.Model:
         return members[0]
     ids = keras.Input(shape=(None,), dtype="int32", name="ids")
     probs = keras.layers.Average(name="mean_probs")([member(ids) for member in members])
-    model = keras.Model(ids, probs, name=f"ensemble_of_{len(members)}")
-    # Compiled for `evaluate` only: it is never trained as a whole. Optimizers are named, or Keras numbers
-    # them per process (rm_sprop_1, ...) and the saved file would depend on what ran before it.
-    model.compile(optimizer=keras.optimizers.RMSprop(name="unused"), loss=LOSS(), metrics=[ACCURACY()])
-    return model
+    # Not compiled: it is never trained as a whole, and scoring runs on the NumPy runtime. (An optimizer
+    # compiled here and never built was saved without its variables, so every load warned of a mismatch.)
+    return keras.Model(ids, probs, name=f"ensemble_of_{len(members)}")
 
 
 def compile_model(model: keras.Model, params: TrainParams, steps_per_epoch: int) -> None:
@@ -174,7 +172,11 @@ def _renumber_shared_objects(config: str) -> str:
 
 
 def load_model(path: str) -> keras.Model:
-    """Only `.keras` files, and only in safe mode: no arbitrary code is deserialised."""
+    """Only `.keras` files, and only in safe mode: no arbitrary code is deserialised.
+
+    For scoring and dynamic evaluation (which brings its own optimizer), never to train on: the saved
+    optimizer and loss are not restored (`compile=False`), so nothing is built or matched for them.
+    """
     if not str(path).endswith(".keras"):
         raise ValueError(f"{path}: only .keras model files are loaded")
-    return keras.saving.load_model(path, safe_mode=True)
+    return keras.saving.load_model(path, safe_mode=True, compile=False)

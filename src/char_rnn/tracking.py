@@ -33,6 +33,11 @@ NOTE = "mlflow.note.content"  # the run's description in the UI, markdown
 # section written by one stage.
 NOTE_SECTIONS = ("Ended", "Evaluation", "Registry", "Data", "Model", "Refit")
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` / `char-rnn ui` serve the local store
+# MLflow 3.17's UI opens in its GenAI view (traces, no runs list, no registry) unless the address asks for
+# the model-training view; the experiment's kind tag is read but does not choose it. Every link we print
+# carries the query, after the route: MLflow drops it on its own links, so the UI's clicks fall back to GenAI.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+KIND = {"mlflow.experimentKind": "custom_model_development"}  # what the experiment is, for MLflow's own use
 
 
 def tracking_uri(mlruns: Path) -> str:
@@ -60,11 +65,14 @@ def connect(mlruns: Path) -> str:
     # trials, serve + train) would race on the schema, and on creating the experiment; they take turns.
     with exclusive(mlruns / ".store.lock"):
         experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-        if experiment is not None:
-            return experiment.experiment_id
-        # Over HTTP the server decides where artifacts go; a local store keeps them under mlruns/.
-        location = None if tracking_uri(mlruns).startswith("http") else artifact_root(mlruns)
-        return mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+        if experiment is None:
+            # Over HTTP the server decides where artifacts go; a local store keeps them under mlruns/.
+            location = None if tracking_uri(mlruns).startswith("http") else artifact_root(mlruns)
+            return mlflow.create_experiment(EXPERIMENT, artifact_location=location, tags=KIND)
+        for key, value in KIND.items():  # a store created before the experiment had its kind
+            if experiment.tags.get(key) != value:
+                mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+        return experiment.experiment_id
 
 
 @contextmanager
@@ -85,18 +93,29 @@ SYSTEM_METRICS_INTERVAL_S = 5.0
 
 
 def run_name(corpus: str, cell: str, units: int, layers: int, ensemble: int, epochs: int, commit: str) -> str:
-    """What ran, readable in the runs list: `kolaw · gru(256) ×5 · 80 epochs · 1a2b3c4`."""
+    """What ran: `80 epochs · gru(256) ×5 · kolaw · 1a2b3c4`.
+
+    The runs list shows only the first 20-odd characters of a name, so what most often differs between
+    two runs of one project comes first: the epochs (a quick run beside a full one), then the model's
+    size; the corpus, which changes least, and the commit follow.
+    """
     size = f"{cell}({units})" + (f" {layers} layers" if layers > 1 else "") + (f" ×{ensemble}" if ensemble > 1 else "")
-    return " · ".join([Path(corpus).stem if "/" in corpus else corpus, size, f"{epochs} epochs", commit[:7]])
+    epochs_trained = f"{epochs} epoch" + ("s" if epochs != 1 else "")
+    return " · ".join([epochs_trained, size, Path(corpus).stem if "/" in corpus else corpus, commit[:7]])
+
+
+def experiment_url(experiment_id: str, base: str = LOCAL_UI) -> str:
+    """The experiment's runs list, in the model-training view."""
+    return f"{base}/#/experiments/{experiment_id}{MODEL_TRAINING_VIEW}"
 
 
 def run_url(run_id: str) -> str:
-    """The run's page in the UI: the tracking server's, or the local UI's (`make ui`)."""
+    """The run's page, in the model-training view: on the tracking server, or the local UI (`make ui`)."""
     import mlflow
 
-    uri = mlflow.get_tracking_uri()
+    uri, experiment_id = mlflow.get_tracking_uri(), mlflow.get_run(run_id).info.experiment_id
     base = uri.rstrip("/") if uri.startswith("http") else LOCAL_UI
-    return f"{base}/#/experiments/{mlflow.get_run(run_id).info.experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{MODEL_TRAINING_VIEW}"
 
 
 def set_note_section(run_id: str, title: str, markdown: str) -> None:

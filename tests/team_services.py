@@ -1,4 +1,4 @@
-"""README's "Team setup", run as written on loopback: for `tests/test_team.py` and `team_overhead.py`.
+"""README's "Team setup", run as written on loopback: for `tests/test_team.py` and `benchmarks/team_overhead.py`.
 
 What a team already operates is stood in for by real local processes: PostgreSQL 15 (a throw-away
 cluster, `initdb` as the `postgres` user), a moto S3 server (for MinIO or AWS S3) and a bare git
@@ -119,7 +119,7 @@ def _pg_bin() -> Path:
     if found:
         return Path(subprocess.run([found, "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    assert candidates, "no PostgreSQL server binaries: install them (apt-get install -y postgresql; .ci/run does)"
+    assert candidates, "no PostgreSQL server binaries: make test installs them (.ci/system-packages)"
     return Path(candidates[-1]).parent
 
 

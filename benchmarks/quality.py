@@ -40,6 +40,7 @@ ROWS = (("n-gram", "ngram_bits_per_char"), ("RNN", "bits_per_char"), ("RNN dyn."
 def run_once(config: Path, seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every stage but register on a temporary project: the metrics, the split's spec and the training time."""
     from char_rnn import stages
+    from char_rnn.heldout import by_text
     from char_rnn.layout import Layout
     from char_rnn.params import load_params, with_overrides
 
@@ -53,7 +54,7 @@ def run_once(config: Path, seed: int, overrides: dict[str, Any] | None = None) -
             started = time.perf_counter()
             stage.run(params, layout)
             timings[stage.name] = time.perf_counter() - started
-        metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+        metrics = by_text(json.loads(layout.metrics.read_text(encoding="utf-8")))
         spec = json.loads((layout.windows / "spec.json").read_text(encoding="utf-8"))
     finally:
         shutil.rmtree(root, ignore_errors=True)

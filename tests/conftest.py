@@ -251,7 +251,7 @@ def assert_one_champion_the_better(results: list[dict], racers: list[Layout], tr
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    bits = [json.loads(layout.metrics.read_text(encoding="utf-8"))["test"]["bits_per_char"] for layout in racers]
+    bits = [json.loads(layout.metrics.read_text(encoding="utf-8"))["bits_per_char"]["test"] for layout in racers]
     assert bits[0] > bits[1] > bits[2], bits  # more epochs, better: the premise
     first, *pair = results
     name = first["model_name"]

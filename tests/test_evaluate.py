@@ -79,8 +79,8 @@ def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(h
         ("validation", spec.val_start, spec.start("test")),
     ):
         figures = metrics[name]
-        assert figures["chars"] == end - start == baseline[name]["chars"]  # closed units: a unit per character
-        assert figures["ngram_bits_per_char"] == pytest.approx(baseline[name]["bits_per_char"])
+        assert figures["chars"] == end - start == baseline["chars"][name]  # closed units: a unit per character
+        assert figures["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"][name])
         # The hybrid's figure is the three parts' mixture on this text, the cache's included.
         p_rnn = rnn_char_probabilities(model, ids, start, end, warmup=params.evaluate.context)
         p_kn = ngram.char_probabilities(ids, start, end)
@@ -150,3 +150,20 @@ def test_refit_reads_the_tuning_slice_the_weights_were_fitted_without(held_out):
     # The weights were fitted by tune on the first fit, before the refit read the tuning slice.
     assert load_hybrid(layout.hybrid) == plain and metrics["hybrid_weight_rnn"] == plain.weights.rnn
     assert metrics["epochs"] == member.kept_epochs
+
+
+def test_metrics_json_lists_each_test_figure_with_the_validation_figure_beside_it() -> None:
+    """`dvc metrics show` sorts its columns by name: by figure, then text, a test figure's neighbour is
+    the same figure on the validation text."""
+    from char_rnn.heldout import by_figure, by_text
+
+    metrics = {"test": {"bits_per_char": 3.5, "chars": 10}, "validation": {"bits_per_char": 3.1, "chars": 12},
+               "hybrid_weight_rnn": 0.4, "epochs": 7}  # fmt: skip
+    written = by_figure(metrics)
+    assert written == {"bits_per_char": {"test": 3.5, "validation": 3.1}, "chars": {"test": 10, "validation": 12},
+                       "hybrid_weight_rnn": 0.4, "epochs": 7}  # fmt: skip
+    nested = [f"{key}.{text}" for key, value in written.items() if isinstance(value, dict) for text in value]
+    columns = sorted(nested + [key for key, value in written.items() if not isinstance(value, dict)])
+    assert columns.index("bits_per_char.validation") == columns.index("bits_per_char.test") + 1
+    assert by_text(written) == metrics
+    assert by_figure({"accuracy": 0.98, "bits_per_char": 0.29}) == {"accuracy": 0.98, "bits_per_char": 0.29}

@@ -192,4 +192,4 @@ def test_a_character_only_in_the_test_text_is_not_a_unit_and_still_scores(tmp_pa
     for mine, theirs in zip(ngram.tables, alone.tables):
         assert np.array_equal(mine.keys, theirs.keys) and np.array_equal(mine.counts, theirs.counts)
     baseline = json.loads(layout.baseline.read_text())
-    assert math.isfinite(baseline["test"]["bits_per_char"]) and baseline["test"]["chars"] == spec["test_chars"]
+    assert math.isfinite(baseline["ngram_bits_per_char"]["test"]) and baseline["chars"]["test"] == spec["test_chars"]

@@ -30,8 +30,6 @@ from char_rnn.ngram import KneserNey, bits_per_char, perplexity
 from char_rnn.training import History
 from char_rnn.windows import WindowSpec, window_views
 
-HELDOUT_METHOD = "each character of the split once, predicted from at least evaluate.context units before it"
-
 
 def score(model: NumpyModel, ids: np.ndarray, spec: WindowSpec, batch_size: int) -> dict[str, float]:
     """Keras' `evaluate` over the windows of `ids`, in NumPy: the mean cross-entropy and accuracy over
@@ -122,7 +120,6 @@ def evaluate(
         figures |= score(model, ids[span.start : span.end], spec, batch_size)
         metrics[SPLIT_NAMES[split]] = figures
     if spec.held_out:
-        metrics["bits_per_char_method"] = HELDOUT_METHOD
         if hybrid.weights is not None:
             metrics |= hybrid.weights.metrics()
         if hybrid.dynamic is not None:

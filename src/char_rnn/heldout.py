@@ -27,6 +27,7 @@ from char_rnn.windows import WindowSpec
 WARMUP = 500  # characters of context run through the model before the first scored one of a chunk
 CHUNK = 500  # characters scored per row of a batch
 SPLIT_NAMES = {"test": "test", "val": "validation", "train": "memorised"}  # metrics.json's and the run's names
+HELD_OUT = ("test", "validation")  # the held-out texts' names, the reported one first
 
 
 @dataclass(frozen=True)
@@ -116,3 +117,26 @@ def average_rnns(
     if not models:
         raise ValueError("need at least one model")
     return np.mean([rnn_char_probabilities(m, ids, start, end, **kwargs) for m in models], axis=0)
+
+
+def by_figure(metrics: dict[str, Any]) -> dict[str, Any]:
+    """`reports/metrics.json`'s layout: each figure with the held-out texts under it
+    (`hybrid_bits_per_char.test`, `hybrid_bits_per_char.validation`), so that `dvc metrics show`, which
+    sorts its columns by name, prints every test figure with the validation figure beside it."""
+    out = {key: value for key, value in metrics.items() if key not in HELD_OUT}
+    for text in HELD_OUT:
+        for key, value in metrics.get(text, {}).items():
+            out.setdefault(key, {})[text] = value
+    return out
+
+
+def by_text(figures: dict[str, Any]) -> dict[str, Any]:
+    """`by_figure`'s file read back: one section of figures per held-out text, as `evaluate` returns them."""
+    out: dict[str, Any] = {}
+    for key, value in figures.items():
+        if isinstance(value, dict):
+            for text, figure in value.items():
+                out.setdefault(text, {})[key] = figure
+        else:
+            out[key] = value
+    return out

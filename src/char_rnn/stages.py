@@ -100,24 +100,27 @@ def validate(params: Params, layout: Layout) -> Summary:
 def baseline(params: Params, layout: Layout) -> Summary:
     """Fit the Kneser-Ney n-gram on the text before the validation text and score it on the text the RNN
     is scored on (test, then validation): the number to beat."""
-    from char_rnn.heldout import SPLIT_NAMES, scored_span
+    from char_rnn.heldout import SPLIT_NAMES, by_figure, scored_span
     from char_rnn.ngram import KneserNey, bits_per_char, perplexity
     from char_rnn.windows import load_spec, load_text_ids
 
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
     ngram = KneserNey.fit(ids[: spec.val_start], spec.vocab_size, params.baseline.order)
-    result: dict[str, Any] = {"ngram_order": params.baseline.order}
+    texts = {}
     for split in spec.held_out or ("train",):
         span = scored_span(spec, split)
         probs = ngram.char_probabilities(ids, span.start, span.end)
-        figures = {"bits_per_char": bits_per_char(probs, span.chars), "perplexity": perplexity(probs, span.chars)}
-        result[SPLIT_NAMES[split]] = {**figures, "chars": span.chars}
+        texts[SPLIT_NAMES[split]] = {
+            "ngram_bits_per_char": bits_per_char(probs, span.chars),
+            "ngram_perplexity": perplexity(probs, span.chars),
+            "chars": span.chars,
+        }
+    result = {"ngram_order": params.baseline.order, **texts}
     write_atomically(layout.ngram, ngram.to_bytes())
-    _write_json(layout.baseline, result)
+    _write_json(layout.baseline, by_figure(result))
     summary = f"{params.baseline.order}-gram: " + "; ".join(
-        f"{figures['bits_per_char']:.4f} bits/char on the {figures['chars']:,} characters of the {name} text"
-        for name, figures in result.items()
-        if isinstance(figures, dict)
+        f"{figures['ngram_bits_per_char']:.4f} bits/char on the {figures['chars']:,} characters of the {name} text"
+        for name, figures in texts.items()
     )
     return {**result, "summary": summary}
 
@@ -326,6 +329,7 @@ def evaluate(params: Params, layout: Layout) -> Summary:
     from char_rnn.evaluation import evaluate as score_all
     from char_rnn.evaluation import plot_history
     from char_rnn.generate import load_generator, sample
+    from char_rnn.heldout import by_figure
     from char_rnn.hybrid import load_hybrid
     from char_rnn.ngram import KneserNey
     from char_rnn.training import read_history
@@ -341,7 +345,7 @@ def evaluate(params: Params, layout: Layout) -> Summary:
         generator, params.evaluate.prompt, params.evaluate.sample_length, params.evaluate.temperature, params.train.seed
     )
     dropped = f"(not in the vocabulary, dropped from the prompt: {written.dropped!r})\n" if written.dropped else ""
-    _write_json(layout.metrics, metrics)
+    _write_json(layout.metrics, by_figure(metrics))
     write_atomically(layout.plot, plot_history(history, refit=params.refit.enabled))
     write_atomically(layout.sample, f"{written.prompt}{written.texts[0]}\n{dropped}")
     _log_evaluation(layout, spec, metrics, written.prompt + written.texts[0])
@@ -394,13 +398,14 @@ def register(params: Params, layout: Layout) -> Summary:
     at a time (`char_rnn.registry_lock`), so two runs that finish together end with the better one champion."""
     from char_rnn import progress, registry, tracking
     from char_rnn.evaluation import reported
+    from char_rnn.heldout import by_text
     from char_rnn.lineage import file_sha256
     from char_rnn.registry_lock import registry_lock
     from char_rnn.windows import load_spec
 
     run_id, spec = tracking.pipeline_run(layout.mlruns, layout.train_run), load_spec(layout.windows)
     name, metric = params.registry.model_name, params.registry.metric
-    metrics = json.loads(layout.metrics.read_text(encoding="utf-8"))
+    metrics = by_text(json.loads(layout.metrics.read_text(encoding="utf-8")))
     key = tracking.metric_key(metric.value, metrics)
     value = registry.check_registrable(run_id, metric, reported(metrics))
     files = bundle(params, layout)

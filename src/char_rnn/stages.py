@@ -362,7 +362,7 @@ def _keras_model(layout: Layout) -> Any:
 def _evaluation_line(metrics: dict[str, Any]) -> str:
     from char_rnn.notes import change
 
-    if "bits_per_char_method" not in metrics:
+    if not any(name in metrics for name in ("test", "validation")):
         return f"accuracy {metrics['accuracy']:.4f}, {metrics['bits_per_char']:.4f} bits/char on the memorised text"
     lines = []
     for name in ("test", "validation"):

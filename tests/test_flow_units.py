@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sqlite3
 import time
 
@@ -46,6 +48,23 @@ def test_user_errors_and_bugs_are_not_retried(exc: Exception) -> None:
 )
 def test_transient_errors_are_retried(exc: Exception) -> None:
     assert is_transient(exc)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS])
+def test_a_write_the_machine_refuses_for_good_is_not_retried_and_says_so_in_one_line(code: int) -> None:
+    """A full disk, a file-size or quota limit, a read-only file system: a retry meets the same refusal.
+    (A real flow run on a full disk: tests/test_flow.py.)"""
+    from pipelines.failures import machine_fault, one_line
+
+    path = "/srv/project/models/model.keras"
+    try:  # as `write_atomically` raises it: naming the file, from the write's own error
+        raise OSError(code, os.strerror(code), path) from OSError(code, os.strerror(code))
+    except OSError as refused:
+        assert not is_transient(refused) and not is_transient(refused.__cause__)
+        assert one_line(machine_fault(refused)).startswith(f"MachineFault: could not write {path}: {os.strerror(code)}")
+    full = sqlite3.OperationalError("database or disk is full")  # SQLite's own words, as MLflow passes them on
+    assert not is_transient(full) and one_line(machine_fault(full)).startswith("MachineFault: could not write")
+    assert machine_fault(sqlite3.OperationalError("database is locked")) is None
 
 
 def test_overrides_are_validated_like_params_yaml(layout: Layout) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
+from benchmarks.flow_overhead import QUIET, free_port, stop_group, wait_http_ok
 from char_rnn import registry
 from char_rnn.layout import Layout
 from char_rnn.lineage import ModelIntegrityError, file_sha256
@@ -106,6 +110,61 @@ def test_crowning_keeps_the_previous_champion_and_rollback_restores_it(files: di
     assert aliases() == {CHAMPION: "2", PREVIOUS_CHAMPION: "3"}
     with pytest.raises(RegistrationRefused, match="needs a reason"):
         registry.promote(f"models:/{NAME}/1", " ", by="someone")
+
+
+def test_only_no_such_model_or_alias_means_no_champion(files: dict[str, Path], layout: Layout) -> None:
+    """No champion crowns the candidate without a comparison, so only MLflow's answers "no such registered
+    model" and "no such alias" mean it; a store that cannot be read at that moment is an error."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    assert registry.current_champion(NAME) is None  # no such registered model
+    first = publish(files)
+    assert registry.current_champion(NAME) is None  # a registered model without the alias
+    registry.crown(NAME, first)
+    assert str(registry.current_champion(NAME).version) == first
+    with sqlite3.connect(layout.mlruns / "mlflow.db") as db:  # the store's aliases become unreadable
+        db.execute("ALTER TABLE registered_model_aliases RENAME TO unreadable")
+    with pytest.raises(MlflowException, match="no such table: registered_model_aliases"):
+        registry.current_champion(NAME)
+
+
+@pytest.fixture
+def mlflow_server(layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen]:
+    """A real `mlflow server` on a free loopback port, which the test's MLflow client (and `files`) use."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", (tmp_path / "server-artifacts").as_uri()]  # fmt: skip
+    env = {**os.environ, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # fmt: skip
+    try:
+        wait_http_ok(f"{url}/health", server, timeout_s=120)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        yield server
+    finally:
+        stop_group(server)
+
+
+@pytest.mark.integration
+def test_a_tracking_server_down_when_the_champion_is_read_is_an_error(
+    mlflow_server: subprocess.Popen, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real server, MLflow's "no such model" and "no such alias" are still "no champion"; with
+    the server stopped, reading the champion fails instead of letting the candidate be crowned."""
+    from mlflow.exceptions import MlflowException
+
+    assert registry.current_champion(NAME) is None
+    registry.crown(NAME, publish(files))
+    assert str(registry.current_champion(NAME).version) == "1"
+    registry.crown(NAME, publish(files, seed=1))
+    assert aliases() == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
+    stop_group(mlflow_server)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the client's backoff would take minutes
+    with pytest.raises(MlflowException, match="Max retries exceeded"):
+        registry.current_champion(NAME)
 
 
 def test_rollback_needs_a_previous_champion(files: dict[str, Path]) -> None:

@@ -1,7 +1,9 @@
 """Model registry: every finished run becomes a version; aliases, not copies, mark what serves.
 
 `@champion` serves. The register stage moves it only when the gate (`char_rnn.gate`) says the new
-version beats it on the same text; otherwise the new version is `@challenger`. A person can decide
+version beats it on the same text; otherwise the new version is `@challenger`. Only a registry that
+answers "no such model" or "no such alias" has no champion; one that cannot answer (a server away, a
+store that cannot be read) fails the stage, which the flow retries when the error is transient. A person can decide
 otherwise (`promote`, with a reason that is recorded), and the champion a promotion replaces keeps
 `@previous-champion`, so `rollback` is one command. A run that failed or has no finite metric is
 refused before anything is logged or registered, so a failed run never moves an alias.
@@ -45,13 +47,25 @@ class ModelNotFound(PipelineError):
     """The registry has no version behind this URI."""
 
 
+# MLflow's answers (3.17, a SQLite store and `mlflow server` alike) when there is nothing behind an alias:
+# no such registered model, or a model without that alias.
+NO_SUCH_MODEL = "RESOURCE_DOES_NOT_EXIST"
+NO_SUCH_ALIAS = "INVALID_PARAMETER_VALUE"  # "Registered model alias champion not found."
+
+
 def _champion(client: Any, name: str) -> Any | None:
+    """The version behind `@champion`, or None when the model or the alias does not exist. Any other error
+    (a server away, a store that cannot be read) is raised: "no champion" would crown the candidate
+    without a comparison."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        missing = exc.error_code == NO_SUCH_MODEL or (exc.error_code == NO_SUCH_ALIAS and "not found" in exc.message)
+        if missing:
+            return None
+        raise
 
 
 def check_registrable(run_id: str, metric: Metric, metrics: dict[str, Any]) -> float:
@@ -121,7 +135,8 @@ def clear_pending(model_name: str) -> list[str]:
 
 
 def current_champion(model_name: str) -> Any | None:
-    """The version behind `@champion`, or None (no model or no champion yet)."""
+    """The version behind `@champion`, or None (no model or no champion yet); raises MLflow's error when
+    the registry cannot say (a server away, a store that cannot be read)."""
     from mlflow import MlflowClient
 
     return _champion(MlflowClient(), model_name)

@@ -17,7 +17,7 @@ from benchmarks.flow_overhead import QUIET, free_port, stop_group, wait_http_ok
 from char_rnn import registry
 from char_rnn.layout import Layout
 from char_rnn.lineage import ModelIntegrityError, file_sha256
-from char_rnn.params import Metric
+from char_rnn.params import Metric, RegistryParams
 from char_rnn.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistrationRefused
 from conftest import assert_one_champion_the_better, register_at_once
 
@@ -60,7 +60,7 @@ def run(status: str = "FINISHED") -> str:
     return active.info.run_id
 
 
-def publish(files: dict[str, Path], seed: int | None = None) -> str:
+def publish(files: dict[str, Path], seed: int | None = None, ranking: RegistryParams | None = None) -> str:
     """What the register stage does once the gate has spoken: log the pyfunc, register it with its sha256."""
     import mlflow
 
@@ -72,7 +72,7 @@ def publish(files: dict[str, Path], seed: int | None = None) -> str:
     with mlflow.start_run(run_id=run()):
         uri = log_generator(files, digests, "가나").model_uri
     tags = {f"{name}_sha256": digest for name, digest in digests.items()}
-    return registry.register_version(uri, NAME, tags, "registered by a test")
+    return registry.register_version(uri, NAME, tags, "registered by a test", ranking)
 
 
 def aliases() -> dict[str, str]:
@@ -90,6 +90,22 @@ def test_a_version_records_the_sha256_of_every_file_and_its_description(files: d
     assert version.tags["vocab_sha256"] == file_sha256(files["vocab"])
     assert version.description == "registered by a test"
     assert registry.current_champion(NAME) is None  # registering moves no alias: the gate decides
+
+
+def test_the_registered_model_says_what_it_is_which_figure_ranks_it_and_how_the_champion_is_chosen(
+    files: dict[str, Path],
+) -> None:
+    """The MLflow UI shows it above the versions table; a registration under other params rewrites it."""
+    from mlflow import MlflowClient
+
+    publish(files, ranking=RegistryParams(model_name=NAME, metric=Metric.bits_per_char, min_improvement=0.001))
+    first = MlflowClient().get_registered_model(NAME).description
+    assert "character-level RNN language model of Korean text" in first
+    assert "**Ranked by** `bits_per_char` (`registry.metric`; lower is better)" in first
+    assert "better by at least 0.1 % (`registry.min_improvement`), else `@challenger`" in first
+    publish(files, seed=1, ranking=RegistryParams(model_name=NAME, metric=Metric.accuracy, min_improvement=0.02))
+    again = MlflowClient().get_registered_model(NAME).description
+    assert "`accuracy` (`registry.metric`; higher is better)" in again and "at least 2 %" in again
 
 
 def test_crowning_keeps_the_previous_champion_and_rollback_restores_it(files: dict[str, Path]) -> None:

@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from char_rnn.errors import PipelineError
-from char_rnn.params import Metric
+from char_rnn.params import Metric, RegistryParams
 from char_rnn.registry_lock import registry_lock
 
 CHAMPION = "champion"
@@ -99,15 +99,42 @@ def registered_version(model_name: str, digest_tags: dict[str, str]) -> str | No
     return str(min(same)) if same else None
 
 
-def register_version(model_uri: str, model_name: str, tags: dict[str, str], description: str) -> str:
-    """A new version of the logged model, with its tags and description; no alias moves here."""
+def register_version(
+    model_uri: str, model_name: str, tags: dict[str, str], description: str, ranking: RegistryParams | None = None
+) -> str:
+    """A new version of the logged model, with its tags and description; no alias moves here. With
+    `ranking` (the registry's params), the registered model's own description says how it is ranked."""
     import mlflow
     from mlflow import MlflowClient
 
     with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered ..." lines: the stage says more
         version = str(mlflow.register_model(model_uri, model_name, tags={**tags, PENDING: "true"}).version)
-    MlflowClient().update_model_version(model_name, version, description=description)
+    client = MlflowClient()
+    client.update_model_version(model_name, version, description=description)
+    if ranking is not None:  # rewritten at every registration: it follows a change of registry.metric
+        client.update_registered_model(model_name, description=model_description(ranking))
     return version
+
+
+def model_description(ranking: RegistryParams) -> str:
+    """What a reviewer opening the registered model reads before any version: what it is, which figure
+    ranks its versions, and how the champion is chosen."""
+    metric = ranking.metric
+    served = "the RNN mixed with an n-gram and a cache" if metric is Metric.hybrid_bits_per_char else "the RNN"
+    better = "higher" if metric.higher_is_better else "lower"
+    return "\n\n".join(
+        [
+            "A character-level RNN language model of Korean text, served as a text generator: a prompt in,"
+            f" its continuation out, sampled from {served}. Each run of the pipeline registers a version.",
+            f"**Ranked by** `{metric.value}` (`registry.metric`; {better} is better), scored on the registering"
+            " run's text: its validation tail, or without a split its training text, as the blog scores it.",
+            "**The champion** (`@champion`) is what serves. The register stage scores the new version and the"
+            " champion on the same text by the same procedure; the new version becomes `@champion` only when it"
+            f" is better by at least {ranking.min_improvement * 100:g} % (`registry.min_improvement`), else"
+            " `@challenger`. A person may `char-rnn promote` a version, with a reason recorded on it; the"
+            " champion it replaces keeps `@previous-champion`, which `char-rnn rollback` restores.",
+        ]
+    )
 
 
 def finish(model_name: str, version: str) -> None:

@@ -191,7 +191,7 @@ def main() -> None:
     from char_rnn.quiet import import_tensorflow
 
     import_tensorflow()  # the warm-up, most of a small run's cost
-    import mlflow.keras  # noqa: F401
+    import mlflow.pyfunc  # noqa: F401  (what train logs to, and register logs the generator with)
 
     import char_rnn.model  # noqa: F401
 

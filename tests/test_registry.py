@@ -24,6 +24,27 @@ from conftest import assert_one_champion_the_better, register_at_once
 NAME = "char-rnn-test"
 CHARS = list(" 가나다")
 
+# In a fresh process, as `mlflow models serve` does: load the registered generator and answer one request,
+# then print which modules are loaded and, for each third-party module the project's loaded code imports,
+# the distributions that provide it.
+SERVED_IMPORTS = """
+import ast, json, sys
+from importlib import metadata
+import mlflow.pyfunc
+mlflow.pyfunc.load_model(sys.argv[1]).predict({"prompt": ["가나"], "length": [3], "temperature": [0.0]})
+loaded = {name.partition(".")[0] for name in sys.modules}
+named = set()
+for module in [m for n, m in list(sys.modules.items()) if n.startswith("char_rnn.")]:
+    for node in ast.walk(ast.parse(open(module.__file__, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            named |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            named.add(node.module.partition(".")[0])
+dists = metadata.packages_distributions()
+ours = {top: dists[top] for top in named & loaded - {"char_rnn"} if top in dists}
+print(json.dumps({"loaded": sorted(loaded), "ours": ours}))
+"""
+
 
 @pytest.fixture
 def files(layout: Layout) -> dict[str, Path]:
@@ -181,6 +202,32 @@ def test_a_tracking_server_down_when_the_champion_is_read_is_an_error(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the client's backoff would take minutes
     with pytest.raises(MlflowException, match="Max retries exceeded"):
         registry.current_champion(NAME)
+
+
+def test_the_served_generator_pins_what_it_imports_and_nothing_else(files: dict[str, Path], layout: Layout) -> None:
+    """The served pyfunc runs on the NumPy runtime: neither TensorFlow nor Keras is imported, so neither is
+    pinned; every third-party package the project's code imports on that path is."""
+    import mlflow
+
+    from char_rnn.tracking import tracking_uri
+
+    registry.crown(NAME, publish(files))
+    uri = f"models:/{NAME}@{CHAMPION}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(layout.mlruns)}
+    served = subprocess.run([sys.executable, "-c", SERVED_IMPORTS, uri], env=env, capture_output=True, text=True)
+    assert served.returncode == 0, served.stderr[-3000:]
+    found = json.loads(served.stdout.splitlines()[-1])
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text(encoding="utf-8").split()
+    pinned = {canonical(line.partition("==")[0]) for line in requirements}
+    imported = {top: {canonical(dist) for dist in dists} for top, dists in found["ours"].items()}
+    assert not {"tensorflow", "keras"} & set(found["loaded"])
+    assert {"h5py", "threadpoolctl", "numpy", "mlflow"} <= set(imported)  # the premise: what the runtime reads with
+    assert [top for top, dists in imported.items() if not dists & pinned] == [], "imported, not pinned"
+    assert pinned <= set().union(*imported.values()), "pinned, never imported"
+
+
+def canonical(distribution: str) -> str:
+    return distribution.lower().replace("_", "-")
 
 
 def test_rollback_needs_a_previous_champion(files: dict[str, Path]) -> None:

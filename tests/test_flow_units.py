@@ -1,11 +1,16 @@
-"""The flow's pieces that need no server: retry classification, params resolution, the worker's budget."""
+"""The flow's pieces that need no server: retry classification, params resolution, the worker's budget,
+declared dependencies."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
+import re
 import sqlite3
+import sys
 import time
+import tomllib
 
 import pytest
 
@@ -14,6 +19,7 @@ from char_rnn.layout import Layout
 from char_rnn.params import Params, ParamsError, load_params
 from char_rnn.training import TrainingDiverged
 from char_rnn.validation import ValidationFailed
+from conftest import REPO
 from pipelines.failures import TransientError, is_transient
 from pipelines.flow import resolve_params
 from pipelines.versioning import write_params
@@ -112,3 +118,29 @@ def test_a_stage_past_its_budget_is_stopped(layout: Layout, tiny_params: Params)
     assert time.monotonic() - start < 15
     assert not layout.fit_model.exists()
     assert isinstance(StageTimedOut("x"), PipelineError)
+
+
+def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
+    """`pip install .` must bring what `char_rnn` and the drivers import, not leave it to another package's
+    dependencies (psutil and ruamel.yaml came with MLflow and DVC until they were declared)."""
+    from importlib import metadata
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = [requirement for extra in project["optional-dependencies"].values() for requirement in extra]
+    declared = {_canonical(re.match(r"[A-Za-z0-9._-]+", req)[0]) for req in [*project["dependencies"], *extras]}
+    imported: set[str] = set()
+    for path in [*(REPO / "src" / "char_rnn").rglob("*.py"), *(REPO / "pipelines").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.partition(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "char_rnn", "pipelines"}
+    providers = metadata.packages_distributions()
+    undeclared = sorted(top for top in third_party if not {_canonical(d) for d in providers.get(top, [])} & declared)
+    assert undeclared == [], "imported but not in pyproject.toml's dependencies"
+    assert {"psutil", "ruamel", "h5py", "mlflow"} <= third_party  # the premise: the walk finds the imports
+
+
+def _canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()

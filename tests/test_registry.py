@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from benchmarks.flow_overhead import QUIET, free_port, stop_group, wait_http_ok
 from char_rnn import registry
 from char_rnn.layout import Layout
 from char_rnn.lineage import ModelIntegrityError, file_sha256
-from char_rnn.params import Metric, RegistryParams
+from char_rnn.params import Metric, Params, RegistryParams
 from char_rnn.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistrationRefused
 from conftest import assert_one_champion_the_better, register_at_once
 
@@ -236,11 +237,39 @@ def test_rollback_needs_a_previous_champion(files: dict[str, Path]) -> None:
         registry.rollback(NAME, by="on-call")
 
 
-@pytest.mark.parametrize("status, bits", [("FAILED", 1.0), ("FINISHED", float("nan"))])
-def test_a_failed_run_is_refused_before_anything_is_logged(files: dict[str, Path], status: str, bits: float) -> None:
-    with pytest.raises(RegistrationRefused, match="nothing registered"):
-        registry.check_registrable(run(status), Metric.bits_per_char, {"bits_per_char": bits})
-    assert registry.check_registrable(run(), Metric.bits_per_char, {"bits_per_char": 1.5}) == 1.5
+def test_a_failed_run_is_refused_before_anything_is_logged(layout: Layout, tiny_params: Params) -> None:
+    """The register stage on a trained project whose run has no finite figure, then whose run failed:
+    refused both times, and the store holds no logged model, no registered model, no new artifact."""
+    from mlflow import MlflowClient
+
+    from char_rnn import stages
+
+    for stage in stages.STAGES[:-1]:
+        stage.run(tiny_params, layout)
+    client, run_id = MlflowClient(), json.loads(layout.train_run.read_text(encoding="utf-8"))["run_id"]
+    before, figures = logged(client, run_id), layout.metrics.read_text(encoding="utf-8")
+    layout.metrics.write_text(json.dumps({**json.loads(figures), "bits_per_char": float("nan")}), encoding="utf-8")
+    with pytest.raises(
+        RegistrationRefused, match=f"run {run_id} is FINISHED with bits_per_char=nan; nothing registered"
+    ):
+        stages.register(tiny_params, layout)
+    assert logged(client, run_id) == before
+    layout.metrics.write_text(figures, encoding="utf-8")
+    client.set_terminated(run_id, "FAILED")
+    with pytest.raises(RegistrationRefused, match=f"run {run_id} is FAILED with bits_per_char=.*; nothing registered"):
+        stages.register(tiny_params, layout)
+    assert logged(client, run_id) == before
+
+
+def logged(client: Any, run_id: str) -> dict[str, list[Any]]:
+    """What a registration would add: logged models, registered models, the run's artifacts and tags."""
+    experiment = client.get_run(run_id).info.experiment_id
+    return {
+        "logged models": [model.model_id for model in client.search_logged_models([experiment])],
+        "registered models": [model.name for model in client.search_registered_models()],
+        "artifacts": sorted(artifact.path for artifact in client.list_artifacts(run_id)),
+        "tags": sorted(client.get_run(run_id).data.tags.items()),
+    }
 
 
 def test_files_already_registered_are_found_exactly(files: dict[str, Path], layout: Layout) -> None:

@@ -124,10 +124,12 @@ def test_the_registered_model_says_what_it_is_which_figure_ranks_it_and_how_the_
     first = MlflowClient().get_registered_model(NAME).description
     assert "character-level RNN language model of Korean text" in first
     assert "**Ranked by** `bits_per_char` (`registry.metric`; lower is better)" in first
-    assert "better by at least 0.1 % (`registry.min_improvement`), else `@challenger`" in first
-    publish(files, seed=1, ranking=RegistryParams(model_name=NAME, metric=Metric.accuracy, min_improvement=0.02))
+    assert "better by at least 0.1 % (`registry.min_improvement`)" in first and "must_beat_baseline" not in first
+    floor = RegistryParams(model_name=NAME, metric=Metric.accuracy, min_improvement=0.02, must_beat_baseline=True)
+    publish(files, seed=1, ranking=floor)
     again = MlflowClient().get_registered_model(NAME).description
     assert "`accuracy` (`registry.metric`; higher is better)" in again and "at least 2 %" in again
+    assert "None that the n-gram beats on that text is (`registry.must_beat_baseline`)" in again
 
 
 def test_crowning_keeps_the_previous_champion_and_rollback_restores_it(files: dict[str, Path]) -> None:

@@ -118,21 +118,26 @@ def register_version(
 
 def model_description(ranking: RegistryParams) -> str:
     """What a reviewer opening the registered model reads before any version: what it is, which figure
-    ranks its versions, and how the champion is chosen."""
+    ranks its versions, and how the champion is chosen (`char_rnn.gate`)."""
     metric = ranking.metric
     served = "the RNN mixed with an n-gram and a cache" if metric is Metric.hybrid_bits_per_char else "the RNN"
     better = "higher" if metric.higher_is_better else "lower"
+    floor = ""
+    if ranking.must_beat_baseline:
+        floor = " None that the n-gram beats on that text is (`registry.must_beat_baseline`)."
     return "\n\n".join(
         [
             "A character-level RNN language model of Korean text, served as a text generator: a prompt in,"
             f" its continuation out, sampled from {served}. Each run of the pipeline registers a version.",
-            f"**Ranked by** `{metric.value}` (`registry.metric`; {better} is better), scored on the registering"
-            " run's text: its validation tail, or without a split its training text, as the blog scores it.",
-            "**The champion** (`@champion`) is what serves. The register stage scores the new version and the"
-            " champion on the same text by the same procedure; the new version becomes `@champion` only when it"
-            f" is better by at least {ranking.min_improvement * 100:g} % (`registry.min_improvement`), else"
-            " `@challenger`. A person may `char-rnn promote` a version, with a reason recorded on it; the"
-            " champion it replaces keeps `@previous-champion`, which `char-rnn rollback` restores.",
+            f"**Ranked by** `{metric.value}` (`registry.metric`; {better} is better). The register stage scores"
+            " the new version and the current champion on the run's test text, which neither learnt from, by"
+            " the same procedure, each through what it serves.",
+            "**The champion** (`@champion`) is what serves. The new version becomes `@champion` only when it is"
+            f" better by at least {ranking.min_improvement * 100:g} % (`registry.min_improvement`); else, or"
+            " when the two cannot be compared fairly (no test text, or the champion learnt from it), it is"
+            f" `@challenger`. A first version is champion.{floor} A person may `char-rnn promote` a version,"
+            " with a reason recorded on it; the champion it replaces keeps `@previous-champion`, which"
+            " `char-rnn rollback` restores.",
         ]
     )
 

@@ -165,9 +165,12 @@ def assert_the_champion_generates_with_the_tracking_uri_alone(team: Team) -> Non
     generate = ["char-rnn", "generate", "--prompt", prompt, "--length", "8", "--temperature", "0"]
     generated = subprocess.run(generate, env=env, cwd=team.checkout, capture_output=True, text=True, timeout=300)
     assert generated.returncode == 0, generated.stderr[-3000:]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
+    local = mlflow.get_tracking_uri()  # this process's stages (the racers) pointed MLflow at their own store
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
         served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    finally:
+        mlflow.set_tracking_uri(local)
     [continuation] = served.predict({"prompt": [prompt], "length": [8], "temperature": [0.0]})["text"]
     assert len(continuation) == 8 and generated.stdout == f"{prompt}{continuation}\n", generated.stdout
 

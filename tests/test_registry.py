@@ -13,14 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import QUIET, stop_group, wait_http_ok
 
-from benchmarks.flow_overhead import QUIET, free_port, stop_group, wait_http_ok
 from char_rnn import registry
 from char_rnn.layout import Layout
 from char_rnn.lineage import ModelIntegrityError, file_sha256
 from char_rnn.params import Metric, Params, RegistryParams
 from char_rnn.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistrationRefused
-from conftest import assert_one_champion_the_better, register_at_once
+from conftest import assert_one_champion_the_better, free_port, register_at_once
 
 NAME = "char-rnn-test"
 CHARS = list(" 가나다")

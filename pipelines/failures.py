@@ -1,14 +1,19 @@
 """Which failures a task may retry: only transient ones (I/O hiccups, a busy database or DVC lock).
 
 A `PipelineError` (bad params, failed validation, NaN loss, refused registration, exhausted time
-budget) would fail the same way again, so it is never retried; neither is a missing file.
+budget) would fail the same way again, so it is never retried; neither is a missing file, nor a fault
+of the machine that a retry meets again (`machine_fault`: a full disk, a read-only file system, a
+tracking server that stayed away past MLflow's own retries), which ends the stage in the same one
+line the command line prints.
 """
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from char_rnn.errors import PipelineError
+from char_rnn.faults import environment_fault
 
 # Messages of errors that go away when retried a little later, whatever exception class carries them
 # (MLflow wraps SQLite's lock error in its own exception; DVC reports its lock only on stderr).
@@ -45,10 +50,34 @@ class RemotePipelineError(PipelineError):
     """A `PipelineError` raised in the model worker; the message keeps its original class name."""
 
 
+class MachineFault(PipelineError):
+    """A fault of the machine, not of the pipeline, that a retry would meet again (see `machine_fault`)."""
+
+
+def machine_fault(exc: Exception) -> MachineFault | None:
+    """A write refused for good (no space, a file-size or quota limit, a read-only file system) or a
+    tracking server gone, wherever it surfaced, as the one line `char-rnn` prints for it (`could not
+    write <file>: ...`); None for anything else. `char_rnn.faults` knows all but the read-only file system."""
+    known = environment_fault(exc) or _read_only(exc)
+    return MachineFault(str(known)) if known is not None else None
+
+
+def _read_only(exc: BaseException) -> PipelineError | None:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno == errno.EROFS:
+            where = f" {cause.filename}" if cause.filename else ""
+            return PipelineError(f"could not write{where}: {cause.strerror} (a read-only file system)")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TransientError):
         return True
     if isinstance(exc, (PipelineError, *PERMANENT_OS_ERRORS)):
+        return False
+    if isinstance(exc, Exception) and machine_fault(exc) is not None:
         return False
     if isinstance(exc, OSError):  # ConnectionError, TimeoutError, EIO and friends
         return True

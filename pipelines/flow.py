@@ -25,7 +25,7 @@ from char_rnn.layout import Layout
 from char_rnn.lock import ProjectBusy, project_lock
 from char_rnn.params import Params, load_params, with_overrides
 from pipelines import CODE_DIR
-from pipelines.failures import StageFailed, one_line, retry_if_transient
+from pipelines.failures import StageFailed, machine_fault, one_line, retry_if_transient
 from pipelines.publish import publish_run, run_branch
 from pipelines.versioning import (
     holding_dvc_lock,
@@ -70,12 +70,17 @@ def run_in_worker(
 
 
 def expected_failures(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | State:
-    """A user's error (bad params, failed validation, NaN loss, ...) ends the task Failed with its message
-    on one line and no traceback, which is kept for bugs; none of these is retried."""
+    """A user's error (bad params, failed validation, NaN loss, ...) or a machine's fault (a full disk)
+    ends the task Failed with its message on one line and no traceback, which is kept for bugs; none of
+    these is retried."""
     try:
         return call(*args)
     except PipelineError as exc:
         return Failed(message=one_line(exc))
+    except Exception as exc:
+        if (fault := machine_fault(exc)) is None:
+            raise
+        return Failed(message=one_line(fault))
 
 
 @task(name="dvc-commit", **TASK_OPTIONS)

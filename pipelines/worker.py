@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params
-from pipelines.failures import RemotePipelineError, TransientError, WorkerFailed, is_transient
+from pipelines.failures import RemotePipelineError, TransientError, WorkerFailed, is_transient, machine_fault
 
 GRACE_S = 10.0
 
@@ -165,15 +165,19 @@ def _handle(request: dict[str, Any], layout: Layout) -> dict[str, Any]:
             return {"result": stages.train(params, layout, tags=request["tags"])}
         return {"result": stages.stage(request["stage"]).run(params, layout)}
     except Exception as exc:
-        return {
-            "error": {
-                "type": type(exc).__name__,
-                "message": str(exc),
-                "user_error": isinstance(exc, PipelineError),
-                "transient": is_transient(exc),
-                "traceback": traceback.format_exc(),
-            }
-        }
+        return {"error": _error(machine_fault(exc) or exc)}
+
+
+def _error(exc: Exception) -> dict[str, Any]:
+    """What the parent needs to decide: a user's error or the machine's fault (one line, never retried),
+    transient (retried), else a bug (its traceback)."""
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "user_error": isinstance(exc, PipelineError),
+        "transient": is_transient(exc),
+        "traceback": traceback.format_exc(),
+    }
 
 
 def main() -> None:
@@ -187,7 +191,7 @@ def main() -> None:
     from char_rnn.quiet import import_tensorflow
 
     import_tensorflow()  # the warm-up, most of a small run's cost
-    import mlflow.keras  # noqa: F401
+    import mlflow.pyfunc  # noqa: F401  (what train logs to, and register logs the generator with)
 
     import char_rnn.model  # noqa: F401
 

@@ -8,8 +8,11 @@ corpus with control characters) with skip_if_unchanged, which must run and fail 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -84,7 +87,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path) -> It
         try:
             with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
                 deployment = _wait_for(lambda: _deployment(client), timeout_s=120, what="the served deployment")
-                yield {"root": root, "client": client, "deployment": deployment, "log": base / "serve.log"}
+                yield {"root": root, "client": client, "deployment": deployment, "log": base / "serve.log", "url": url}
         finally:
             stop_group(server)
             log.close()
@@ -257,3 +260,57 @@ def _holds_dvc_lock(root: Path) -> bool:
             return False
     except ProjectBusy:
         return True
+
+
+def _file_size_limit(root: Path, command: list[str]) -> dict[str, Any]:
+    """The flow's process (and so its model worker) may write no file past 8 KiB: the baseline stage's
+    n-gram, in the flow's own process, is the first output larger than that (EFBIG)."""
+    return {"args": command, "preexec_fn": lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))}
+
+
+def _small_disk(root: Path, command: list[str]) -> dict[str, Any]:
+    """models/ on a 64 KiB tmpfs seen only by the flow's process and its model worker (a mount namespace
+    of their own): the n-gram fits, the train stage's first checkpoint does not (ENOSPC)."""
+    (root / "models").mkdir()
+    mount = 'mount -t tmpfs -o size=64k tmpfs "$0/models" && exec "$@"'
+    return {"args": ["unshare", "--map-root-user", "--mount", "sh", "-c", mount, str(root), *command]}
+
+
+@pytest.mark.parametrize(
+    ("confine", "stage", "code"),
+    [(_file_size_limit, "baseline", errno.EFBIG), (_small_disk, "train", errno.ENOSPC)],
+    ids=["flow process, file-size limit", "model worker, full disk"],
+)
+def test_a_full_disk_fails_the_run_at_once_in_one_line_naming_the_file(
+    served: dict[str, Any], tmp_path: Path, confine: Any, stage: str, code: int
+) -> None:
+    """README's promise for a full disk, through a real flow run: the stage fails once (no retry), and
+    the run's message is the one line `could not write <file>: ...`; no later stage runs."""
+    from char_rnn.layout import Layout
+    from char_rnn.params import load_params, with_overrides
+    from char_rnn.stages import STAGES
+    from pipelines.versioning import write_params
+
+    root = tmp_path / "project"
+    root.mkdir()
+    scaffold_project(root)
+    write_params(Layout(root), with_overrides(load_params(Layout(root).params), TINY))
+    env = {**os.environ, **QUIET, "PREFECT_API_URL": served["url"], "PREFECT_HOME": str(tmp_path / "prefect")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "pipelines", "run", "--root", str(root), "--no-push"]
+    started = time.monotonic()
+    ran = subprocess.run(**confine(root, command), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    took = time.monotonic() - started
+    said = ran.stdout.splitlines()[0] if ran.stdout else ""
+    where, why = re.escape(str(root / "models")), re.escape(os.strerror(code))
+    line = (
+        rf"stage '{stage}' failed: MachineFault: could not write {where}/\S+: {why} \(disk full or a file-size limit\)"
+    )
+    assert ran.returncode == 1 and re.fullmatch(f"Failed: {line}", said), (said, ran.stderr[-3000:])
+    [flow_run] = [run for run in served["client"].read_flow_runs() if run.parameters.get("root") == str(root)]
+    assert flow_run.state.is_failed() and re.fullmatch(line, flow_run.state.message), flow_run.state.message
+    tasks = _task_runs(served["client"], flow_run)
+    assert tasks[stage].state.is_failed() and tasks[stage].run_count == 1, "retried"
+    names = [s.name for s in STAGES]
+    assert not set(names[names.index(stage) + 1 :]) & set(tasks), "a later stage ran"
+    assert not list(root.rglob("*.partial")) and took < 240, took

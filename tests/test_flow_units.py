@@ -1,9 +1,16 @@
-"""The flow's pieces that need no server: retry classification, params resolution, the worker's budget."""
+"""The flow's pieces that need no server: retry classification, params resolution, the worker's budget,
+declared dependencies."""
 
 from __future__ import annotations
 
+import ast
+import errno
+import os
+import re
 import sqlite3
+import sys
 import time
+import tomllib
 
 import pytest
 
@@ -12,6 +19,7 @@ from char_rnn.layout import Layout
 from char_rnn.params import Params, ParamsError, load_params
 from char_rnn.training import TrainingDiverged
 from char_rnn.validation import ValidationFailed
+from conftest import REPO
 from pipelines.failures import TransientError, is_transient
 from pipelines.flow import resolve_params
 from pipelines.versioning import write_params
@@ -46,6 +54,23 @@ def test_user_errors_and_bugs_are_not_retried(exc: Exception) -> None:
 )
 def test_transient_errors_are_retried(exc: Exception) -> None:
     assert is_transient(exc)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS])
+def test_a_write_the_machine_refuses_for_good_is_not_retried_and_says_so_in_one_line(code: int) -> None:
+    """A full disk, a file-size or quota limit, a read-only file system: a retry meets the same refusal.
+    (A real flow run on a full disk: tests/test_flow.py.)"""
+    from pipelines.failures import machine_fault, one_line
+
+    path = "/srv/project/models/model.keras"
+    try:  # as `write_atomically` raises it: naming the file, from the write's own error
+        raise OSError(code, os.strerror(code), path) from OSError(code, os.strerror(code))
+    except OSError as refused:
+        assert not is_transient(refused) and not is_transient(refused.__cause__)
+        assert one_line(machine_fault(refused)).startswith(f"MachineFault: could not write {path}: {os.strerror(code)}")
+    full = sqlite3.OperationalError("database or disk is full")  # SQLite's own words, as MLflow passes them on
+    assert not is_transient(full) and one_line(machine_fault(full)).startswith("MachineFault: could not write")
+    assert machine_fault(sqlite3.OperationalError("database is locked")) is None
 
 
 def test_overrides_are_validated_like_params_yaml(layout: Layout) -> None:
@@ -93,3 +118,29 @@ def test_a_stage_past_its_budget_is_stopped(layout: Layout, tiny_params: Params)
     assert time.monotonic() - start < 15
     assert not layout.fit_model.exists()
     assert isinstance(StageTimedOut("x"), PipelineError)
+
+
+def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
+    """`pip install .` must bring what `char_rnn` and the drivers import, not leave it to another package's
+    dependencies (psutil and ruamel.yaml came with MLflow and DVC until they were declared)."""
+    from importlib import metadata
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = [requirement for extra in project["optional-dependencies"].values() for requirement in extra]
+    declared = {_canonical(re.match(r"[A-Za-z0-9._-]+", req)[0]) for req in [*project["dependencies"], *extras]}
+    imported: set[str] = set()
+    for path in [*(REPO / "src" / "char_rnn").rglob("*.py"), *(REPO / "pipelines").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.partition(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.partition(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"__future__", "char_rnn", "pipelines"}
+    providers = metadata.packages_distributions()
+    undeclared = sorted(top for top in third_party if not {_canonical(d) for d in providers.get(top, [])} & declared)
+    assert undeclared == [], "imported but not in pyproject.toml's dependencies"
+    assert {"psutil", "ruamel", "h5py", "mlflow"} <= third_party  # the premise: the walk finds the imports
+
+
+def _canonical(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()

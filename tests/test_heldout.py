@@ -25,9 +25,17 @@ def test_with_enough_warmup_chunks_equal_one_pass_over_the_whole_text(untrained,
     ("start", "end", "warmup", "chunk"), [(1, 400, 30, 64), (300, 333, 500, 500), (399, 400, 5, 1)]
 )
 def test_every_char_of_the_slice_is_scored_exactly_once(untrained, text, start, end, warmup, chunk):
+    """Figure i is the model's probability of character start + i, predicted from what the module says it
+    reads: the text from `warmup` characters before the first character of its chunk."""
     probs = rnn_char_probabilities(untrained, text, start, end, warmup=warmup, chunk=chunk)
-    assert len(probs) == end - start
-    assert np.all((probs > 0) & (probs < 1))
+    firsts = [start + (t - start) // chunk * chunk for t in range(start, end)]  # each character's chunk
+    contexts = [text[max(first - warmup, 0) : t] for first, t in zip(firsts, range(start, end), strict=True)]
+    # One row per character, padded on the right, which a recurrent model cannot read back from.
+    width = max(len(context) for context in contexts)
+    rows = np.stack([np.pad(context, (0, width - len(context))) for context in contexts])
+    out = np.asarray(untrained.predict_on_batch(rows))
+    expected = out[np.arange(len(rows)), [len(context) - 1 for context in contexts], text[start:end]]
+    np.testing.assert_allclose(probs, expected, rtol=1e-5)
 
 
 def test_short_warmup_scores_from_the_last_warmup_chars_only(untrained, text):
@@ -51,9 +59,23 @@ def test_an_untrained_model_scores_about_log2_of_the_vocabulary(untrained, text)
     assert perplexity(probs) == pytest.approx(2 ** bits_per_char(probs))
 
 
-def test_several_rnns_are_averaged(untrained, text):
-    single = rnn_char_probabilities(untrained, text, 390)
-    np.testing.assert_allclose(average_rnns([untrained, untrained], text, 390), single)
+@pytest.fixture(scope="module")
+def others():
+    """Two more untrained models over the same vocabulary: other weights, so other probabilities."""
+    from char_rnn.model import build_model
+    from char_rnn.params import ModelParams
+
+    params = ModelParams(cell="lstm", units=16, layers=1, dropout=0.0, recurrent_dropout=0.0, input="embedding",
+                         embedding_dim=8, ensemble=1)  # fmt: skip
+    return [build_model(params, TEXT_VOCAB, seed=seed) for seed in (11, 12)]
+
+
+def test_several_rnns_are_averaged(untrained, others, text):
+    """The mean of three models' probabilities of each true character: not the first's, the largest, the
+    smallest or the middle one."""
+    each = np.stack([rnn_char_probabilities(model, text, 300) for model in [untrained, *others]])
+    assert not any(np.allclose(one, each.mean(axis=0), rtol=1e-3) for one in each)  # the premise: they differ
+    np.testing.assert_allclose(average_rnns([untrained, *others], text, 300), each.mean(axis=0), rtol=1e-6)
 
 
 def test_every_model_is_scored_on_the_test_tail_then_validation_or_without_either_on_the_text_before_it(tmp_path):

@@ -5,20 +5,46 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
+from harness import QUIET, stop_group, wait_http_ok
 
 from char_rnn import registry
 from char_rnn.layout import Layout
 from char_rnn.lineage import ModelIntegrityError, file_sha256
-from char_rnn.params import Metric
+from char_rnn.params import Metric, Params, RegistryParams
 from char_rnn.registry import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, RegistrationRefused
-from conftest import assert_one_champion_the_better, register_at_once
+from conftest import assert_one_champion_the_better, free_port, register_at_once
 
 NAME = "char-rnn-test"
 CHARS = list(" 가나다")
+
+# In a fresh process, as `mlflow models serve` does: load the registered generator and answer one request,
+# then print which modules are loaded and, for each third-party module the project's loaded code imports,
+# the distributions that provide it.
+SERVED_IMPORTS = """
+import ast, json, sys
+from importlib import metadata
+import mlflow.pyfunc
+mlflow.pyfunc.load_model(sys.argv[1]).predict({"prompt": ["가나"], "length": [3], "temperature": [0.0]})
+loaded = {name.partition(".")[0] for name in sys.modules}
+named = set()
+for module in [m for n, m in list(sys.modules.items()) if n.startswith("char_rnn.")]:
+    for node in ast.walk(ast.parse(open(module.__file__, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            named |= {alias.name.partition(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            named.add(node.module.partition(".")[0])
+dists = metadata.packages_distributions()
+ours = {top: dists[top] for top in named & loaded - {"char_rnn"} if top in dists}
+print(json.dumps({"loaded": sorted(loaded), "ours": ours}))
+"""
 
 
 @pytest.fixture
@@ -56,7 +82,7 @@ def run(status: str = "FINISHED") -> str:
     return active.info.run_id
 
 
-def publish(files: dict[str, Path], seed: int | None = None) -> str:
+def publish(files: dict[str, Path], seed: int | None = None, ranking: RegistryParams | None = None) -> str:
     """What the register stage does once the gate has spoken: log the pyfunc, register it with its sha256."""
     import mlflow
 
@@ -68,7 +94,7 @@ def publish(files: dict[str, Path], seed: int | None = None) -> str:
     with mlflow.start_run(run_id=run()):
         uri = log_generator(files, digests, "가나").model_uri
     tags = {f"{name}_sha256": digest for name, digest in digests.items()}
-    return registry.register_version(uri, NAME, tags, "registered by a test")
+    return registry.register_version(uri, NAME, tags, "registered by a test", ranking)
 
 
 def aliases() -> dict[str, str]:
@@ -86,6 +112,24 @@ def test_a_version_records_the_sha256_of_every_file_and_its_description(files: d
     assert version.tags["vocab_sha256"] == file_sha256(files["vocab"])
     assert version.description == "registered by a test"
     assert registry.current_champion(NAME) is None  # registering moves no alias: the gate decides
+
+
+def test_the_registered_model_says_what_it_is_which_figure_ranks_it_and_how_the_champion_is_chosen(
+    files: dict[str, Path],
+) -> None:
+    """The MLflow UI shows it above the versions table; a registration under other params rewrites it."""
+    from mlflow import MlflowClient
+
+    publish(files, ranking=RegistryParams(model_name=NAME, metric=Metric.bits_per_char, min_improvement=0.001))
+    first = MlflowClient().get_registered_model(NAME).description
+    assert "character-level RNN language model of Korean text" in first
+    assert "**Ranked by** `bits_per_char` (`registry.metric`; lower is better)" in first
+    assert "better by at least 0.1 % (`registry.min_improvement`)" in first and "must_beat_baseline" not in first
+    floor = RegistryParams(model_name=NAME, metric=Metric.accuracy, min_improvement=0.02, must_beat_baseline=True)
+    publish(files, seed=1, ranking=floor)
+    again = MlflowClient().get_registered_model(NAME).description
+    assert "`accuracy` (`registry.metric`; higher is better)" in again and "at least 2 %" in again
+    assert "None that the n-gram beats on that text is (`registry.must_beat_baseline`)" in again
 
 
 def test_crowning_keeps_the_previous_champion_and_rollback_restores_it(files: dict[str, Path]) -> None:
@@ -108,17 +152,126 @@ def test_crowning_keeps_the_previous_champion_and_rollback_restores_it(files: di
         registry.promote(f"models:/{NAME}/1", " ", by="someone")
 
 
+def test_only_no_such_model_or_alias_means_no_champion(files: dict[str, Path], layout: Layout) -> None:
+    """No champion crowns the candidate without a comparison, so only MLflow's answers "no such registered
+    model" and "no such alias" mean it; a store that cannot be read at that moment is an error."""
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException
+
+    assert registry.current_champion(NAME) is None  # no such registered model
+    first = publish(files)
+    assert registry.current_champion(NAME) is None  # a registered model without the alias
+    registry.crown(NAME, first)
+    assert str(registry.current_champion(NAME).version) == first
+    with sqlite3.connect(layout.mlruns / "mlflow.db") as db:  # the store's aliases become unreadable
+        db.execute("ALTER TABLE registered_model_aliases RENAME TO unreadable")
+    with pytest.raises(MlflowException, match="no such table: registered_model_aliases"):
+        registry.current_champion(NAME)
+
+
+@pytest.fixture
+def mlflow_server(layout: Layout, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[subprocess.Popen]:
+    """A real `mlflow server` on a free loopback port, which the test's MLflow client (and `files`) use."""
+    url = f"http://127.0.0.1:{free_port()}"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+               "--artifacts-destination", (tmp_path / "server-artifacts").as_uri()]  # fmt: skip
+    env = {**os.environ, **QUIET, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)  # fmt: skip
+    try:
+        wait_http_ok(f"{url}/health", server, timeout_s=120)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+        yield server
+    finally:
+        stop_group(server)
+
+
+@pytest.mark.integration
+def test_a_tracking_server_down_when_the_champion_is_read_is_an_error(
+    mlflow_server: subprocess.Popen, files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a real server, MLflow's "no such model" and "no such alias" are still "no champion"; with
+    the server stopped, reading the champion fails instead of letting the candidate be crowned."""
+    from mlflow.exceptions import MlflowException
+
+    assert registry.current_champion(NAME) is None
+    registry.crown(NAME, publish(files))
+    assert str(registry.current_champion(NAME).version) == "1"
+    registry.crown(NAME, publish(files, seed=1))
+    assert aliases() == {CHAMPION: "2", PREVIOUS_CHAMPION: "1"}
+    stop_group(mlflow_server)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the client's backoff would take minutes
+    with pytest.raises(MlflowException, match="Max retries exceeded"):
+        registry.current_champion(NAME)
+
+
+def test_the_served_generator_pins_what_it_imports_and_nothing_else(files: dict[str, Path], layout: Layout) -> None:
+    """The served pyfunc runs on the NumPy runtime: neither TensorFlow nor Keras is imported, so neither is
+    pinned; every third-party package the project's code imports on that path is."""
+    import mlflow
+
+    from char_rnn.tracking import tracking_uri
+
+    registry.crown(NAME, publish(files))
+    uri = f"models:/{NAME}@{CHAMPION}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(layout.mlruns)}
+    served = subprocess.run([sys.executable, "-c", SERVED_IMPORTS, uri], env=env, capture_output=True, text=True)
+    assert served.returncode == 0, served.stderr[-3000:]
+    found = json.loads(served.stdout.splitlines()[-1])
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text(encoding="utf-8").split()
+    pinned = {canonical(line.partition("==")[0]) for line in requirements}
+    imported = {top: {canonical(dist) for dist in dists} for top, dists in found["ours"].items()}
+    assert not {"tensorflow", "keras"} & set(found["loaded"])
+    assert {"h5py", "threadpoolctl", "numpy", "mlflow"} <= set(imported)  # the premise: what the runtime reads with
+    assert [top for top, dists in imported.items() if not dists & pinned] == [], "imported, not pinned"
+    assert pinned <= set().union(*imported.values()), "pinned, never imported"
+
+
+def canonical(distribution: str) -> str:
+    return distribution.lower().replace("_", "-")
+
+
 def test_rollback_needs_a_previous_champion(files: dict[str, Path]) -> None:
     registry.crown(NAME, publish(files))
     with pytest.raises(registry.ModelNotFound, match="no @previous-champion"):
         registry.rollback(NAME, by="on-call")
 
 
-@pytest.mark.parametrize("status, bits", [("FAILED", 1.0), ("FINISHED", float("nan"))])
-def test_a_failed_run_is_refused_before_anything_is_logged(files: dict[str, Path], status: str, bits: float) -> None:
-    with pytest.raises(RegistrationRefused, match="nothing registered"):
-        registry.check_registrable(run(status), Metric.bits_per_char, {"bits_per_char": bits})
-    assert registry.check_registrable(run(), Metric.bits_per_char, {"bits_per_char": 1.5}) == 1.5
+def test_a_failed_run_is_refused_before_anything_is_logged(layout: Layout, tiny_params: Params) -> None:
+    """The register stage on a trained project whose run has no finite figure, then whose run failed:
+    refused both times, and the store holds no logged model, no registered model, no new artifact."""
+    from mlflow import MlflowClient
+
+    from char_rnn import stages
+
+    for stage in stages.STAGES[:-1]:
+        stage.run(tiny_params, layout)
+    client, run_id = MlflowClient(), json.loads(layout.train_run.read_text(encoding="utf-8"))["run_id"]
+    before, figures = logged(client, run_id), layout.metrics.read_text(encoding="utf-8")
+    layout.metrics.write_text(json.dumps({**json.loads(figures), "bits_per_char": float("nan")}), encoding="utf-8")
+    with pytest.raises(
+        RegistrationRefused, match=f"run {run_id} is FINISHED with bits_per_char=nan; nothing registered"
+    ):
+        stages.register(tiny_params, layout)
+    assert logged(client, run_id) == before
+    layout.metrics.write_text(figures, encoding="utf-8")
+    client.set_terminated(run_id, "FAILED")
+    with pytest.raises(RegistrationRefused, match=f"run {run_id} is FAILED with bits_per_char=.*; nothing registered"):
+        stages.register(tiny_params, layout)
+    assert logged(client, run_id) == before
+
+
+def logged(client: Any, run_id: str) -> dict[str, list[Any]]:
+    """What a registration would add: logged models, registered models, the run's artifacts and tags."""
+    experiment = client.get_run(run_id).info.experiment_id
+    return {
+        "logged models": [model.model_id for model in client.search_logged_models([experiment])],
+        "registered models": [model.name for model in client.search_registered_models()],
+        "artifacts": sorted(artifact.path for artifact in client.list_artifacts(run_id)),
+        "tags": sorted(client.get_run(run_id).data.tags.items()),
+    }
 
 
 def test_files_already_registered_are_found_exactly(files: dict[str, Path], layout: Layout) -> None:

@@ -154,13 +154,25 @@ def assert_no_secret_in_git_or_the_deployment(team: Team, nightly: dict[str, Any
 
 
 def assert_the_champion_generates_with_the_tracking_uri_alone(team: Team) -> None:
-    """No AWS_* and no database for a client: the MLflow server proxies the artifacts."""
+    """No AWS_* and no database for a client: the MLflow server proxies the artifacts. What it prints is the
+    prompt and the champion's greedy continuation, as the served pyfunc of that version answers it."""
+    import mlflow.pyfunc
+
     keep = ("PATH", "HOME", "LANG", "TEAM_SERVICES_RUN", "TF_CPP_MIN_LOG_LEVEL", "GIT_CONFIG_GLOBAL")
+    prompt = "알엔엔 으로"
     env = {key: team.env[key] for key in keep if key in team.env}
     env["MLFLOW_TRACKING_URI"] = team.url("MLFLOW_TRACKING_URI")
-    generate = ["char-rnn", "generate", "--prompt", "알엔엔 으로", "--length", "8", "--temperature", "0"]
+    generate = ["char-rnn", "generate", "--prompt", prompt, "--length", "8", "--temperature", "0"]
     generated = subprocess.run(generate, env=env, cwd=team.checkout, capture_output=True, text=True, timeout=300)
-    assert generated.returncode == 0 and generated.stdout.strip(), generated.stderr[-3000:]
+    assert generated.returncode == 0, generated.stderr[-3000:]
+    local = mlflow.get_tracking_uri()  # this process's stages (the racers) pointed MLflow at their own store
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    try:
+        served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    finally:
+        mlflow.set_tracking_uri(local)
+    [continuation] = served.predict({"prompt": [prompt], "length": [8], "temperature": [0.0]})["text"]
+    assert len(continuation) == 8 and generated.stdout == f"{prompt}{continuation}\n", generated.stdout
 
 
 def assert_a_sweep_on_dask_logs_both_trials_to_the_team_server(team: Team, tmp_path: Path) -> None:

@@ -115,7 +115,21 @@ def test_an_ensemble_averages_members_trained_with_their_own_seeds(windowed, tin
     for stage in ("tune", "refit"):
         stages.stage(stage).run(params, windowed)
     metrics = stages.evaluate(params, windowed)  # the blog's metrics, from the averaged model
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["epochs"] == 4
+    assert metrics["epochs"] == 4
+    blog = blog_evaluate(load_model(str(windowed.model)), windowed)  # Keras itself, on the served ensemble
+    assert (metrics["loss"], metrics["accuracy"]) == (pytest.approx(blog[0], rel=1e-4), pytest.approx(blog[1]))
+    assert blog_evaluate(members[0], windowed)[0] != pytest.approx(blog[0], rel=1e-3)  # one member alone differs
+
+
+def blog_evaluate(model, layout) -> tuple[float, float]:
+    """The blog's `model.evaluate(xdata, ydata)`: Keras' loss and accuracy over the training windows."""
+    from char_rnn.windows import load_spec, window_views
+
+    spec = load_spec(layout.windows)
+    inputs, targets = window_views(np.load(layout.windows / "train.npy"), spec.length, spec.stride)
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    figures = model.evaluate(inputs, targets, verbose=0, return_dict=True)
+    return figures["loss"], figures["accuracy"]
 
 
 def test_nan_loss_fails_the_run_and_keeps_the_previous_model(windowed, tiny_params, monkeypatch):

@@ -1,4 +1,4 @@
-"""What ties a model to its making: file hashes, the git commit, pinned requirements, the signature.
+"""What ties a model to its making: file hashes, the git commit, pinned requirements.
 
 Low in the import order so that every stage, the registry and the serving code share one definition
 of each: DVC's md5 (what `dvc.lock` shows), the sha256 a registered file is checked against before
@@ -11,11 +11,13 @@ import hashlib
 import subprocess
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from char_rnn.errors import PipelineError
 
-MODEL_PACKAGES = ("tensorflow-cpu", "keras", "numpy")  # what loading a .keras model needs
+# What reading the bundled files needs: the NumPy runtime (`char_rnn.inference`) reads the .keras file
+# with h5py and caps BLAS threads with threadpoolctl; hybrid.json and the params are read with pydantic
+# and PyYAML. No TensorFlow, no Keras: the served generator never imports them.
+MODEL_PACKAGES = ("numpy", "h5py", "threadpoolctl", "pydantic", "pyyaml")
 SERVING_PACKAGES = ("mlflow", "pandas")  # what the generator pyfunc needs on top
 
 
@@ -54,15 +56,3 @@ def git_commit(root: Path) -> str:
 def pip_requirements(*extra: str) -> list[str]:
     """Pinned from what is installed: without them MLflow asks pip over the network (23 s vs 0.3 s)."""
     return [f"{name}=={metadata.version(name)}" for name in (*MODEL_PACKAGES, *extra)]
-
-
-def keras_signature(vocab_size: int) -> Any:
-    """The Keras model's MLflow signature: id sequences in, a distribution per position out."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    return ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.int32), (-1, -1), "ids")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, vocab_size), "next_char")]),
-    )

@@ -1,7 +1,9 @@
 """Model registry: every finished run becomes a version; aliases, not copies, mark what serves.
 
 `@champion` serves. The register stage moves it only when the gate (`char_rnn.gate`) says the new
-version beats it on the same text; otherwise the new version is `@challenger`. A person can decide
+version beats it on the same text; otherwise the new version is `@challenger`. Only a registry that
+answers "no such model" or "no such alias" has no champion; one that cannot answer (a server away, a
+store that cannot be read) fails the stage, which the flow retries when the error is transient. A person can decide
 otherwise (`promote`, with a reason that is recorded), and the champion a promotion replaces keeps
 `@previous-champion`, so `rollback` is one command. A run that failed or has no finite metric is
 refused before anything is logged or registered, so a failed run never moves an alias.
@@ -28,7 +30,7 @@ import time
 from typing import Any
 
 from char_rnn.errors import PipelineError
-from char_rnn.params import Metric
+from char_rnn.params import Metric, RegistryParams
 from char_rnn.registry_lock import registry_lock
 
 CHAMPION = "champion"
@@ -45,13 +47,25 @@ class ModelNotFound(PipelineError):
     """The registry has no version behind this URI."""
 
 
+# MLflow's answers (3.17, a SQLite store and `mlflow server` alike) when there is nothing behind an alias:
+# no such registered model, or a model without that alias.
+NO_SUCH_MODEL = "RESOURCE_DOES_NOT_EXIST"
+NO_SUCH_ALIAS = "INVALID_PARAMETER_VALUE"  # "Registered model alias champion not found."
+
+
 def _champion(client: Any, name: str) -> Any | None:
+    """The version behind `@champion`, or None when the model or the alias does not exist. Any other error
+    (a server away, a store that cannot be read) is raised: "no champion" would crown the candidate
+    without a comparison."""
     from mlflow.exceptions import MlflowException
 
     try:
         return client.get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        missing = exc.error_code == NO_SUCH_MODEL or (exc.error_code == NO_SUCH_ALIAS and "not found" in exc.message)
+        if missing:
+            return None
+        raise
 
 
 def check_registrable(run_id: str, metric: Metric, metrics: dict[str, Any]) -> float:
@@ -85,15 +99,47 @@ def registered_version(model_name: str, digest_tags: dict[str, str]) -> str | No
     return str(min(same)) if same else None
 
 
-def register_version(model_uri: str, model_name: str, tags: dict[str, str], description: str) -> str:
-    """A new version of the logged model, with its tags and description; no alias moves here."""
+def register_version(
+    model_uri: str, model_name: str, tags: dict[str, str], description: str, ranking: RegistryParams | None = None
+) -> str:
+    """A new version of the logged model, with its tags and description; no alias moves here. With
+    `ranking` (the registry's params), the registered model's own description says how it is ranked."""
     import mlflow
     from mlflow import MlflowClient
 
     with contextlib.redirect_stderr(io.StringIO()):  # its "Successfully registered ..." lines: the stage says more
         version = str(mlflow.register_model(model_uri, model_name, tags={**tags, PENDING: "true"}).version)
-    MlflowClient().update_model_version(model_name, version, description=description)
+    client = MlflowClient()
+    client.update_model_version(model_name, version, description=description)
+    if ranking is not None:  # rewritten at every registration: it follows a change of registry.metric
+        client.update_registered_model(model_name, description=model_description(ranking))
     return version
+
+
+def model_description(ranking: RegistryParams) -> str:
+    """What a reviewer opening the registered model reads before any version: what it is, which figure
+    ranks its versions, and how the champion is chosen (`char_rnn.gate`)."""
+    metric = ranking.metric
+    served = "the RNN mixed with an n-gram and a cache" if metric is Metric.hybrid_bits_per_char else "the RNN"
+    better = "higher" if metric.higher_is_better else "lower"
+    floor = ""
+    if ranking.must_beat_baseline:
+        floor = " None that the n-gram beats on that text is (`registry.must_beat_baseline`)."
+    return "\n\n".join(
+        [
+            "A character-level RNN language model of Korean text, served as a text generator: a prompt in,"
+            f" its continuation out, sampled from {served}. Each run of the pipeline registers a version.",
+            f"**Ranked by** `{metric.value}` (`registry.metric`; {better} is better). The register stage scores"
+            " the new version and the current champion on the run's test text, which neither learnt from, by"
+            " the same procedure, each through what it serves.",
+            "**The champion** (`@champion`) is what serves. The new version becomes `@champion` only when it is"
+            f" better by at least {ranking.min_improvement * 100:g} % (`registry.min_improvement`); else, or"
+            " when the two cannot be compared fairly (no test text, or the champion learnt from it), it is"
+            f" `@challenger`. A first version is champion.{floor} A person may `char-rnn promote` a version,"
+            " with a reason recorded on it; the champion it replaces keeps `@previous-champion`, which"
+            " `char-rnn rollback` restores.",
+        ]
+    )
 
 
 def finish(model_name: str, version: str) -> None:
@@ -121,7 +167,8 @@ def clear_pending(model_name: str) -> list[str]:
 
 
 def current_champion(model_name: str) -> Any | None:
-    """The version behind `@champion`, or None (no model or no champion yet)."""
+    """The version behind `@champion`, or None (no model or no champion yet); raises MLflow's error when
+    the registry cannot say (a server away, a store that cannot be read)."""
     from mlflow import MlflowClient
 
     return _champion(MlflowClient(), model_name)

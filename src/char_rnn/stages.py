@@ -529,7 +529,7 @@ def _publish(
         "model_md5": file_md5(layout.model),
     }
     description = f"{decision.alias}: {decision.reason}\n\nFigures are on {_scored_on(spec)}."
-    version = registry.register_version(info.model_uri, name, version_tags, description)
+    version = registry.register_version(info.model_uri, name, version_tags, description, params.registry)
     if decision.alias == registry.CHAMPION:
         registry.crown(name, version)
     else:

@@ -52,7 +52,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="flow-overhead-") as tmp:
         base = Path(tmp)
         env = {**os.environ, **QUIET, "PREFECT_HOME": str(base / "prefect")}
-        warm = "import tensorflow, mlflow.keras, great_expectations, prefect"
+        warm = "import tensorflow, mlflow.pyfunc, great_expectations, prefect"
         subprocess.run([sys.executable, "-c", warm], env=env, check=True, capture_output=True)
         direct_code = (
             "import sys; from pathlib import Path; from char_rnn import stages; from char_rnn.layout import Layout;"

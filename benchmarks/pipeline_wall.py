@@ -58,7 +58,7 @@ PROBE_REPEATS = 2  # fresh-process probes are short and noisy: the best of this 
 BLOG = Path(__file__).resolve().parent / "blog.py"
 # Packages whose import dominates a stage's start; a stage's probe imports those its process loaded.
 HEAVY = ("tensorflow", "keras", "great_expectations", "mlflow", "sklearn", "scipy", "pandas", "matplotlib", "h5py")
-WARM = "import tensorflow, keras, mlflow.keras, great_expectations, matplotlib.pyplot, dvc.repo"
+WARM = "import tensorflow, keras, mlflow.pyfunc, great_expectations, matplotlib.pyplot, dvc.repo"
 # Runs the `char-rnn` entry point as its script does, and writes the top-level packages in
 # sys.modules at exit to the file named by the first argument.
 RECORD_MODULES = (

@@ -9,7 +9,6 @@ line the command line prints.
 
 from __future__ import annotations
 
-import errno
 from typing import Any
 
 from char_rnn.errors import PipelineError
@@ -57,19 +56,9 @@ class MachineFault(PipelineError):
 def machine_fault(exc: Exception) -> MachineFault | None:
     """A write refused for good (no space, a file-size or quota limit, a read-only file system) or a
     tracking server gone, wherever it surfaced, as the one line `char-rnn` prints for it (`could not
-    write <file>: ...`); None for anything else. `char_rnn.faults` knows all but the read-only file system."""
-    known = environment_fault(exc) or _read_only(exc)
+    write <file>: ...`); None for anything else."""
+    known = environment_fault(exc)
     return MachineFault(str(known)) if known is not None else None
-
-
-def _read_only(exc: BaseException) -> PipelineError | None:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.errno == errno.EROFS:
-            where = f" {cause.filename}" if cause.filename else ""
-            return PipelineError(f"could not write{where}: {cause.strerror} (a read-only file system)")
-        cause = cause.__cause__ or cause.__context__
-    return None
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -11,12 +11,13 @@ import errno
 
 from char_rnn.errors import PipelineError
 
-NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+NO_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)  # a write refused until a person acts
 # How MLflow and SQLite report it once they have turned the OSError into their own exception.
 NO_SPACE_WORDS = (
     "No space left on device",
     "File too large",
     "Disk quota exceeded",
+    "Read-only file system",
     "database or disk is full",
     "disk I/O error",  # SQLite, when a write it needs fails
 )
@@ -37,7 +38,8 @@ def unreachable(exc: Exception) -> PipelineError | None:
 
 
 def no_space(exc: Exception) -> PipelineError | None:
-    """A full disk (or a file-size limit), wherever it surfaced: one line, and no retry would help."""
+    """A full disk (a file-size or quota limit, a read-only file system), wherever it surfaced: one
+    line, and no retry would help."""
     cause: BaseException | None = exc
     while cause is not None:
         if isinstance(cause, OSError) and cause.errno in NO_SPACE:

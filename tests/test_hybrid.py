@@ -73,45 +73,28 @@ def test_weights_cannot_score_a_character_no_part_allows():
         fit_weights([np.array([0.5, 0.0]), np.array([0.5, 0.0])])
 
 
-def test_hybrid_json_round_trips_and_earlier_formats_load(tmp_path):
+def test_hybrid_json_round_trips(tmp_path):
     path = tmp_path / "hybrid.json"
     chosen = Hybrid(
-        tune_chars=50,
         weights=Weights(0.3, 0.6, 0.1, cache_window=100),
         ngram_order=5,
-        context=500,
         dynamic=DynamicChoice(rate=0.6, segment=25, context=100, tune_bits_per_char={"0.0": 4.0, "0.6": None}),
     )
     path.write_text(dump_hybrid(chosen), encoding="utf-8")
     assert load_hybrid(path) == chosen and json.loads(path.read_text())["format"] == FORMAT
-    # The train stage's file before the tune stage existed: refit records are dropped, the rest reads.
-    path.write_text(
-        json.dumps(
-            {
-                "weights": {"rnn": 0.3, "ngram": 0.6, "cache": 0.1, "cache_window": 100},
-                "tune_chars": 50,
-                "refit_with_tune": True,
-                "refit_epochs": [3],
-                "ngram_order": 5,
-                "context": 500,
-            }
-        )
-    )
-    assert load_hybrid(path) == Hybrid(tune_chars=50, weights=Weights(0.3, 0.6, 0.1, 100), ngram_order=5, context=500)
-    path.write_text(json.dumps({"weights": None, "tune_chars": 0, "refit_with_tune": False}))
-    assert load_hybrid(path).weights is None
-    path.write_text(json.dumps({"lambda": 0.25, "tune_chars": 50}))  # written before the cache existed
-    assert load_hybrid(path).weights == Weights(0.25, 0.75) and load_hybrid(path).ngram_order is None
+    path.write_text(dump_hybrid(Hybrid()), encoding="utf-8")
+    assert load_hybrid(path).weights is None  # no tuning slice: nothing fitted
 
 
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
-        ({"weights": {"rnn": 0.9, "ngram": 0.9}, "tune_chars": 9}, "sum to 1"),
-        ({"weights": {"rnn": 1.0}, "tune_chars": 9}, "weights"),
-        ({"weights": {"rnn": 0.5, "ngram": 0.5, "typo": 0.0}, "tune_chars": 9}, "weights"),
-        ({"format": 2, "tune_chars": 9, "colour": "red"}, "colour: Extra inputs"),
-        ({"format": 7, "tune_chars": 9}, "format 7 is not known"),
+        ({"format": 3, "weights": {"rnn": 0.9, "ngram": 0.9}}, "sum to 1"),
+        ({"format": 3, "weights": {"rnn": 1.0}}, "weights"),
+        ({"format": 3, "weights": {"rnn": 0.5, "ngram": 0.5, "typo": 0.0}}, "weights"),
+        ({"format": 3, "colour": "red"}, "colour: Extra inputs"),
+        ({"format": 2, "tune_chars": 9, "context": 500}, "format 2 is not known"),
+        ({"weights": {"rnn": 0.5, "ngram": 0.5}}, "format None is not known"),
         ([1, 2], "expected a JSON object"),
     ],
 )

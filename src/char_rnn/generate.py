@@ -257,7 +257,7 @@ def load_mixture(ngram_path: Path, hybrid_path: Path) -> Mixture:
     if hybrid.weights is None:
         raise GenerationError(f"{hybrid_path}: no hybrid weights were fitted (the split has no tuning slice)")
     ngram = KneserNey.load(ngram_path)
-    if hybrid.ngram_order is not None and ngram.order != hybrid.ngram_order:
+    if ngram.order != hybrid.ngram_order:
         raise GenerationError(
             f"{hybrid_path}: the weights were fitted against a {hybrid.ngram_order}-gram but {ngram_path.name}"
             f" is a {ngram.order}-gram; rerun the baseline and tune stages"

@@ -4,7 +4,7 @@ The weights are fitted by the tune stage on the tuning slice, which neither the 
 they are weighed against has read and which is not the scored text; the validation text is then
 scored with them fixed, and generation samples from the same mixture. `hybrid.json` also records
 dynamic evaluation's rate, chosen on the same slice. This module is the one place that writes and
-reads that file: a file of an earlier format loads through `load_hybrid` or is refused, naming why.
+reads that file: a file of another format is refused, naming why.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from char_rnn.ngram import KneserNey
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2
+FORMAT = 3  # 2 also recorded the tuning slice's length and the scoring context, which nothing read
 
 
 class HybridError(PipelineError):
@@ -80,15 +80,11 @@ class Hybrid(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal[2] = FORMAT
-    tune_chars: int = Field(ge=0)
+    format: Literal[3] = FORMAT
     weights: Weights | None = None
     ngram_order: int | None = Field(
-        default=None,
-        ge=1,
-        description="order of the n-gram the weights were fitted against (None in files older than the record)",
+        default=None, ge=1, description="order of the n-gram the weights were fitted against (None: no weights)"
     )
-    context: int | None = Field(default=None, ge=1, description="held-out context the RNN was scored with")
     dynamic: DynamicChoice | None = None
 
 
@@ -98,41 +94,22 @@ def dump_hybrid(hybrid: Hybrid) -> str:
 
 
 def load_hybrid(path: Path) -> Hybrid:
-    """hybrid.json of this format, or of an earlier one (converted), else `HybridError` naming the file."""
+    """hybrid.json of this format, else `HybridError` naming the file."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise HybridError(f"{path}: not JSON ({exc}); rerun the tune stage") from None
     if not isinstance(raw, dict):
         raise HybridError(f"{path}: expected a JSON object; rerun the tune stage")
-    if "format" not in raw:
-        raw = _from_format_1(raw)
-    elif raw["format"] != FORMAT:
+    if raw.get("format") != FORMAT:
         raise HybridError(
-            f"{path}: format {raw['format']!r} is not known (this version reads {FORMAT} and the"
-            " earlier, unnumbered one); rerun the tune stage"
+            f"{path}: format {raw.get('format')!r} is not known (this version reads {FORMAT}); rerun the tune stage"
         )
     try:
         return Hybrid.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'file'}: {e['msg']}" for e in exc.errors())
         raise HybridError(f"{path}: unusable hybrid record ({problems}); rerun the tune stage") from None
-
-
-def _from_format_1(raw: dict[str, Any]) -> dict[str, Any]:
-    """The train stage's file before the tune stage existed; one before the cache held a single `lambda`
-    for the RNN, which reads as (lambda, 1 - lambda, no cache). Refit records moved to the refit stage."""
-    weights = raw.get("weights")
-    if "weights" not in raw and raw.get("lambda") is not None:
-        weights = {"rnn": raw["lambda"], "ngram": 1.0 - raw["lambda"]}
-    return {
-        "format": FORMAT,
-        "tune_chars": raw.get("tune_chars", 0),
-        "weights": weights,
-        "ngram_order": raw.get("ngram_order"),
-        "context": raw.get("context"),
-        "dynamic": raw.get("dynamic"),
-    }
 
 
 def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:

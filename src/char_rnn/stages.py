@@ -257,7 +257,7 @@ def tune(params: Params, layout: Layout) -> Summary:
     from char_rnn.windows import load_spec
 
     spec = load_spec(layout.windows)
-    hybrid = _tune_on_slice(params, layout) if spec.tune_units else Hybrid(tune_chars=0)
+    hybrid = _tune_on_slice(params, layout) if spec.tune_units else Hybrid()
     write_atomically(layout.hybrid, dump_hybrid(hybrid))
     summary = "no tuning slice: nothing to fit"
     if hybrid.weights is not None:
@@ -287,9 +287,7 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
         segment, steps_context = params.tune.dynamic_segment, params.tune.dynamic_context
         rate, tried = tune_rate(model, ids, span, params.tune.dynamic_rates, segment, steps_context, spec.tune_chars)
         dynamic = DynamicChoice(rate=rate, segment=segment, context=steps_context, tune_bits_per_char=tried)
-    return Hybrid(
-        tune_chars=spec.tune_chars, weights=weights, ngram_order=params.baseline.order, context=context, dynamic=dynamic
-    )
+    return Hybrid(weights=weights, ngram_order=params.baseline.order, dynamic=dynamic)
 
 
 def refit(params: Params, layout: Layout) -> Summary:

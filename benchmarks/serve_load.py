@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/serve_load.py [--project DIR] [--model-uri URI] [--clients 4] [--duration 30]
     .venv/bin/python benchmarks/serve_load.py --bad-requests --duration 0     # malformed requests only
+    .venv/bin/python benchmarks/serve_load.py --project DIR --limits [--phase 10]   # one request at the limits
     .venv/bin/python benchmarks/serve_load.py --prepare rnn /tmp/seed [--epochs 3]
     .venv/bin/python benchmarks/serve_load.py --prepare hybrid /tmp/kolaw [--set train.epochs=2 ...]
 
@@ -20,6 +21,15 @@ gives it and the venv's bin first on PATH (MLflow execs `uvicorn`), in its own p
   successful requests;
 - the server's memory over its whole process group (psutil): RSS (summed, so shared pages count
   once per process) and USS (memory that only that process holds), when ready and after the load.
+
+`--limits` measures what one request at the version's limits does to everyone else: `--clients`
+threads send short requests (`--length`, default 20 characters here) for `--phase` seconds (default
+10), then one request of `registry.max_rows` rows, each a `registry.max_prompt`-character prompt cut
+from the project's corpus at its own offset, `--limits-length` characters each (default 100, the API's
+default length), is sent on its own connection while the short clients go on, and they go on for
+`--phase` seconds after it is answered. Reported: the short requests' p50 / p99 / max latency before,
+during (in flight at any moment while the big request was) and after it, the during / before p99
+ratio, and the big request's own time. `--limits-rows`, `--limits-prompt` change its size.
 
 `--bad-requests` also prints the status and body of a few malformed requests (bad JSON, wrong types,
 out-of-range values) before the load. At the end the whole process group is stopped (SIGTERM, then
@@ -48,6 +58,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import yaml
@@ -163,27 +174,31 @@ def post(port: int, body: bytes, content_type: str = "application/json", timeout
 
 @dataclass
 class Client:
-    latencies: list[float] = field(default_factory=list)  # successful requests only
+    spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of successful requests
     errors: list[str] = field(default_factory=list)
 
+    @property
+    def latencies(self) -> list[float]:
+        return [end - start for start, end in self.spans]
 
-def client_loop(port: int, body: bytes, deadline: float, out: Client) -> None:
-    """One request after another on one keep-alive connection until the deadline."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    while time.monotonic() < deadline:
+
+def client_loop(port: int, body: bytes, deadline: float, out: Client, stop: threading.Event | None = None) -> None:
+    """One request after another on one keep-alive connection until the deadline (or `stop`)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+    while time.monotonic() < deadline and not (stop and stop.is_set()):
         start = time.perf_counter()
         try:
             connection.request("POST", "/invocations", body, {"Content-Type": "application/json"})
             response = connection.getresponse()
             payload = response.read()
             if 200 <= response.status < 300:
-                out.latencies.append(time.perf_counter() - start)
+                out.spans.append((start, time.perf_counter()))
             else:
                 out.errors.append(f"HTTP {response.status}: {payload[:200]!r}")
         except (OSError, http.client.HTTPException) as exc:
             out.errors.append(f"{type(exc).__name__}: {exc}")
             connection.close()
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     connection.close()
 
 
@@ -207,6 +222,7 @@ def serve(args: argparse.Namespace) -> int:
     command += ["-p", str(port)] + (["-w", str(args.workers)] if args.workers else [])
     print(f"project {project}; store {store}")
     print(f"$ {' '.join(command)}")
+    args.length = args.length or (20 if args.limits else 100)
     body = json.dumps(
         {"dataframe_records": [{"prompt": prompt, "length": args.length, "temperature": 0}]}, ensure_ascii=False
     ).encode()
@@ -243,7 +259,9 @@ def serve(args: argparse.Namespace) -> int:
                 if args.bad_requests:
                     bad_requests(port)
                 code = 0 if 200 <= status < 300 else 1
-                if args.duration > 0:
+                if args.limits:
+                    code = max(code, at_the_limits(port, body, args, big_request(project, params, args)))
+                elif args.duration > 0:
                     code = max(code, load(port, body, args, (n, rss_ready, uss_ready), process.pid))
                 return code
             finally:
@@ -258,6 +276,70 @@ def bad_requests(port: int) -> None:
             print(f"  {what:<20} HTTP {status}  {readable(payload)[:300]}")
         except (OSError, http.client.HTTPException) as exc:
             print(f"  {what:<20} {type(exc).__name__}: {exc}")
+
+
+def big_request(project: Path, params: Any, args: argparse.Namespace) -> bytes:
+    """One request at the limits: `rows` prompts of `chars` characters of the project's corpus, each
+    from its own offset (so that no two rows are the same text), greedy."""
+    from char_rnn.layout import Layout
+
+    rows = args.limits_rows or params.registry.max_rows
+    chars = args.limits_prompt or params.registry.max_prompt
+    corpus = Layout(project).corpus.read_text(encoding="utf-8")
+    text = corpus * (chars // len(corpus) + 2)
+    step = len(corpus) // rows
+    records = [
+        {"prompt": text[i * step : i * step + chars], "length": args.limits_length, "temperature": 0}
+        for i in range(rows)
+    ]
+    print(f"big request: {rows} rows x {chars:,}-character prompts, length {args.limits_length}, greedy")
+    return json.dumps({"dataframe_records": records}, ensure_ascii=False).encode()
+
+
+def at_the_limits(port: int, short: bytes, args: argparse.Namespace, big: bytes) -> int:
+    """Short requests before, during and after one big request; see the module's docstring."""
+    clients = [Client() for _ in range(args.clients)]
+    start = time.perf_counter()
+    deadline = time.monotonic() + 2 * args.phase + 600  # ends early: see `stop` below
+    stop = threading.Event()
+    threads = [threading.Thread(target=client_loop, args=(port, short, deadline, c, stop)) for c in clients]
+    for thread in threads:
+        thread.start()
+    time.sleep(args.phase)
+    sent = time.perf_counter()
+    status, payload = post(port, big, timeout=600)
+    answered = time.perf_counter()
+    time.sleep(args.phase)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    spans = [span for c in clients for span in c.spans]
+    errors = [e for c in clients for e in c.errors]
+    phases = {
+        "before": [e - s for s, e in spans if e < sent],
+        "during": [e - s for s, e in spans if s < answered and e > sent],
+        "after": [e - s for s, e in spans if s > answered],
+    }
+    print(f"limits: {args.clients} clients sending {args.length}-character greedy requests for {args.phase:g} s,")
+    print(f"  then one request at the limits ({len(big) / 2**20:.1f} MiB of JSON), then {args.phase:g} s more")
+    print(f"  big request: HTTP {status} in {answered - sent:.2f} s (sent {sent - start:.1f} s into the run)")
+    if not 200 <= status < 300:
+        print(f"  {readable(payload)[:300]}")
+    for name, latencies in phases.items():
+        if latencies:
+            p50, p99 = percentile(latencies, 0.5) * 1000, percentile(latencies, 0.99) * 1000
+            print(
+                f"  short requests {name:<6}: {len(latencies):5d} answered, p50 {p50:6.0f} ms,"
+                f" p99 {p99:6.0f} ms, max {max(latencies) * 1000:6.0f} ms"
+            )
+        else:
+            print(f"  short requests {name:<6}: none answered")
+    if phases["before"] and phases["during"]:
+        ratio = percentile(phases["during"], 0.99) / percentile(phases["before"], 0.99)
+        print(f"  p99 during / before: {ratio:.2f}x")
+    for error in sorted(set(errors))[:5]:
+        print(f"  error: {error}")
+    return 1 if errors or not 200 <= status < 300 else 0
 
 
 def load(port: int, body: bytes, args: argparse.Namespace, before: tuple[int, float, float], pgid: int) -> int:
@@ -301,11 +383,16 @@ def main() -> int:
     parser.add_argument("--model-uri", help="default: models:/<registry.model_name>@champion of the project")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients (threads, keep-alive)")
     parser.add_argument("--duration", type=float, default=30, help="seconds of load; 0: no load test")
-    parser.add_argument("--length", type=int, default=100, help="characters per request")
+    parser.add_argument("--length", type=int, help="characters per request (default 100; with --limits 20)")
     parser.add_argument("--prompt", help="default: evaluate.prompt of the project's params.yaml")
     parser.add_argument("--port", type=int, help="default: a free port")
     parser.add_argument("--workers", type=int, help="uvicorn workers (-w); default: MLflow's (1)")
     parser.add_argument("--ready-timeout", type=float, default=180, help="seconds to wait for /ping")
+    parser.add_argument("--limits", action="store_true", help="short requests around one request at the limits")
+    parser.add_argument("--phase", type=float, default=10, help="with --limits: seconds before and after it")
+    parser.add_argument("--limits-rows", type=int, help="with --limits: rows (default registry.max_rows)")
+    parser.add_argument("--limits-prompt", type=int, help="with --limits: prompt chars (default registry.max_prompt)")
+    parser.add_argument("--limits-length", type=int, default=100, help="with --limits: its length per row")
     parser.add_argument("--bad-requests", action="store_true", help="print status and body of malformed requests")
     parser.add_argument("--prepare", nargs=2, metavar=("rnn|hybrid", "DIR"), help="build a project with a champion")
     parser.add_argument("--epochs", type=int, help="with --prepare: train.epochs")

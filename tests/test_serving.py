@@ -58,44 +58,85 @@ def test_a_prompt_that_is_not_text_is_refused_alike_by_the_rnn_and_the_hybrid(un
             assert refused.value.error_code == "INVALID_PARAMETER_VALUE"  # HTTP 400
 
 
+def ask_together(
+    batcher: object, rows: dict[str, list[Row]], pause: float = 0.0
+) -> tuple[dict[str, object], list[str]]:
+    """Each request from its own thread (in the order given, `pause` seconds apart), as the server's
+    threads call the batcher: its answer, or the exception it raised, and the order they ended in."""
+    import threading
+
+    outcomes: dict[str, object] = {}
+    order: list[str] = []
+
+    def ask(name: str) -> None:
+        try:
+            outcomes[name] = batcher.generate(rows[name])
+        except Exception as exc:  # the test looks at it: no exception is left unhandled in a thread
+            outcomes[name] = exc
+        order.append(name)
+
+    threads = [threading.Thread(target=ask, args=(name,), daemon=True) for name in rows]
+    for thread in threads:
+        thread.start()
+        time.sleep(pause)
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), f"unanswered after 120 s: {set(rows) - set(order)}"
+    return outcomes, order
+
+
 def test_concurrent_requests_each_get_their_own_text_and_a_short_one_does_not_wait_for_a_long_one(
     untrained,
 ) -> None:
     """The server's threads hand their rows to one generation thread (char_rnn.batcher)."""
-    import threading
-
     from char_rnn.batcher import Batcher
 
     chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
     generator = Generator(as_runtime(untrained), Units(CLOSED, chars))
     batcher = Batcher(generator)
-    requests = [(chars[1] * 3, Sampling(length=10_000, temperature=0.0))]  # long: the others arrive meanwhile
-    requests += [(chars[i] + chars[2 * i], Sampling(length=20 + i, temperature=1.0, seed=i)) for i in range(1, 7)]
-    answers: dict[int, object] = {}
-    order: list[int] = []
-
-    def ask(i: int) -> None:
-        answers[i] = batcher.generate([generator.prepare(*requests[i])])[0]
-        order.append(i)
-
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert order[-1] == 0 and sorted(order) == list(range(len(requests)))
-    assert all(answers[i] == generator.generate(*requests[i]) for i in range(len(requests)))
-    # A row that cannot be read fails alone: the request being generated meanwhile still gets its text.
-    long = threading.Thread(target=ask, args=(0,))
-    long.start()
-    broken = Row(np.array([TEXT_VOCAB + 5]), Sampling(length=5), Generation("", "", []))  # an id past the vocabulary
-    with pytest.raises(IndexError):
-        batcher.generate([broken])
-    long.join(timeout=120)
-    assert order[-1] == 0 and answers[0] == generator.generate(*requests[0])
-    assert batcher.generate([generator.prepare(*requests[1])])[0] == answers[1]  # and the thread serves on
+    requests = {"long": (chars[1] * 3, Sampling(length=10_000, temperature=0.0))}  # the others arrive meanwhile
+    requests |= {
+        f"r{i}": (chars[i] + chars[2 * i], Sampling(length=20 + i, temperature=1.0, seed=i)) for i in range(1, 7)
+    }
+    rows = {name: [generator.prepare(*request)] for name, request in requests.items()}
+    answers, order = ask_together(batcher, rows)
+    assert order[-1] == "long" and sorted(order) == sorted(requests)
+    assert all(answers[name] == [generator.generate(*request)] for name, request in requests.items())
+    # The thread serves on: a second round, answered afresh, gets each text again.
+    again, _ = ask_together(batcher, {name: rows[name] for name in ("r1", "r2")})
+    assert all(again[name] == [generator.generate(*requests[name])] for name in ("r1", "r2"))
     with pytest.raises(ValueError, match="max_rows"):
         Batcher(generator, max_rows=0)
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (Row(np.array([TEXT_VOCAB + 5]), Sampling(length=5), Generation("", "", [])), r"ids must be in \[0, 40\)"),
+        (Row(np.array([2.0, 3.0]), Sampling(length=5), Generation("", "", [])), "integer ids"),
+        (Row(np.array([2, 3]), Sampling(length=5, top_k=2.5), Generation("", "", [])), "top_k must be a whole number"),
+    ],
+)
+def test_a_malformed_row_fails_alone_when_it_would_join_in_the_same_step_as_a_good_request(
+    untrained, bad: Row, reason: str
+) -> None:
+    """A batch of two rows kept full by a long request: the malformed row and the good request wait in
+    the queue and would join in the same step when it empties. The malformed one is refused before it
+    joins (an id past the vocabulary once failed both with an IndexError in the generation thread, and a
+    fractional top_k killed the thread, leaving every caller waiting); the good one gets its text."""
+    from char_rnn.batcher import Batcher
+
+    chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
+    generator = Generator(as_runtime(untrained), Units(CLOSED, chars))
+    long, good = (
+        (chars[1] * 3, Sampling(length=10_000, temperature=0.0)),
+        (chars[4] + chars[7], Sampling(20, 1.0, seed=4)),
+    )
+    rows = {"long": [generator.prepare(*long)] * 2, "bad": [bad], "good": [generator.prepare(*good)]}
+    outcomes, _ = ask_together(Batcher(generator, max_rows=2), rows, pause=0.05)
+    assert outcomes["good"] == [generator.generate(*good)]
+    assert isinstance(outcomes["bad"], ValueError) and re.search(reason, str(outcomes["bad"])), outcomes["bad"]
+    assert outcomes["long"] == [generator.generate(*long)] * 2
 
 
 def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_generating(untrained) -> None:

@@ -15,13 +15,14 @@ product, which the tests have not seen change a character).
 
 from __future__ import annotations
 
+import numbers
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from char_rnn import cache
-from char_rnn.generate import Generation, Generator, Row, seed_of
+from char_rnn.generate import Generation, Generator, Row, Sampling, seed_of
 from char_rnn.inference import NumpyModel, State, pick
 from char_rnn.ngram import Suffixes
 
@@ -125,6 +126,27 @@ def _stack(*parts: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=1)  # (members, batch, units): rows along the batch axis
 
 
+def check(row: Row, vocab_size: int) -> None:
+    """Refuses, with a ValueError in the caller's thread, a row that would break the batch it joins, so
+    that it fails alone and the requests beside it are answered: ids that are not a non-empty 1-d array
+    of integers in [0, vocab_size), or sampling values of the wrong type (`Sampling` checks ranges only;
+    a fractional top_k once killed the generation thread)."""
+    ids = np.asarray(row.ids)
+    if ids.ndim != 1 or not len(ids) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"a prompt must be a non-empty 1-d array of integer ids, got {ids.dtype} {ids.shape}")
+    if not 0 <= ids.min() <= ids.max() < vocab_size:
+        raise ValueError(f"ids must be in [0, {vocab_size}), got {ids.min()} .. {ids.max()}")
+    sampling = row.sampling
+    if not isinstance(sampling, Sampling):
+        raise ValueError(f"sampling must be a Sampling, got {type(sampling).__name__}")
+    whole = {"length": sampling.length, "top_k": sampling.top_k, "seed": 0 if sampling.seed is None else sampling.seed}
+    for name, value in whole.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if not isinstance(sampling.temperature, numbers.Real):
+        raise ValueError(f"temperature must be a number, got {sampling.temperature!r}")
+
+
 @dataclass
 class _Job:
     row: Row
@@ -157,6 +179,8 @@ class Batcher:
 
     def generate(self, rows: list[Row]) -> list[Generation]:
         """Each row's continuation, generated with the other requests being served."""
+        for row in rows:
+            check(row, self.generator.model.vocab_size)
         jobs = [_Job(row) for row in rows]
         with self._turn:
             self._queue.extend(jobs)

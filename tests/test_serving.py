@@ -20,7 +20,7 @@ from char_rnn.hybrid import Weights
 from char_rnn.layout import Layout
 from char_rnn.params import Params
 from char_rnn.units import CLOSED, Units
-from conftest import BIN, TEXT_VOCAB, as_runtime, free_port
+from conftest import BIN, SEED, TEXT_VOCAB, as_runtime, free_port
 
 
 def test_request_rows_take_defaults_for_missing_values() -> None:
@@ -137,6 +137,101 @@ def test_a_malformed_row_fails_alone_when_it_would_join_in_the_same_step_as_a_go
     assert outcomes["good"] == [generator.generate(*good)]
     assert isinstance(outcomes["bad"], ValueError) and re.search(reason, str(outcomes["bad"])), outcomes["bad"]
     assert outcomes["long"] == [generator.generate(*long)] * 2
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_long_prompts_are_read_between_the_steps_of_the_others(untrained, text, hybrid: bool) -> None:
+    """Chunked prefill: 64 rows whose prompts are as long as the context (500 characters by default) read
+    them one character per row and step, as one batch, while a short request that arrives meanwhile
+    joins, generates its 5 characters and leaves; once, it waited for every prompt to be read. Within
+    the context, each row gets the text `generate` gives it alone."""
+    from char_rnn.batcher import Batcher
+    from char_rnn.ngram import KneserNey
+
+    chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
+    mixture = Mixture(KneserNey.fit(text, TEXT_VOCAB, 3), Weights(0.5, 0.3, 0.2, cache_window=5)) if hybrid else None
+    generator = Generator(as_runtime(untrained), Units(CLOSED, chars), mixture)
+    prompts = ["".join(chars[i] for i in np.roll(text, -7 * k)[:500]) for k in range(8)]
+    long = [(prompt, Sampling(length=2_000, temperature=0.0)) for prompt in prompts]
+    short = (chars[3] + chars[5], Sampling(length=5, temperature=0.0))
+    rows = {"long": [generator.prepare(*request) for request in long] * 8, "short": [generator.prepare(*short)]}
+    outcomes, order = ask_together(Batcher(generator), rows, pause=0.02)
+    assert order == ["short", "long"]
+    assert outcomes["short"] == [generator.generate(*short)]
+    assert outcomes["long"] == [generator.generate(*request) for request in long] * 8
+
+
+def test_open_units_rows_spell_as_generate_spells_them(untrained) -> None:
+    """With open units a character takes one to four draws, each among the units that continue a
+    well-formed spelling, and a row leaves once it has `length` characters: each request, served
+    together with the others, gets the text `generate` gives it alone."""
+    import keras
+
+    from char_rnn.batcher import Batcher
+    from char_rnn.model import build_model
+    from char_rnn.params import ModelParams
+
+    units = Units.open(SEED * 2, min_count=2)
+    keras.utils.set_random_seed(7)
+    shape = {"cell": "gru", "units": 16, "layers": 1, "dropout": 0.0, "recurrent_dropout": 0.0}
+    params = ModelParams(**shape, input="one_hot", embedding_dim=8, ensemble=1)
+    generator = Generator(as_runtime(build_model(params, units.size)), units)
+    requests = {  # known syllables, syllables spelled in jamo, ASCII and other UTF-8 bytes
+        "known": ("알엔엔 으로", Sampling(length=30, temperature=1.0, seed=1)),
+        "jamo": ("헌법 제1조", Sampling(length=25, temperature=1.2, top_k=50, seed=2)),
+        "bytes": ("café €", Sampling(length=20, temperature=0.9, seed=3)),
+        "greedy": ("자연어", Sampling(length=15, temperature=0.0)),
+    }
+    rows = {name: [generator.prepare(*request)] for name, request in requests.items()}
+    outcomes, _ = ask_together(Batcher(generator), rows)
+    assert all(outcomes[name] == [generator.generate(*request)] for name, request in requests.items()), outcomes
+
+
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_a_prompt_beyond_the_context_is_read_from_its_last_context_characters(untrained, text, hybrid: bool) -> None:
+    """As held-out scoring built the RNN's state: from the last `context` characters (the n-gram and the
+    cache, 3 and 5 characters here, see less than that anyway)."""
+    from char_rnn.batcher import Batcher
+    from char_rnn.ngram import KneserNey
+
+    chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
+    mixture = Mixture(KneserNey.fit(text, TEXT_VOCAB, 3), Weights(0.5, 0.3, 0.2, cache_window=5)) if hybrid else None
+    generator = Generator(as_runtime(untrained), Units(CLOSED, chars), mixture)
+    prompt, sampling = "".join(chars[i] for i in text[:300]), Sampling(length=40, temperature=0.8, seed=3)
+    answer = Batcher(generator, context=50).generate([generator.prepare(prompt, sampling)])
+    assert answer[0].texts == generator.generate(prompt[-50:], sampling).texts
+
+
+def test_rows_joining_together_read_their_prompts_as_one_batch(untrained) -> None:
+    """Each `step` reads one character of every row (no more than the context's last ones); a row leaves
+    as soon as its prompt is read, with the state and probabilities it gets reading alone."""
+    from char_rnn.batcher import Reading
+
+    chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
+    generator = Generator(as_runtime(untrained), Units(CLOSED, chars))
+    model = generator.model
+    rows = [
+        generator.prepare("".join(chars[i] for i in ids), Sampling()) for ids in ([5, 6], [1, 2, 3, 4, 5, 6], [7, 8, 9])
+    ]
+    reading = Reading(model, context=4)
+    reading.start(["a", "b", "c"], rows)
+    reads = [reading.step() for _ in range(4)]
+    assert [read.keys for read in reads] == [[], ["a"], ["c"], ["b"]] and not len(reading)
+    for read in reads[1:]:
+        (row,) = read.rows
+        probs, states = alone(model, row.ids[-4:])
+        np.testing.assert_allclose(read.probs, probs, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(read.states[0][0], states[0][0], rtol=0, atol=1e-6)
+    whole = alone(model, rows[1].ids)[1][0][0]  # "b" read whole: what the 2 characters before its last 4 change
+    assert np.abs(reads[3].states[0][0] - whole).max() > 1e-3
+
+
+def alone(model: object, ids: np.ndarray) -> tuple[np.ndarray, list]:
+    """The probabilities and states after reading `ids` alone, one character per step."""
+    states = model.initial_state(1)
+    for i in ids:
+        probs, states = model.step(np.array([i]), states)
+    return probs, states
 
 
 def test_requests_beyond_the_limits_or_with_bad_values_are_refused_before_generating(untrained) -> None:

@@ -4,13 +4,25 @@ Why: a character of the kolaw hybrid (5 x GRU(256)) is five small matrix-vector 
 about 7 MB of weights; four rows cost hardly more than one. The model server calls `predict` from a
 thread per request, and four threads taking turns on the GIL for one row each ran at a third of one
 thread's speed. So one generation thread steps every live row together (`Rows`): a request that
-arrives joins the batch before the next character, and leaves it, answered, as soon as its own
-length is reached, whatever the other rows still have to go. No waiting window: a lone request
-starts at once and pays nothing for the batching.
+arrives joins the batch between two steps, and leaves it, answered, as soon as its own length is
+reached, whatever the other rows still have to go. No waiting window: a lone request starts at once
+and pays nothing for the batching.
 
-Each row reads its prompt alone and draws from its own generator, seeded as `Generator.generate`
-seeds it, so a row gets the text `generate` gives it alone (up to the rounding of a batched matrix
-product, which the tests have not seen change a character).
+Prompts are read as held-out scoring read text, and without holding anyone up. A row's recurrent
+state is built from the last `context` units of its prompt (the served version's `evaluate.context`,
+else `heldout.WARMUP`): held-out scoring starts each chunk's state from the `context` units before
+it, so the figure a version was chosen by was measured with that much context, and reading more of a
+long prompt would cost a step per unit for nothing measured. The n-gram and the cache read their own
+short tails of the whole prompt, as in scoring. The rows still reading are a batch of their own
+(`Reading`; chunked prefill, as vLLM and TGI do it): each iteration of the generation thread, every
+reading row reads one unit, all in one batched step, then every live row takes its step. A prompt
+thus costs the others one extra step per iteration while it is read, a step of at most `max_rows`
+rows (what a request of as many rows costs them while it generates), and never a wait for the whole
+prompt.
+
+Each row draws from its own generator, seeded as `Generator.generate` seeds it, and spells as it does
+(`Spelling`), so a row whose prompt is within the context gets the text `generate` gives it alone (up
+to the rounding of batched matrix products, which the tests have not seen change a character).
 """
 
 from __future__ import annotations
@@ -18,85 +30,175 @@ from __future__ import annotations
 import numbers
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from char_rnn import cache
-from char_rnn.generate import Generation, Generator, Row, Sampling, seed_of
+from char_rnn.generate import Generation, Generator, Row, Sampling, Spelling, seed_of
+from char_rnn.heldout import WARMUP
 from char_rnn.inference import NumpyModel, State, pick
 from char_rnn.ngram import Suffixes
 
+MAX_ROWS = 256  # rows generated at once: four requests at the registry's default limit of 64 rows
+
+
+@dataclass(frozen=True)
+class Read:
+    """Rows that have read their prompts: who asked (`keys`), the rows, and as one batch their recurrent
+    states and next-unit probabilities."""
+
+    keys: list[Any]
+    rows: list[Row]
+    states: list[State]
+    probs: np.ndarray
+
+    @classmethod
+    def concat(cls, reads: list[Read]) -> Read:
+        """One batch of every read's rows, in order."""
+        states = [tuple(map(_stack, *layers)) for layers in zip(*(read.states for read in reads))]
+        keys, rows = [key for read in reads for key in read.keys], [row for read in reads for row in read.rows]
+        return cls(keys, rows, states, np.concatenate([read.probs for read in reads]))
+
+
+class Reading:
+    """Rows reading the last `context` units of their prompts, together: each `step` reads one unit of
+    every row as one batch, and hands back the rows that have read all of theirs (the others read on).
+    Rows may start at any step."""
+
+    def __init__(self, model: NumpyModel, context: int) -> None:
+        if context < 1:
+            raise ValueError(f"context must be at least 1 unit, got {context}")
+        self.model, self.context = model, context
+        self.keys: list[Any] = []
+        self.rows: list[Row] = []
+        self.tails: list[np.ndarray] = []
+        self.read = np.zeros(0, np.int64)  # units each row has read
+        self.states = model.initial_state(0)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def start(self, keys: list[Any], rows: list[Row]) -> None:
+        """These rows start reading, from the zero state (as Keras starts every sequence)."""
+        if not rows:
+            return
+        self.keys, self.rows = self.keys + keys, self.rows + rows
+        self.tails += [np.asarray(row.ids)[-self.context :] for row in rows]
+        self.read = np.concatenate([self.read, np.zeros(len(rows), np.int64)])
+        self.states = [
+            tuple(map(_stack, old, new)) for old, new in zip(self.states, self.model.initial_state(len(rows)))
+        ]
+
+    def step(self) -> Read:
+        """One unit of every row read; returns the rows that have now read their whole tail."""
+        ids = np.array([tail[n] for tail, n in zip(self.tails, self.read)])
+        probs, self.states = self.model.step(ids, self.states)
+        self.read += 1
+        finished = self.read == np.array([len(tail) for tail in self.tails])
+        read = Read(*self._select(np.flatnonzero(finished)), probs[finished])
+        self.keys, self.rows, self.tails, self.states = self._select(np.flatnonzero(~finished), tails=True)
+        self.read = self.read[~finished]
+        return read
+
+    @classmethod
+    def alone(cls, model: NumpyModel, row: Row, context: int) -> Read:
+        """One row's prompt read by itself, to the end."""
+        reading = cls(model, context)
+        reading.start([None], [row])
+        while not (read := reading.step()).rows:
+            pass
+        return read
+
+    def _select(self, rows: np.ndarray, tails: bool = False) -> tuple[Any, ...]:
+        """keys, rows, (tails,) and states of these rows."""
+        picked = [[self.keys[i] for i in rows], [self.rows[i] for i in rows]]
+        picked += [[self.tails[i] for i in rows]] if tails else []
+        return *picked, [tuple(part[:, rows] for part in state) for state in self.states]
+
 
 class Rows:
-    """The rows being generated: per row its text so far and its random generator; for the batch the
-    recurrent states, the next-character probabilities and, for the hybrid, the n-gram's suffixes and
-    the cache. Rows are numbered in the order they were added."""
+    """The rows being generated: per row its random generator; for the batch the recurrent states, the
+    next-unit probabilities, the spellings drawn so far and, for the hybrid, the n-gram's suffixes and
+    the cache. Rows are numbered in the order they joined."""
 
-    def __init__(self, generator: Generator) -> None:
-        self.generator = generator
+    def __init__(self, generator: Generator, context: int = WARMUP) -> None:
+        self.generator, self.context = generator, context
         self.rows: dict[int, Row] = {}
-        self.texts: dict[int, list[int]] = {}
         self.rngs: dict[int, np.random.Generator] = {}
         self.added = 0
         self.live = np.zeros(0, dtype=np.int64)  # the live rows' numbers, in batch order
-        self.states: list[State] = []
+        self.states: list[State] = generator.model.initial_state(0)
         self.probs = np.zeros((0, generator.model.vocab_size), np.float32)
+        self.spelling = Spelling(generator.units.speller, np.zeros(0, np.int64))
         self.suffixes: Suffixes | None = None
         self.recent: cache.Recent | None = None
-        self.chosen = np.zeros(0, np.int32)  # the live rows' last characters, not yet read
+        self.chosen = np.zeros(0, np.int32)  # the live rows' last units, not yet read
 
     def add(self, rows: list[Row]) -> list[int]:
-        """The rows join the batch (their prompts read first); returns their numbers."""
-        generator, prompts = self.generator, [row.ids for row in rows]
+        """The rows join the batch, each prompt read first by itself; returns their numbers. (`Batcher`
+        reads prompts between the live rows' steps instead, all joining rows together.)"""
+        return self.join(Read.concat([Reading.alone(self.generator.model, row, self.context) for row in rows]))
+
+    def join(self, read: Read) -> list[int]:
+        """Rows that have read their prompts join the batch; returns their numbers."""
+        generator, prompts, lengths = (
+            self.generator,
+            [row.ids for row in read.rows],
+            [r.sampling.length for r in read.rows],
+        )
         mixture = generator.mixture
-        states, probs = read_prompts(generator.model, prompts)
         suffixes = Suffixes.of_rows(mixture.ngram, prompts) if mixture else None
         window = mixture.weights.cache_window if mixture else 0
         recent = cache.Recent(prompts, generator.model.vocab_size, window) if window else None
-        numbers = list(range(self.added, self.added + len(rows)))
-        for number, row in zip(numbers, rows):
-            self.rows[number], self.texts[number] = row, []
-            self.rngs[number] = np.random.default_rng(seed_of(row.sampling))
-        self.added += len(rows)
+        rngs = [np.random.default_rng(seed_of(row.sampling)) for row in read.rows]
+        numbers = list(range(self.added, self.added + len(read.rows)))
+        states, probs = read.states, read.probs
         if len(self.live):
             states = [tuple(map(_stack, old, new)) for old, new in zip(self.states, states)]
             probs = np.concatenate([self.probs, probs])
             suffixes = self.suffixes.join(suffixes) if self.suffixes is not None and suffixes else suffixes
             recent = self.recent.join(recent) if self.recent is not None and recent else recent
         self.states, self.probs, self.suffixes, self.recent = states, probs, suffixes, recent
+        self.spelling = self.spelling.join(Spelling(generator.units.speller, np.array(lengths, np.int64)))
+        self.rows |= dict(zip(numbers, read.rows))
+        self.rngs |= dict(zip(numbers, rngs))
+        self.added += len(read.rows)
         self.live = np.concatenate([self.live, numbers])
         return numbers
 
     def step(self) -> list[tuple[int, Generation]]:
-        """One character for every live row; returns the rows that reached their length, which leave."""
+        """One unit for every live row; returns the rows that reached their length, which leave."""
         done = self.choose()
         self.advance()
         return done
 
     def choose(self) -> list[tuple[int, Generation]]:
-        """Each live row's next character; the rows that reached their length leave, with their text."""
+        """Each live row's next unit, among those that may continue its spelling; the rows that have
+        their length in characters leave, with their text."""
         if not len(self.live):
             return []
         generator = self.generator
         mixed = self.probs if self.suffixes is None else generator.mixture.mix(self.probs, self.suffixes, self.recent)
+        allowed = self.spelling.allowed()
         self.chosen = np.empty(len(self.live), np.int32)
         for j, number in enumerate(self.live):
-            sampling = self.rows[number].sampling
-            self.chosen[j] = pick(mixed[j : j + 1], sampling.temperature, sampling.top_k, self.rngs[number])[0]
-            self.texts[number].append(int(self.chosen[j]))
-        going = np.array([len(self.texts[n]) < self.rows[n].sampling.length for n in self.live], dtype=bool)
-        done = [(int(number), self._leave(number)) for number in self.live[~going]]
+            s, mask = self.rows[number].sampling, None if allowed is None else allowed[j : j + 1]
+            self.chosen[j] = pick(mixed[j : j + 1], s.temperature, s.top_k, self.rngs[number], mask)[0]
+        self.spelling.take(self.chosen)
+        finished = self.spelling.finished
+        done = [(int(number), self._leave(number, j)) for j, number in enumerate(self.live) if finished[j]]
         if done:
-            keep = np.flatnonzero(going)
+            keep = np.flatnonzero(~finished)
             self.live, self.chosen = self.live[keep], self.chosen[keep]
             self.states = [tuple(part[:, keep] for part in state) for state in self.states]
-            for part in (self.suffixes, self.recent):
+            for part in (self.suffixes, self.recent, self.spelling):
                 if part is not None:
                     part.keep(keep)
         return done
 
     def advance(self) -> None:
-        """The live rows read the characters just chosen."""
+        """The live rows read the units just chosen."""
         if not len(self.live):
             return
         for part in (self.suffixes, self.recent):
@@ -104,22 +206,11 @@ class Rows:
                 part.push(self.chosen)
         self.probs, self.states = self.generator.model.step(self.chosen, self.states)
 
-    def _leave(self, number: int) -> Generation:
-        row, text = self.rows.pop(number), self.texts.pop(number)
+    def _leave(self, number: int, j: int) -> Generation:
+        row = self.rows.pop(number)
         del self.rngs[number]
-        return Generation(row.start.prompt, row.start.dropped, [self.generator.units.decode(text)])
-
-
-def read_prompts(model: NumpyModel, prompts: list[np.ndarray]) -> tuple[list[State], np.ndarray]:
-    """Each prompt read alone (batch 1, as `generate` reads it), the states then stacked as one batch."""
-    read = []
-    for ids in prompts:
-        states = model.initial_state(1)
-        for i in ids:
-            probs, states = model.step(np.array([i]), states)
-        read.append((states, probs))
-    stacked = [tuple(map(_stack, *(states[layer] for states, _ in read))) for layer in range(len(read[0][0]))]
-    return stacked, np.concatenate([probs for _, probs in read])
+        text = self.generator.text(self.spelling.units[j], row.sampling.length)
+        return Generation(row.start.prompt, row.start.dropped, [text])
 
 
 def _stack(*parts: np.ndarray) -> np.ndarray:
@@ -165,17 +256,19 @@ class _Job:
 
 
 class Batcher:
-    """The queue of rows waiting to join, and the one thread that generates every live row, at most
-    `max_rows` at a time (started with the first request, and again if it is gone, as in a forked
-    worker; a daemon, it ends with the server)."""
+    """The queue of rows waiting to join, and the one thread that generates every row, at most
+    `max_rows` (reading or live) at a time, each prompt read from its last `context` units. The thread
+    starts with the first request, and again if it is gone, as in a forked worker; a daemon, it ends
+    with the server."""
 
-    def __init__(self, generator: Generator, max_rows: int = 64) -> None:
-        if max_rows < 1:
-            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
-        self.generator, self.max_rows = generator, max_rows
+    def __init__(self, generator: Generator, max_rows: int = MAX_ROWS, context: int = WARMUP) -> None:
+        if max_rows < 1 or context < 1:
+            raise ValueError(f"max_rows and context must be at least 1, got {max_rows} and {context}")
+        self.generator, self.max_rows, self.context = generator, max_rows, context
         self._turn = threading.Condition()
         self._queue: list[_Job] = []
         self._thread: threading.Thread | None = None
+        self._fresh()
 
     def generate(self, rows: list[Row]) -> list[Generation]:
         """Each row's continuation, generated with the other requests being served."""
@@ -191,30 +284,59 @@ class Batcher:
             self._turn.wait_for(lambda: all(job.done for job in jobs))
         return [job.outcome() for job in jobs]
 
+    def _fresh(self) -> None:
+        """No row reading or live: how the thread starts, and goes on after a step failed."""
+        self._reading, self._rows = Reading(self.generator.model, self.context), Rows(self.generator, self.context)
+        self._jobs: dict[int, _Job] = {}  # the live rows' jobs, by row number
+
     def _serve(self) -> None:
-        rows, jobs = Rows(self.generator), {}
+        self._fresh()
         while True:
             with self._turn:
-                if not len(rows.live):
-                    self._turn.wait_for(lambda: self._queue)
-                free = self.max_rows - len(rows.live)
-                joining, self._queue = self._queue[:free], self._queue[free:]
-            ended: list[_Job] = []  # requests answered or failed in this step: their threads are woken
-            try:  # rows that cannot join (their prompt cannot be read) fail alone
-                jobs.update(zip(rows.add([job.row for job in joining]), joining) if joining else ())
-            except Exception as exc:
-                ended += self._fail(joining, exc)
-            for number, generation in rows.choose():
-                jobs[number].generation = generation
-                ended.append(jobs.pop(number))
-            try:
-                rows.advance()
-            except Exception as exc:  # the rows still going learn why; none waits forever
-                ended += self._fail(list(jobs.values()), exc)
-                rows, jobs = Rows(self.generator), {}
+                self._turn.wait_for(lambda: self._queue)
+            while self._iterate():
+                pass
+
+    def _iterate(self) -> bool:
+        """Rows that arrived start reading; every reading row reads one unit (those done join the live
+        rows); every live row takes one step. Returns whether any row is left, or waiting."""
+        with self._turn:
+            free = self.max_rows - len(self._rows.live) - len(self._reading)
+            joining, self._queue = self._queue[:free], self._queue[free:]
+        self._reading.start(joining, [job.row for job in joining])
+        ended = self._read() + self._step()  # requests answered or failed: their threads are woken
+        with self._turn:
             if ended:
-                with self._turn:
-                    self._turn.notify_all()
+                self._turn.notify_all()
+            return bool(self._queue or len(self._rows.live) or len(self._reading))
+
+    def _read(self) -> list[_Job]:
+        """A failed read fails the rows reading; a failed join, the rows joining. The live rows go on."""
+        if not len(self._reading):
+            return []
+        try:
+            read = self._reading.step()
+        except Exception as exc:
+            failed, self._reading = self._reading.keys, Reading(self.generator.model, self.context)
+            return self._fail(failed, exc)
+        try:
+            self._jobs.update(zip(self._rows.join(read), read.keys) if read.rows else ())
+        except Exception as exc:
+            return self._fail(read.keys, exc)
+        return []
+
+    def _step(self) -> list[_Job]:
+        """A failed step fails the rows still going (rows finished before it keep their text)."""
+        ended: list[_Job] = []
+        try:
+            for number, generation in self._rows.choose():
+                self._jobs[number].generation = generation
+                ended.append(self._jobs.pop(number))
+            self._rows.advance()
+        except Exception as exc:  # the rows still going learn why; none waits forever
+            ended += self._fail(list(self._jobs.values()), exc)
+            self._rows, self._jobs = Rows(self.generator, self.context), {}
+        return ended
 
     @staticmethod
     def _fail(jobs: list[_Job], error: Exception) -> list[_Job]:

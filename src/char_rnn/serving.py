@@ -13,6 +13,7 @@ or null means the defaults of `generate.Sampling`). Response columns: `text` (th
 without the prompt) and `dropped` (prompt characters outside the vocabulary, which were ignored).
 A request beyond the version's limits (params `registry.max_length`, `max_prompt`, `max_rows`, written
 into the logged code) or with a bad value gets HTTP 400 and a one-line reason, before any generation.
+The limits also carry `context` (`evaluate.context`, the units of a prompt read; see `char_rnn.batcher`).
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from char_rnn.batcher import Batcher
+from char_rnn.batcher import MAX_ROWS, Batcher
 from char_rnn.bundle import bundle_files
 from char_rnn.generate import GenerationError, Generator, Sampling, load_generator
+from char_rnn.heldout import WARMUP
 from char_rnn.lineage import SERVING_PACKAGES, pip_requirements
 
 SHIM = "from mlflow.models import set_model\nfrom char_rnn.serving import CharRNNGenerator\n\nset_model({model})\n"
@@ -48,7 +50,7 @@ class CharRNNGenerator(PythonModel):
 
     def __init__(self, digests: dict[str, str] | None = None, limits: dict[str, int] | None = None) -> None:
         self.digests = digests
-        self.limits = limits or {}  # registry.max_length, max_prompt, max_rows; older versions: none
+        self.limits = limits or {}  # registry.max_length, max_prompt, max_rows, evaluate.context; older versions: none
 
     def load_context(self, context: Any) -> None:
         files = bundle_files(context.artifacts, Path("."))
@@ -57,7 +59,8 @@ class CharRNNGenerator(PythonModel):
 
     def use(self, generator: Generator) -> None:
         """Serve this generator; requests that arrive together are generated as one batch."""
-        self.generator, self.batcher = generator, Batcher(generator)
+        self.generator = generator
+        self.batcher = Batcher(generator, batch_rows(self.limits.get("max_rows")), self.limits.get("context", WARMUP))
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         from mlflow.exceptions import MlflowException
@@ -75,6 +78,12 @@ class CharRNNGenerator(PythonModel):
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         results = self.batcher.generate(rows)  # with the rows of the requests that arrived meanwhile
         return pd.DataFrame([[r.texts[0], r.dropped] for r in results], columns=["text", "dropped"])
+
+
+def batch_rows(request_rows: int | None) -> int:
+    """Rows generated at once: room for four requests at the row limit, so that one request at the limits
+    never keeps the others waiting for a place in the batch (at least `batcher.MAX_ROWS`)."""
+    return max(MAX_ROWS, 4 * (request_rows or 0))
 
 
 def within(value: int, limit: int | None, what: str) -> None:

@@ -169,6 +169,32 @@ def test_sampling_is_seeded_and_top_1_is_greedy(blog_file: Path) -> None:
     np.testing.assert_array_equal(runtime.run(prompt, 2, 50, temperature=1.0, top_k=1), runtime.run(prompt, 2, 50))
 
 
+def blas_threads() -> int:
+    from threadpoolctl import threadpool_info
+
+    return min(info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas")
+
+
+def test_blas_runs_on_one_thread_only_while_the_runtime_computes(blog_file: Path) -> None:
+    """A step's products are small, so the runtime holds BLAS to one thread; but the count belongs to the
+    whole process, whose other work may want every core: loading a model leaves it as it is, and a
+    generation in another thread sets it to one while it runs and gives the count back when it ends."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        runtime = load(blog_file)
+        assert blas_threads() == 2
+        seen = set()
+        worker = threading.Thread(target=runtime.run, args=([0, 1], 1, 10_000))
+        worker.start()
+        while worker.is_alive():
+            seen.add(blas_threads())
+        worker.join()
+        assert 1 in seen and blas_threads() == 2
+
+
 def test_ids_outside_the_vocabulary_are_refused(blog_file: Path) -> None:
     runtime = load(blog_file)
     with pytest.raises(ValueError, match=rf"ids must be in \[0, {len(CHARS)}\)"):

@@ -37,7 +37,7 @@ import numpy as np
 from char_rnn import cache
 from char_rnn.generate import Generation, Generator, Row, Sampling, Spelling, seed_of
 from char_rnn.heldout import WARMUP
-from char_rnn.inference import NumpyModel, State, pick
+from char_rnn.inference import ONE_BLAS_THREAD, NumpyModel, State, pick
 from char_rnn.ngram import Suffixes
 
 MAX_ROWS = 256  # rows generated at once: four requests at the registry's default limit of 64 rows
@@ -259,7 +259,7 @@ class Batcher:
     """The queue of rows waiting to join, and the one thread that generates every row, at most
     `max_rows` (reading or live) at a time, each prompt read from its last `context` units. The thread
     starts with the first request, and again if it is gone, as in a forked worker; a daemon, it ends
-    with the server."""
+    with the server. It holds BLAS to one thread while it has rows, not while it waits."""
 
     def __init__(self, generator: Generator, max_rows: int = MAX_ROWS, context: int = WARMUP) -> None:
         if max_rows < 1 or context < 1:
@@ -294,8 +294,9 @@ class Batcher:
         while True:
             with self._turn:
                 self._turn.wait_for(lambda: self._queue)
-            while self._iterate():
-                pass
+            with ONE_BLAS_THREAD:
+                while self._iterate():
+                    pass
 
     def _iterate(self) -> bool:
         """Rows that arrived start reading; every reading row reads one unit (those done join the live

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import threading
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from typing import Any
 
 import h5py
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import OpenBLASController, ThreadpoolController
 
 from char_rnn.errors import PipelineError
 
@@ -61,6 +62,55 @@ ONE_HOT = "char_rnn>OneHot"  # the registered name of `model.OneHot`; another pa
 
 class ModelFileError(PipelineError):
     """The file is not a model this runtime can run: unreadable, foreign, or a shape this project does not build."""
+
+
+class OneBlasThread:
+    """`with ONE_BLAS_THREAD:` runs BLAS on one thread, then gives back the count there was before.
+
+    Why one: a step's products are small, and on a busy two-core machine more threads only fight each
+    other (generation ran 35x slower with the default). Why only while the runtime computes: the count
+    is the whole process's, and the rest of a stage, a test or a notebook may want every core.
+
+    OpenBLAS has one count for all threads, so entries are counted across threads, nested ones
+    included: the first sets one thread, the last gives the old count back (a loop holds the scope
+    around its steps, which then only count). threadpoolctl lets only the thread that last changed
+    the count change it again, so each change hands that control back at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: list[int] = []
+        self._controller: ThreadpoolController | None = None  # made at first use: it scans the loaded libraries
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._depth == 0:
+                libraries = self._libraries()
+                self._saved = [library.get_num_threads() for library in libraries]
+                self._set(libraries, [1] * len(libraries))
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0:
+                self._set(self._libraries(), self._saved)
+
+    def _libraries(self) -> list[Any]:
+        if self._controller is None:
+            self._controller = ThreadpoolController().select(user_api="blas")
+        return self._controller.lib_controllers
+
+    @staticmethod
+    def _set(libraries: list[Any], counts: list[int]) -> None:
+        OpenBLASController.clear_controlling_thread(force=True)  # this thread may set it now, whoever did last
+        for library, count in zip(libraries, counts):
+            library.set_num_threads(count)
+        OpenBLASController.clear_controlling_thread()
+
+
+ONE_BLAS_THREAD = OneBlasThread()
 
 
 @dataclass(frozen=True)
@@ -147,22 +197,24 @@ class NumpyModel:
 
         The ids are not checked here, in the per-character loop: they must be in [0, vocab_size).
         """
-        state = self._cells[0].advance(self._table[:, ids], states[0])
-        new_states = [state]
-        for cell, (kernel, bias), old in zip(self._cells[1:], self._projections, states[1:]):
-            state = cell.advance(state[0] @ kernel + bias, old)
-            new_states.append(state)
-        return self._probabilities(state[0]), new_states
+        with ONE_BLAS_THREAD:
+            state = self._cells[0].advance(self._table[:, ids], states[0])
+            new_states = [state]
+            for cell, (kernel, bias), old in zip(self._cells[1:], self._projections, states[1:]):
+                state = cell.advance(state[0] @ kernel + bias, old)
+                new_states.append(state)
+            return self._probabilities(state[0]), new_states
 
     def probabilities(self, ids: np.ndarray) -> np.ndarray:
         """ids (batch, time) -> probabilities (batch, time, vocab) float32 at every position, as Keras'
         `predict_on_batch`: each layer's input projection computed for the whole sequence at once."""
         ids = self._checked(ids, 2)
         batch, time = ids.shape
-        h = self._run(self._cells[0], self._table[:, ids.reshape(-1)], batch)
-        for cell, (kernel, bias) in zip(self._cells[1:], self._projections):
-            h = self._run(cell, h @ kernel + bias, batch)
-        return self._probabilities(h).reshape(batch, time, self.vocab_size)
+        with ONE_BLAS_THREAD:
+            h = self._run(self._cells[0], self._table[:, ids.reshape(-1)], batch)
+            for cell, (kernel, bias) in zip(self._cells[1:], self._projections):
+                h = self._run(cell, h @ kernel + bias, batch)
+            return self._probabilities(h).reshape(batch, time, self.vocab_size)
 
     predict_on_batch = probabilities  # Keras' name, which held-out scoring (`heldout.rnn_char_probabilities`) calls
 
@@ -179,13 +231,14 @@ class NumpyModel:
         id per step, then each id chosen by `pick`; the same seed gives the same ids (None: fresh)."""
         prompt = self._checked(np.asarray(prompt_ids), 1)
         states = self.initial_state(batch)
-        for i in prompt:
-            probs, states = self.step(np.full(batch, i), states)
         rng = np.random.default_rng(seed)
         out = np.empty((length, batch), np.int32)
-        for t in range(length):
-            out[t] = pick(probs, temperature, top_k, rng)
-            probs, states = self.step(out[t], states)
+        with ONE_BLAS_THREAD:  # once for the whole loop: its steps' own entries then only count
+            for i in prompt:
+                probs, states = self.step(np.full(batch, i), states)
+            for t in range(length):
+                out[t] = pick(probs, temperature, top_k, rng)
+                probs, states = self.step(out[t], states)
         return out.T
 
     def _run(self, cell: Cell, x: np.ndarray, batch: int) -> np.ndarray:
@@ -257,11 +310,7 @@ class _Member:
 
 def load(path: str | Path) -> NumpyModel:
     """The model in a `.keras` file, refused with `ModelFileError` unless it is this project's shape.
-
-    BLAS is held to one thread from here on: a step's products are small, and on a busy two-core
-    machine more threads only fight each other (generation ran 35x slower with the default).
-    """
-    threadpool_limits(limits=1, user_api="blas")
+    Its computations hold BLAS to one thread while they run (`ONE_BLAS_THREAD`); loading changes nothing."""
     config, weights = _read_archive(Path(path))
     try:
         with h5py.File(io.BytesIO(weights), "r") as store:

@@ -135,29 +135,64 @@ def test_held_out_scoring_runs_on_the_runtime(case: tuple[Any, NumpyModel]) -> N
     np.testing.assert_allclose(ours, rnn_char_probabilities(model, ids, 1, warmup=20, chunk=30), rtol=0, atol=1e-5)
 
 
-def reference_pick(probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> np.ndarray:
-    """The obvious way, one row at a time: temper the logits, keep the top k, draw with `rng.choice`."""
+def reference_pick(
+    probs: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator, allowed: np.ndarray | None = None
+) -> np.ndarray:
+    """Sampling as its definition reads, one row at a time in float64 probability space: a unit not
+    `allowed` has probability zero, each probability is raised to 1/T, all but the k most probable
+    (by rank) are set to zero, one `rng.choice` per row. `pick` works in float32 log space with a
+    `partition` threshold and compares one uniform per row with a cumulative sum: they draw alike only
+    if both the distribution and the use of `rng` agree."""
+    probs = probs.astype(np.float64) if allowed is None else np.where(allowed, probs, 0.0)
     if temperature == 0:
         return probs.argmax(axis=-1)
-    logits = np.log(np.maximum(probs, 1e-30))
-    scaled = (logits - logits.max(axis=-1, keepdims=True)) / temperature
-    if 0 < top_k < probs.shape[-1]:
-        kth = np.sort(scaled, axis=-1)[:, -top_k][:, None]
-        scaled = np.where(scaled >= kth, scaled, -np.inf)
-    weights = np.exp(scaled)
-    weights /= weights.sum(axis=-1, keepdims=True)
-    return np.array([rng.choice(len(row), p=row) for row in weights])
-
-
-@pytest.mark.parametrize("temperature, top_k", [(0.0, 0), (1.0, 0), (0.7, 3), (2.5, 1)])
-def test_pick_draws_what_the_obvious_sampler_draws(temperature: float, top_k: int) -> None:
-    logits = np.random.default_rng(2).normal(0, 3, size=(20, 5, 30))
-    probs = (np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)).astype(np.float32)
-    ours, theirs = np.random.default_rng(9), np.random.default_rng(9)
+    draws = []
     for row in probs:
+        weights = row ** (1 / temperature)
+        if 0 < top_k < len(row):
+            weights[np.argsort(row)[:-top_k]] = 0.0
+        draws.append(rng.choice(len(row), p=weights / weights.sum()))
+    return np.array(draws)
+
+
+CASES_PICKED = [(0.0, 0), (1.0, 0), (0.7, 3), (2.5, 1), (4.0, 0), (1.5, 29)]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("temperature, top_k", CASES_PICKED)
+def test_pick_draws_what_the_obvious_sampler_draws(temperature: float, top_k: int, masked: bool) -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 3, size=(20, 5, 30))
+    probs = (np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)).astype(np.float32)
+    allowed = (rng.random(probs.shape) < 0.5) | (np.arange(30) == 7) if masked else [None] * len(probs)
+    ours, theirs = np.random.default_rng(9), np.random.default_rng(9)
+    for row, mask in zip(probs, allowed):
         np.testing.assert_array_equal(
-            pick(row, temperature, top_k, ours), reference_pick(row, temperature, top_k, theirs)
+            pick(row, temperature, top_k, ours, mask), reference_pick(row, temperature, top_k, theirs, mask)
         )
+
+
+# Each share worked out by hand from p = (0.6, 0.3, 0.099999, 1e-6): p ** (1 / T) over its sum, the
+# characters outside the top k at zero. The rare character's share is what a careless guard against
+# log(0) (a floor on the probabilities) would change at a high temperature.
+SHARES = {
+    (1.0, 0): [0.6, 0.3, 0.099999, 0.000001],
+    (0.5, 0): [0.36 / 0.4599998, 0.09 / 0.4599998, 0.0099998 / 0.4599998, 1e-12 / 0.4599998],  # p ** 2
+    (4.0, 0): [0.880112 / 2.214158, 0.740083 / 2.214158, 0.562340 / 2.214158, 0.031623 / 2.214158],
+    (1.0, 2): [0.6 / 0.9, 0.3 / 0.9, 0.0, 0.0],
+    (2.0, 3): [0.774597 / 1.638546, 0.547723 / 1.638546, 0.316226 / 1.638546, 0.0],
+}
+
+
+@pytest.mark.parametrize("temperature, top_k", list(SHARES))
+def test_pick_draws_each_character_as_often_as_its_tempered_share(temperature: float, top_k: int) -> None:
+    """200,000 draws from one distribution: every character's frequency within 5 standard errors of the
+    share computed by hand (not by another implementation), and a share of zero is never drawn."""
+    n, expected = 200_000, np.array(SHARES[temperature, top_k])
+    probs = np.tile(np.array([0.6, 0.3, 0.099999, 0.000001], np.float32), (n, 1))
+    counts = np.bincount(pick(probs, temperature, top_k, np.random.default_rng(4)), minlength=4)
+    assert np.all(np.abs(counts / n - expected) <= 5 * np.sqrt(expected * (1 - expected) / n) + 1e-5), counts / n
+    assert np.all(counts[expected == 0] == 0)
 
 
 def test_sampling_is_seeded_and_top_1_is_greedy(blog_file: Path) -> None:

@@ -190,40 +190,49 @@ def test_open_units_rows_spell_as_generate_spells_them(untrained) -> None:
 @pytest.mark.parametrize("hybrid", [False, True])
 def test_a_prompt_beyond_the_context_is_read_from_its_last_context_characters(untrained, text, hybrid: bool) -> None:
     """As held-out scoring built the RNN's state: from the last `context` characters (the n-gram and the
-    cache, 3 and 5 characters here, see less than that anyway)."""
+    cache, 3 and 5 characters here, see less than that anyway). The batcher encodes only that end of the
+    prompt, the characters outside the vocabulary still reported from all of it."""
     from char_rnn.batcher import Batcher
     from char_rnn.ngram import KneserNey
 
     chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
     mixture = Mixture(KneserNey.fit(text, TEXT_VOCAB, 3), Weights(0.5, 0.3, 0.2, cache_window=5)) if hybrid else None
     generator = Generator(as_runtime(untrained), Units(CLOSED, chars), mixture)
-    prompt, sampling = "".join(chars[i] for i in text[:300]), Sampling(length=40, temperature=0.8, seed=3)
-    answer = Batcher(generator, context=50).generate([generator.prepare(prompt, sampling)])
-    assert answer[0].texts == generator.generate(prompt[-50:], sampling).texts
+    batcher, sampling = Batcher(generator, context=50), Sampling(length=40, temperature=0.8, seed=3)
+    prompt = "".join(chars[i] + ("#" if k % 7 == 3 else "") for k, i in enumerate(text[:300])) + "?"
+    whole, served = generator.prepare(prompt, sampling), batcher.prepare(prompt, sampling)
+    assert served.start.dropped == whole.start.dropped == "#?"
+    assert 50 <= len(served.ids) < 60 and served.ids.tolist() == whole.ids[-len(served.ids) :].tolist()
+    answer = batcher.generate([served])
+    assert answer[0].texts == generator.generate(whole.start.prompt[-50:], sampling).texts
+    assert answer[0].texts == batcher.generate([whole])[0].texts  # the whole prompt encoded: the same end read
 
 
-def test_rows_joining_together_read_their_prompts_as_one_batch(untrained) -> None:
-    """Each `step` reads one character of every row (no more than the context's last ones); a row leaves
-    as soon as its prompt is read, with the state and probabilities it gets reading alone."""
+def test_rows_joining_together_read_their_prompts_as_one_batch_the_shortest_first(untrained) -> None:
+    """Each `step` reads one unit of each of up to `budget` rows (no more than the context's last ones),
+    those with the fewest units left first, so a prompt that starts later but is short goes before a
+    long one; a row leaves as soon as its prompt is read, with the state and probabilities it gets
+    reading alone."""
     from char_rnn.batcher import Reading
 
     chars = [chr(0xAC00 + i) for i in range(TEXT_VOCAB)]
     generator = Generator(as_runtime(untrained), Units(CLOSED, chars))
     model = generator.model
-    rows = [
-        generator.prepare("".join(chars[i] for i in ids), Sampling()) for ids in ([5, 6], [1, 2, 3, 4, 5, 6], [7, 8, 9])
-    ]
+    prompts = {"a": [5, 6], "b": [1, 2, 3, 4, 5, 6], "c": [7, 8, 9], "d": [9]}  # b: 6 units, its last 4 read
+    rows = {key: generator.prepare("".join(chars[i] for i in ids), Sampling()) for key, ids in prompts.items()}
     reading = Reading(model, context=4)
-    reading.start(["a", "b", "c"], rows)
-    reads = [reading.step() for _ in range(4)]
-    assert [read.keys for read in reads] == [[], ["a"], ["c"], ["b"]] and not len(reading)
-    for read in reads[1:]:
-        (row,) = read.rows
-        probs, states = alone(model, row.ids[-4:])
-        np.testing.assert_allclose(read.probs, probs, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(read.states[0][0], states[0][0], rtol=0, atol=1e-6)
-    whole = alone(model, rows[1].ids)[1][0][0]  # "b" read whole: what the 2 characters before its last 4 change
-    assert np.abs(reads[3].states[0][0] - whole).max() > 1e-3
+    reading.start(["a", "b", "c"], [rows["a"], rows["b"], rows["c"]])
+    reads = [reading.step(2)]
+    reading.start(["d"], [rows["d"]])
+    reads += [reading.step(2) for _ in range(5)]
+    assert [read.keys for read in reads] == [[], ["a", "d"], [], ["c"], [], ["b"]] and not len(reading)
+    for read in reads:
+        for key, row, probs, state in zip(read.keys, read.rows, read.probs, read.states[0][0][0]):
+            alone_probs, alone_states = alone(model, row.ids[-4:])
+            np.testing.assert_allclose(probs, alone_probs[0], rtol=0, atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(state, alone_states[0][0][0, 0], rtol=0, atol=1e-6, err_msg=key)
+    whole = alone(model, rows["b"].ids)[1][0][0]  # b read whole: what the 2 units before its last 4 change
+    assert np.abs(reads[5].states[0][0] - whole).max() > 1e-3
 
 
 def alone(model: object, ids: np.ndarray) -> tuple[np.ndarray, list]:

@@ -13,12 +13,18 @@ state is built from the last `context` units of its prompt (the served version's
 else `heldout.WARMUP`): held-out scoring starts each chunk's state from the `context` units before
 it, so the figure a version was chosen by was measured with that much context, and reading more of a
 long prompt would cost a step per unit for nothing measured. The n-gram and the cache read their own
-short tails of the whole prompt, as in scoring. The rows still reading are a batch of their own
-(`Reading`; chunked prefill, as vLLM and TGI do it): each iteration of the generation thread, every
-reading row reads one unit, all in one batched step, then every live row takes its step. A prompt
-thus costs the others one extra step per iteration while it is read, a step of at most `max_rows`
-rows (what a request of as many rows costs them while it generates), and never a wait for the whole
-prompt.
+short tails of the whole prompt, as in scoring; only the end that anything reads is encoded
+(`Batcher.prepare`).
+
+Prompts are read in chunks between the live rows' steps (chunked prefill, as vLLM and TGI do it):
+each iteration of the generation thread is one model step, in which every live row reads the unit it
+has just drawn and some reading rows (`Reading`) read the next unit of their prompts, those with the
+fewest units left first. While rows are live, the step holds at most STEP_ROWS rows (at least
+MIN_READ of them reading), and the rows of a request of more than SMALL_REQUEST rows join the live
+ones only while fewer than STEP_ROWS are live, the rest waiting with their prompts read. A step of 16
+rows of the kolaw hybrid costs about 1.5x one of 4, so a request at the limits (64 prompts of 10,000
+characters) slows the others' steps by about that much while it is served, and never stops them; it
+takes longer itself than it would alone.
 
 Each row draws from its own generator, seeded as `Generator.generate` seeds it, and spells as it does
 (`Spelling`), so a row whose prompt is within the context gets the text `generate` gives it alone (up
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import numbers
 import threading
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +48,8 @@ from char_rnn.inference import ONE_BLAS_THREAD, NumpyModel, State, pick
 from char_rnn.ngram import Suffixes
 
 MAX_ROWS = 256  # rows generated at once: four requests at the registry's default limit of 64 rows
+STEP_ROWS, SMALL_REQUEST, MIN_READ = 16, 4, 4  # see the module's docstring
+_NO_DRAWS = np.random.default_rng(0)  # `pick` draws nothing at temperature 0
 
 
 @dataclass(frozen=True)
@@ -60,11 +69,17 @@ class Read:
         keys, rows = [key for read in reads for key in read.keys], [row for read in reads for row in read.rows]
         return cls(keys, rows, states, np.concatenate([read.probs for read in reads]))
 
+    def take(self, rows: np.ndarray) -> Read:
+        """These rows only, in this order."""
+        return Read(
+            [self.keys[i] for i in rows], [self.rows[i] for i in rows], _rows(self.states, rows), self.probs[rows]
+        )
+
 
 class Reading:
-    """Rows reading the last `context` units of their prompts, together: each `step` reads one unit of
-    every row as one batch, and hands back the rows that have read all of theirs (the others read on).
-    Rows may start at any step."""
+    """Rows reading the last `context` units of their prompts, a unit per step, up to `budget` rows a
+    step, those with the fewest units left first (so that a short prompt is never queued behind a
+    long one); a row leaves as soon as it has read all of its units. Rows may start at any step."""
 
     def __init__(self, model: NumpyModel, context: int) -> None:
         if context < 1:
@@ -73,6 +88,7 @@ class Reading:
         self.keys: list[Any] = []
         self.rows: list[Row] = []
         self.tails: list[np.ndarray] = []
+        self.lengths = np.zeros(0, np.int64)  # units each row reads
         self.read = np.zeros(0, np.int64)  # units each row has read
         self.states = model.initial_state(0)
 
@@ -83,22 +99,43 @@ class Reading:
         """These rows start reading, from the zero state (as Keras starts every sequence)."""
         if not rows:
             return
-        self.keys, self.rows = self.keys + keys, self.rows + rows
-        self.tails += [np.asarray(row.ids)[-self.context :] for row in rows]
+        tails = [np.asarray(row.ids)[-self.context :] for row in rows]
+        self.keys, self.rows, self.tails = self.keys + keys, self.rows + rows, self.tails + tails
+        self.lengths = np.concatenate([self.lengths, [len(tail) for tail in tails]])
         self.read = np.concatenate([self.read, np.zeros(len(rows), np.int64)])
-        self.states = [
+        self.states = [  # new arrays, each its own: `update` writes into them
             tuple(map(_stack, old, new)) for old, new in zip(self.states, self.model.initial_state(len(rows)))
         ]
 
-    def step(self) -> Read:
-        """One unit of every row read; returns the rows that have now read their whole tail."""
-        ids = np.array([tail[n] for tail, n in zip(self.tails, self.read)])
-        probs, self.states = self.model.step(ids, self.states)
-        self.read += 1
-        finished = self.read == np.array([len(tail) for tail in self.tails])
-        read = Read(*self._select(np.flatnonzero(finished)), probs[finished])
-        self.keys, self.rows, self.tails, self.states = self._select(np.flatnonzero(~finished), tails=True)
-        self.read = self.read[~finished]
+    def step(self, budget: int) -> Read:
+        """One unit read by each of `budget` rows; returns the rows that have read all of theirs."""
+        chosen, ids, states = self.inputs(budget)
+        return self.update(chosen, *self.model.step(ids, states))
+
+    def inputs(self, budget: int) -> tuple[np.ndarray, np.ndarray, list[State]]:
+        """The `budget` rows with the fewest units left (the earliest first among equals), the next unit of
+        each and their states: what a model step reads for them."""
+        chosen = np.argsort(self.lengths - self.read, kind="stable")[:budget]
+        ids = np.array([self.tails[i][self.read[i]] for i in chosen], dtype=np.int64)
+        return chosen, ids, _rows(self.states, chosen)
+
+    def update(self, chosen: np.ndarray, probs: np.ndarray, states: list[State]) -> Read:
+        """The chosen rows have read a unit (`probs` and `states` from the step); returns those that have
+        read all of theirs, which leave."""
+        for state, new in zip(self.states, states):
+            for part, value in zip(state, new):
+                part[:, chosen] = value
+        self.read[chosen] += 1
+        finished = self.read[chosen] == self.lengths[chosen]
+        done = chosen[finished]
+        read = Read(
+            [self.keys[i] for i in done], [self.rows[i] for i in done], _rows(self.states, done), probs[finished]
+        )
+        if len(done):
+            going = np.setdiff1d(np.arange(len(self.rows)), done)  # in the order they started
+            self.keys, self.rows = [self.keys[i] for i in going], [self.rows[i] for i in going]
+            self.tails, self.states = [self.tails[i] for i in going], _rows(self.states, going)
+            self.lengths, self.read = self.lengths[going], self.read[going]
         return read
 
     @classmethod
@@ -106,15 +143,9 @@ class Reading:
         """One row's prompt read by itself, to the end."""
         reading = cls(model, context)
         reading.start([None], [row])
-        while not (read := reading.step()).rows:
+        while not (read := reading.step(1)).rows:
             pass
         return read
-
-    def _select(self, rows: np.ndarray, tails: bool = False) -> tuple[Any, ...]:
-        """keys, rows, (tails,) and states of these rows."""
-        picked = [[self.keys[i] for i in rows], [self.rows[i] for i in rows]]
-        picked += [[self.tails[i] for i in rows]] if tails else []
-        return *picked, [tuple(part[:, rows] for part in state) for state in self.states]
 
 
 class Rows:
@@ -142,15 +173,12 @@ class Rows:
 
     def join(self, read: Read) -> list[int]:
         """Rows that have read their prompts join the batch; returns their numbers."""
-        generator, prompts, lengths = (
-            self.generator,
-            [row.ids for row in read.rows],
-            [r.sampling.length for r in read.rows],
-        )
+        generator, prompts = self.generator, [row.ids for row in read.rows]
         mixture = generator.mixture
         suffixes = Suffixes.of_rows(mixture.ngram, prompts) if mixture else None
         window = mixture.weights.cache_window if mixture else 0
         recent = cache.Recent(prompts, generator.model.vocab_size, window) if window else None
+        spelling = Spelling(generator.units.speller, np.array([row.sampling.length for row in read.rows]))
         rngs = [np.random.default_rng(seed_of(row.sampling)) for row in read.rows]
         numbers = list(range(self.added, self.added + len(read.rows)))
         states, probs = read.states, read.probs
@@ -160,7 +188,7 @@ class Rows:
             suffixes = self.suffixes.join(suffixes) if self.suffixes is not None and suffixes else suffixes
             recent = self.recent.join(recent) if self.recent is not None and recent else recent
         self.states, self.probs, self.suffixes, self.recent = states, probs, suffixes, recent
-        self.spelling = self.spelling.join(Spelling(generator.units.speller, np.array(lengths, np.int64)))
+        self.spelling = self.spelling.join(spelling)
         self.rows |= dict(zip(numbers, read.rows))
         self.rngs |= dict(zip(numbers, rngs))
         self.added += len(read.rows)
@@ -181,17 +209,20 @@ class Rows:
         generator = self.generator
         mixed = self.probs if self.suffixes is None else generator.mixture.mix(self.probs, self.suffixes, self.recent)
         allowed = self.spelling.allowed()
+        samplings = [self.rows[number].sampling for number in self.live]
+        greedy = np.array([s.temperature == 0 for s in samplings])
         self.chosen = np.empty(len(self.live), np.int32)
-        for j, number in enumerate(self.live):
-            s, mask = self.rows[number].sampling, None if allowed is None else allowed[j : j + 1]
-            self.chosen[j] = pick(mixed[j : j + 1], s.temperature, s.top_k, self.rngs[number], mask)[0]
+        if greedy.any():  # drawing nothing, all at once: a `pick` call per row is ~15 us
+            self.chosen[greedy] = pick(mixed[greedy], 0.0, 0, _NO_DRAWS, None if allowed is None else allowed[greedy])
+        for j in np.flatnonzero(~greedy):
+            s, mask = samplings[j], None if allowed is None else allowed[j : j + 1]
+            self.chosen[j] = pick(mixed[j : j + 1], s.temperature, s.top_k, self.rngs[self.live[j]], mask)[0]
         self.spelling.take(self.chosen)
         finished = self.spelling.finished
         done = [(int(number), self._leave(number, j)) for j, number in enumerate(self.live) if finished[j]]
         if done:
             keep = np.flatnonzero(~finished)
-            self.live, self.chosen = self.live[keep], self.chosen[keep]
-            self.states = [tuple(part[:, keep] for part in state) for state in self.states]
+            self.live, self.chosen, self.states = self.live[keep], self.chosen[keep], _rows(self.states, keep)
             for part in (self.suffixes, self.recent, self.spelling):
                 if part is not None:
                     part.keep(keep)
@@ -199,12 +230,20 @@ class Rows:
 
     def advance(self) -> None:
         """The live rows read the units just chosen."""
-        if not len(self.live):
-            return
+        if len(self.live):
+            self.update(*self.generator.model.step(*self.inputs()))
+
+    def inputs(self) -> tuple[np.ndarray, list[State]]:
+        """The units just chosen (now pushed to the n-gram's suffixes and the cache) and the states a model
+        step reads them with."""
         for part in (self.suffixes, self.recent):
-            if part is not None:
+            if part is not None and len(self.live):
                 part.push(self.chosen)
-        self.probs, self.states = self.generator.model.step(self.chosen, self.states)
+        return self.chosen, self.states
+
+    def update(self, probs: np.ndarray, states: list[State]) -> None:
+        """What the model step gave for the live rows."""
+        self.probs, self.states = probs, states
 
     def _leave(self, number: int, j: int) -> Generation:
         row = self.rows.pop(number)
@@ -215,6 +254,23 @@ class Rows:
 
 def _stack(*parts: np.ndarray) -> np.ndarray:
     return np.concatenate(parts, axis=1)  # (members, batch, units): rows along the batch axis
+
+
+def _rows(states: list[State], rows: np.ndarray | slice) -> list[State]:
+    """These rows of every layer's state (a copy for an index array)."""
+    return [tuple(part[:, rows] for part in state) for state in states]
+
+
+def _last_known(text: str, unknown: set[str], count: int) -> str:
+    """The shortest end of `text` that holds `count` characters not in `unknown` (all of it if none does)."""
+    if not unknown:
+        return text[-count:]
+    known = 0
+    for start in range(len(text) - 1, -1, -1):
+        known += text[start] not in unknown
+        if known == count:
+            return text[start:]
+    return text
 
 
 def check(row: Row, vocab_size: int) -> None:
@@ -241,6 +297,7 @@ def check(row: Row, vocab_size: int) -> None:
 @dataclass
 class _Job:
     row: Row
+    small: bool  # its request has at most SMALL_REQUEST rows
     generation: Generation | None = None
     error: BaseException | None = None
 
@@ -257,24 +314,36 @@ class _Job:
 
 class Batcher:
     """The queue of rows waiting to join, and the one thread that generates every row, at most
-    `max_rows` (reading or live) at a time, each prompt read from its last `context` units. The thread
-    starts with the first request, and again if it is gone, as in a forked worker; a daemon, it ends
-    with the server. It holds BLAS to one thread while it has rows, not while it waits."""
+    `max_rows` (reading, read or live) at a time, each prompt read from its last `context` units. The
+    thread starts with the first request, and again if it is gone, as in a forked worker; a daemon, it
+    ends with the server. It holds BLAS to one thread while it has rows, not while it waits."""
 
     def __init__(self, generator: Generator, max_rows: int = MAX_ROWS, context: int = WARMUP) -> None:
         if max_rows < 1 or context < 1:
             raise ValueError(f"max_rows and context must be at least 1, got {max_rows} and {context}")
         self.generator, self.max_rows, self.context = generator, max_rows, context
+        mixture = generator.mixture  # units of a prompt that anything reads: the RNN, the n-gram, the cache
+        self.reach = max(context, mixture.ngram.order, mixture.weights.cache_window) if mixture else context
         self._turn = threading.Condition()
         self._queue: list[_Job] = []
         self._thread: threading.Thread | None = None
         self._fresh()
 
+    def prepare(self, prompt: str, sampling: Sampling) -> Row:
+        """`Generator.prepare` of the part of the prompt that is read: its last `reach` known characters
+        (each is at least one unit), the characters dropped still those of the whole prompt. Encoding
+        every character of 64 prompts of 10,000 took ~0.25 s of the request thread's Python, during
+        which the generation thread waited for the GIL."""
+        text = unicodedata.normalize("NFC", prompt)
+        dropped = self.generator.units.unknown(text)
+        row = self.generator.prepare(_last_known(text, set(dropped), self.reach), sampling)
+        return Row(row.ids, row.sampling, Generation(row.start.prompt, dropped, []))
+
     def generate(self, rows: list[Row]) -> list[Generation]:
         """Each row's continuation, generated with the other requests being served."""
         for row in rows:
             check(row, self.generator.model.vocab_size)
-        jobs = [_Job(row) for row in rows]
+        jobs = [_Job(row, small=len(rows) <= SMALL_REQUEST) for row in rows]
         with self._turn:
             self._queue.extend(jobs)
             if self._thread is None or not self._thread.is_alive():
@@ -285,8 +354,9 @@ class Batcher:
         return [job.outcome() for job in jobs]
 
     def _fresh(self) -> None:
-        """No row reading or live: how the thread starts, and goes on after a step failed."""
+        """No row reading, read or live: how the thread starts, and goes on after a step failed."""
         self._reading, self._rows = Reading(self.generator.model, self.context), Rows(self.generator, self.context)
+        self._read: list[Read] = []  # rows that have read their prompts, waiting for room to join
         self._jobs: dict[int, _Job] = {}  # the live rows' jobs, by row number
 
     def _serve(self) -> None:
@@ -299,45 +369,78 @@ class Batcher:
                     pass
 
     def _iterate(self) -> bool:
-        """Rows that arrived start reading; every reading row reads one unit (those done join the live
-        rows); every live row takes one step. Returns whether any row is left, or waiting."""
+        """Rows that arrived start reading; rows that have read their prompts join the live ones; every
+        live row draws its next unit (those that have their length leave); one model step. Returns
+        whether any row is left, or waiting."""
+        waiting = sum(len(read.rows) for read in self._read)
         with self._turn:
-            free = self.max_rows - len(self._rows.live) - len(self._reading)
+            free = self.max_rows - len(self._rows.live) - len(self._reading) - waiting
             joining, self._queue = self._queue[:free], self._queue[free:]
         self._reading.start(joining, [job.row for job in joining])
-        ended = self._read() + self._step()  # requests answered or failed: their threads are woken
+        ended = self._join() + self._choose() + self._step()  # requests answered or failed: their threads are woken
         with self._turn:
             if ended:
                 self._turn.notify_all()
-            return bool(self._queue or len(self._rows.live) or len(self._reading))
+            return bool(self._queue or len(self._rows.live) or len(self._reading) or self._read)
 
-    def _read(self) -> list[_Job]:
-        """A failed read fails the rows reading; a failed join, the rows joining. The live rows go on."""
-        if not len(self._reading):
+    def _join(self) -> list[_Job]:
+        """Read rows join the live ones: a small request's at once, a larger one's while fewer than
+        STEP_ROWS rows are live, the shortest first. A failed join fails the rows joining."""
+        if not self._read:
             return []
+        read, room = Read.concat(self._read), STEP_ROWS - len(self._rows.live)
+        small = [i for i, job in enumerate(read.keys) if job.small]
+        large = sorted(
+            (i for i, job in enumerate(read.keys) if not job.small), key=lambda i: read.rows[i].sampling.length
+        )
+        joining = np.array(sorted(small + large[: max(room - len(small), 0)]), dtype=np.int64)
+        waiting = np.setdiff1d(np.arange(len(read.rows)), joining)
+        self._read = [read.take(waiting)] if len(waiting) else []
+        if not len(joining):
+            return []
+        joined = read.take(joining)
         try:
-            read = self._reading.step()
+            self._jobs.update(zip(self._rows.join(joined), joined.keys))
         except Exception as exc:
-            failed, self._reading = self._reading.keys, Reading(self.generator.model, self.context)
-            return self._fail(failed, exc)
-        try:
-            self._jobs.update(zip(self._rows.join(read), read.keys) if read.rows else ())
-        except Exception as exc:
-            return self._fail(read.keys, exc)
+            return self._fail(joined.keys, exc)
         return []
 
-    def _step(self) -> list[_Job]:
-        """A failed step fails the rows still going (rows finished before it keep their text)."""
+    def _choose(self) -> list[_Job]:
+        """A failed draw fails the live rows."""
         ended: list[_Job] = []
         try:
             for number, generation in self._rows.choose():
                 self._jobs[number].generation = generation
                 ended.append(self._jobs.pop(number))
-            self._rows.advance()
         except Exception as exc:  # the rows still going learn why; none waits forever
             ended += self._fail(list(self._jobs.values()), exc)
             self._rows, self._jobs = Rows(self.generator, self.context), {}
         return ended
+
+    def _step(self) -> list[_Job]:
+        """One model step: every live row reads the unit it drew and, while rows are live, up to STEP_ROWS
+        less their number (at least MIN_READ) reading rows read their next unit (with none live, all of
+        them). A failed step fails the rows in it."""
+        live, reading = len(self._rows.live), len(self._reading)
+        if not live + reading:
+            return []
+        try:
+            ids, states = self._rows.inputs()
+            chosen, read_ids, read_states = self._reading.inputs(max(MIN_READ, STEP_ROWS - live) if live else reading)
+            both = [tuple(map(_stack, mine, theirs)) for mine, theirs in zip(states, read_states)]
+            probs, states = self.generator.model.step(np.concatenate([ids, read_ids]), both)
+            self._rows.update(probs[:live], _rows(states, slice(0, live)))
+            read = self._reading.update(chosen, probs[live:], _rows(states, slice(live, None)))
+        except Exception as exc:
+            failed = list(self._jobs.values()) + self._reading.keys
+            self._reading, self._rows, self._jobs = (
+                Reading(self.generator.model, self.context),
+                Rows(self.generator, self.context),
+                {},
+            )
+            return self._fail(failed, exc)
+        self._read += [read] if read.rows else []
+        return []
 
     @staticmethod
     def _fail(jobs: list[_Job], error: Exception) -> list[_Job]:

@@ -73,7 +73,7 @@ class CharRNNGenerator(PythonModel):
                 prompt, sampling = prompt_of(row), sampling_of(row)
                 within(len(prompt), self.limits.get("max_prompt"), "prompt characters")
                 within(sampling.length, self.limits.get("max_length"), "length")
-                rows.append(self.generator.prepare(prompt, sampling))
+                rows.append(self.batcher.prepare(prompt, sampling))  # reads the end the batcher reads
         except GenerationError as exc:  # the caller's mistake: HTTP 400, not 500
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
         results = self.batcher.generate(rows)  # with the rows of the requests that arrived meanwhile

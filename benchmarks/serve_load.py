@@ -29,7 +29,9 @@ from the project's corpus at its own offset, `--limits-length` characters each (
 default length), is sent on its own connection while the short clients go on, and they go on for
 `--phase` seconds after it is answered. Reported: the short requests' p50 / p99 / max latency before,
 during (in flight at any moment while the big request was) and after it, the during / before p99
-ratio, and the big request's own time. `--limits-rows`, `--limits-prompt` change its size.
+ratio, and the big request's own time. `--limits-rows`, `--limits-prompt` change its size. The server
+gets MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT=900 here, so that a stall is measured rather than cut
+off by the scoring server's 60 s timeout (a 504 while the batch goes on generating).
 
 `--bad-requests` also prints the status and body of a few malformed requests (bad JSON, wrong types,
 out-of-range values) before the load. At the end the whole process group is stopped (SIGTERM, then
@@ -176,6 +178,7 @@ def post(port: int, body: bytes, content_type: str = "application/json", timeout
 class Client:
     spans: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of successful requests
     errors: list[str] = field(default_factory=list)
+    failed: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of the errors
 
     @property
     def latencies(self) -> list[float]:
@@ -195,8 +198,10 @@ def client_loop(port: int, body: bytes, deadline: float, out: Client, stop: thre
                 out.spans.append((start, time.perf_counter()))
             else:
                 out.errors.append(f"HTTP {response.status}: {payload[:200]!r}")
+                out.failed.append((start, time.perf_counter()))
         except (OSError, http.client.HTTPException) as exc:
             out.errors.append(f"{type(exc).__name__}: {exc}")
+            out.failed.append((start, time.perf_counter()))
             connection.close()
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     connection.close()
@@ -227,6 +232,8 @@ def serve(args: argparse.Namespace) -> int:
         {"dataframe_records": [{"prompt": prompt, "length": args.length, "temperature": 0}]}, ensure_ascii=False
     ).encode()
 
+    # --limits: a stall is measured, not cut off at the scoring server's 60 s (see the module's docstring)
+    timeout = {"MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT": "900"} if args.limits else {}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         log_path = Path(tmp) / "server.log"
         with log_path.open("wb") as log:
@@ -234,7 +241,7 @@ def serve(args: argparse.Namespace) -> int:
             process = subprocess.Popen(
                 command,
                 cwd=project,
-                env=child_env(MLFLOW_TRACKING_URI=store, MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false"),
+                env=child_env(MLFLOW_TRACKING_URI=store, MLFLOW_ALLOW_PICKLE_DESERIALIZATION="false", **timeout),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: mlflow, uvicorn and its workers stop as one
@@ -300,14 +307,14 @@ def at_the_limits(port: int, short: bytes, args: argparse.Namespace, big: bytes)
     """Short requests before, during and after one big request; see the module's docstring."""
     clients = [Client() for _ in range(args.clients)]
     start = time.perf_counter()
-    deadline = time.monotonic() + 2 * args.phase + 600  # ends early: see `stop` below
+    deadline = time.monotonic() + 2 * args.phase + 900  # ends early: see `stop` below
     stop = threading.Event()
     threads = [threading.Thread(target=client_loop, args=(port, short, deadline, c, stop)) for c in clients]
     for thread in threads:
         thread.start()
     time.sleep(args.phase)
     sent = time.perf_counter()
-    status, payload = post(port, big, timeout=600)
+    status, payload = post(port, big, timeout=900)
     answered = time.perf_counter()
     time.sleep(args.phase)
     stop.set()
@@ -320,6 +327,7 @@ def at_the_limits(port: int, short: bytes, args: argparse.Namespace, big: bytes)
         "during": [e - s for s, e in spans if s < answered and e > sent],
         "after": [e - s for s, e in spans if s > answered],
     }
+    failed = [(s, e) for c in clients for s, e in c.failed]
     print(f"limits: {args.clients} clients sending {args.length}-character greedy requests for {args.phase:g} s,")
     print(f"  then one request at the limits ({len(big) / 2**20:.1f} MiB of JSON), then {args.phase:g} s more")
     print(f"  big request: HTTP {status} in {answered - sent:.2f} s (sent {sent - start:.1f} s into the run)")
@@ -334,6 +342,9 @@ def at_the_limits(port: int, short: bytes, args: argparse.Namespace, big: bytes)
             )
         else:
             print(f"  short requests {name:<6}: none answered")
+    if failed:
+        during = sum(s < answered and e > sent for s, e in failed)
+        print(f"  short requests failed: {len(failed)} ({during} of them in flight while the big request was)")
     if phases["before"] and phases["during"]:
         ratio = percentile(phases["during"], 0.99) / percentile(phases["before"], 0.99)
         print(f"  p99 during / before: {ratio:.2f}x")

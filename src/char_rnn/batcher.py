@@ -21,10 +21,10 @@ each iteration of the generation thread is one model step, in which every live r
 has just drawn and some reading rows (`Reading`) read the next unit of their prompts, those with the
 fewest units left first. While rows are live, the step holds at most STEP_ROWS rows (at least
 MIN_READ of them reading), and the rows of a request of more than SMALL_REQUEST rows join the live
-ones only while fewer than STEP_ROWS are live, the rest waiting with their prompts read. A step of 16
-rows of the kolaw hybrid costs about 1.5x one of 4, so a request at the limits (64 prompts of 10,000
-characters) slows the others' steps by about that much while it is served, and never stops them; it
-takes longer itself than it would alone.
+ones only while fewer than STEP_ROWS are live, the rest waiting with their prompts read. With a
+request at the limits (64 prompts of 10,000 characters) an iteration of the kolaw hybrid served to 4
+clients took 1.0 ms against 0.6 ms without it (benchmarks/RESULTS.md): it slows the others' steps by
+about that much while it is served, never stops them, and takes longer itself than it would alone.
 
 Each row draws from its own generator, seeded as `Generator.generate` seeds it, and spells as it does
 (`Spelling`), so a row whose prompt is within the context gets the text `generate` gives it alone (up
@@ -386,9 +386,10 @@ class Batcher:
     def _join(self) -> list[_Job]:
         """Read rows join the live ones: a small request's at once, a larger one's while fewer than
         STEP_ROWS rows are live, the shortest first. A failed join fails the rows joining."""
-        if not self._read:
+        room = STEP_ROWS - len(self._rows.live)
+        if not any(room > 0 or job.small for read in self._read for job in read.keys):
             return []
-        read, room = Read.concat(self._read), STEP_ROWS - len(self._rows.live)
+        read = Read.concat(self._read)
         small = [i for i, job in enumerate(read.keys) if job.small]
         large = sorted(
             (i for i, job in enumerate(read.keys) if not job.small), key=lambda i: read.rows[i].sampling.length

@@ -19,9 +19,10 @@ short tails of the whole prompt, as in scoring; only the end that anything reads
 Prompts are read in chunks between the live rows' steps (chunked prefill, as vLLM and TGI do it):
 each iteration of the generation thread is one model step, in which every live row reads the unit it
 has just drawn and some reading rows (`Reading`) read the next unit of their prompts, those with the
-fewest units left first. While rows are live, the step holds at most STEP_ROWS rows (at least
-MIN_READ of them reading), and the rows of a request of more than SMALL_REQUEST rows join the live
-ones only while fewer than STEP_ROWS are live, the rest waiting with their prompts read. With a
+fewest units left first, as many as make the step STEP_ROWS rows (at least MIN_READ; also with no
+row live, for the next request arrives any moment and waits for the step under way), and the rows of
+a request of more than SMALL_REQUEST rows join the live ones only while fewer than STEP_ROWS are live,
+the rest waiting with their prompts read. With a
 request at the limits (64 prompts of 10,000 characters) an iteration of the kolaw hybrid served to 4
 clients took 1.0 ms against 0.6 ms without it (benchmarks/RESULTS.md): it slows the others' steps by
 about that much while it is served, never stops them, and takes longer itself than it would alone.
@@ -419,15 +420,14 @@ class Batcher:
         return ended
 
     def _step(self) -> list[_Job]:
-        """One model step: every live row reads the unit it drew and, while rows are live, up to STEP_ROWS
-        less their number (at least MIN_READ) reading rows read their next unit (with none live, all of
-        them). A failed step fails the rows in it."""
+        """One model step: every live row reads the unit it drew and up to STEP_ROWS less their number (at
+        least MIN_READ) reading rows read their next unit. A failed step fails the rows in it."""
         live, reading = len(self._rows.live), len(self._reading)
         if not live + reading:
             return []
         try:
             ids, states = self._rows.inputs()
-            chosen, read_ids, read_states = self._reading.inputs(max(MIN_READ, STEP_ROWS - live) if live else reading)
+            chosen, read_ids, read_states = self._reading.inputs(max(MIN_READ, STEP_ROWS - live))
             both = [tuple(map(_stack, mine, theirs)) for mine, theirs in zip(states, read_states)]
             probs, states = self.generator.model.step(np.concatenate([ids, read_ids]), both)
             self._rows.update(probs[:live], _rows(states, slice(0, live)))

@@ -72,9 +72,10 @@ class OneBlasThread:
     is the whole process's, and the rest of a stage, a test or a notebook may want every core.
 
     OpenBLAS has one count for all threads, so entries are counted across threads, nested ones
-    included: the first sets one thread, the last gives the old count back (a loop holds the scope
-    around its steps, which then only count). threadpoolctl lets only the thread that last changed
-    the count change it again, so each change hands that control back at once.
+    included: the first sets one thread, the last gives the old count back. A loop holds the scope
+    around its steps, which then only count (~1 us); a step outside any scope sets and restores the
+    count itself (~12 us). threadpoolctl lets only the thread that last changed the count change it
+    again, so each change hands that control back at once.
     """
 
     def __init__(self) -> None:

@@ -146,7 +146,12 @@ def test_rows_generated_together_get_the_text_each_gets_alone(repo_params: Param
     """The server steps the requests it serves as one batch, and a request joins it between two
     characters: prompts of other lengths, other lengths, greedy and seeded draws, a cache window
     shorter than a prompt; each row must still get its own text, and leave as soon as it has it."""
-    from char_rnn.batcher import Rows
+    from char_rnn.batcher import Read, Reading, Rows
+
+    def add(requests: list[tuple[str, Sampling]]) -> list[int]:
+        """The rows join, each prompt read first by itself (`Batcher` reads them between the others' steps)."""
+        reads = [Reading.alone(generator.model, generator.prepare(*request), rows.context) for request in requests]
+        return rows.join(Read.concat(reads))
 
     mixture = Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=3)) if hybrid else None
     generator = Generator(untrained(repo_params, {"model.ensemble": 2}), UNITS, mixture)
@@ -158,11 +163,11 @@ def test_rows_generated_together_get_the_text_each_gets_alone(repo_params: Param
         ("마", Sampling(length=12, temperature=1.0, seed=5)),  # joins after 20 characters of the others
     ]
     rows = Rows(generator)
-    assert rows.add([generator.prepare(*request) for request in requests[:4]]) == [0, 1, 2, 3]
+    assert add(requests[:4]) == [0, 1, 2, 3]
     finished: list[tuple[int, int, object]] = []  # (step, row, generation)
     for step in range(1, 42):
         if step == 21:
-            assert rows.add([generator.prepare(*requests[4])]) == [4]
+            assert add(requests[4:]) == [4]
         finished += [(step, number, generation) for number, generation in rows.step()]
     assert [(step, number) for step, number, _ in finished] == [(5, 1), (5, 3), (30, 0), (32, 4), (41, 2)]
     assert not len(rows.live) and not rows.rows  # nothing kept of the rows that left

@@ -167,11 +167,6 @@ class Rows:
         self.recent: cache.Recent | None = None
         self.chosen = np.zeros(0, np.int32)  # the live rows' last units, not yet read
 
-    def add(self, rows: list[Row]) -> list[int]:
-        """The rows join the batch, each prompt read first by itself; returns their numbers. (`Batcher`
-        reads prompts between the live rows' steps instead, all joining rows together.)"""
-        return self.join(Read.concat([Reading.alone(self.generator.model, row, self.context) for row in rows]))
-
     def join(self, read: Read) -> list[int]:
         """Rows that have read their prompts join the batch; returns their numbers."""
         generator, prompts = self.generator, [row.ids for row in read.rows]

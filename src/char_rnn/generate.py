@@ -205,11 +205,12 @@ class Generator:
         rng = np.random.default_rng(seed_of(sampling))
         spelling = Spelling(self.units.speller, np.full(len(prompts), sampling.length))
         steps = self.steps(prompts)
-        probs = next(steps)
-        while not spelling.finished.all():
-            chosen = pick(probs, sampling.temperature, sampling.top_k, rng, spelling.allowed())
-            spelling.take(chosen)
-            probs = steps.send(chosen)
+        with inference.ONE_BLAS_THREAD:  # once for the loop: each step's own entry then only counts
+            probs = next(steps)
+            while not spelling.finished.all():
+                chosen = pick(probs, sampling.temperature, sampling.top_k, rng, spelling.allowed())
+                spelling.take(chosen)
+                probs = steps.send(chosen)
         return [self.text(units, sampling.length) for units in spelling.units]
 
     def steps(self, prompts: np.ndarray) -> Steps[np.ndarray, np.ndarray, None]:

@@ -2,7 +2,7 @@
 
 What a registered version holds: the `.keras` file and the vocabulary as pyfunc artifacts (for the
 hybrid also the n-gram and hybrid.json with the mixture's weights, so that it samples from the mixture), their
-sha256 in the model config (and, by the register stage, as version tags), a signature, an input
+sha256 written into the logged code (and, by the register stage, as version tags), a signature, an input
 example and pinned requirements. The model is logged *as code* (MLflow 3 refuses to unpickle models
 by default): the stored code is a two-line shim that imports `CharRNNGenerator` from the installed
 package, so nothing but this module's reviewed code runs at load time, and serving needs the
@@ -38,24 +38,18 @@ SHIM = "from mlflow.models import set_model\nfrom char_rnn.serving import CharRN
 
 
 class CharRNNGenerator(PythonModel):
-    """Loads the bundled files only if they hash to the recorded sha256; generates row by row.
-
-    The digests are written into the logged code itself (`CharRNNGenerator({...})`). Versions
-    registered before that carry them in their model config instead, which MLflow also copied into
-    the run's params.
-    """
+    """Loads the bundled files only if they hash to the sha256 written into the logged code itself
+    (`CharRNNGenerator({...}, {...})`); generates the requests that arrive together as one batch."""
 
     generator: Generator
     batcher: Batcher
 
-    def __init__(self, digests: dict[str, str] | None = None, limits: dict[str, int] | None = None) -> None:
+    def __init__(self, digests: dict[str, str], limits: dict[str, int] | None = None) -> None:
         self.digests = digests
-        self.limits = limits or {}  # registry.max_length, max_prompt, max_rows, evaluate.context; older versions: none
+        self.limits = limits or {}  # registry.max_length, max_prompt, max_rows, and evaluate.context
 
     def load_context(self, context: Any) -> None:
-        files = bundle_files(context.artifacts, Path("."))
-        digests = self.digests if self.digests is not None else (context.model_config or {}).get("sha256", {})
-        self.use(load_generator(files, digests))
+        self.use(load_generator(bundle_files(context.artifacts, Path(".")), self.digests))
 
     def use(self, generator: Generator) -> None:
         """Serve this generator; requests that arrive together are generated as one batch."""

@@ -510,6 +510,7 @@ def _publish(
     epochs = ("refit",) if params.refit.enabled else ("train", "val")
     with tracking.resumed_run(layout.mlruns, run_id):
         limits = {key: getattr(params.registry, key) for key in ("max_length", "max_prompt", "max_rows")}
+        limits["context"] = params.evaluate.context  # the units of a prompt a served request reads
         shas = {key.removesuffix("_sha256"): value for key, value in digests.items()}
         info = log_generator(files, shas, params.evaluate.prompt, limits)
         mlflow.log_metrics(figures, model_id=info.model_id)

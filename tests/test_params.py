@@ -14,10 +14,33 @@ from conftest import REPO
 
 
 def test_repo_params_reproduce_the_blog(repo_params):
+    """Each value against the blog's own script (benchmarks/blog.py, its code as published) and the Keras
+    defaults it relied on, not against literals copied from params.yaml."""
+    import ast
+
+    import keras
+
+    from char_rnn.corpus import read_source
+
+    script = ast.parse((REPO / "benchmarks" / "blog.py").read_text(encoding="utf-8"))
+    assigned = {t.id: n.value for n in ast.walk(script) if isinstance(n, ast.Assign) for t in n.targets
+                if isinstance(t, ast.Name)}  # fmt: skip
+    calls = {n.func.attr: n for n in ast.walk(script) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    keywords = {k.arg: k.value for k in calls["SimpleRNN"].keywords}
     p = repo_params
-    assert (p.corpus.source, p.window.length, p.window.stride, p.split.val_fraction) == ("seed", 20, 1, 0.0)
-    assert (p.model.cell.value, p.model.units, p.model.layers, p.model.input.value) == ("simple_rnn", 100, 1, "one_hot")
-    assert (p.train.epochs, p.train.batch_size, p.train.learning_rate) == (100, 32, 0.001)
+    assert read_source(p.corpus.source, REPO).strip() == ast.literal_eval(assigned["sentence"])
+    assert p.window.length == ast.literal_eval(assigned["sequencelength"]) and p.window.stride == 1  # range(0, n - L)
+    assert not (p.split.val_fraction or p.split.tune_fraction or p.split.test_fraction)  # fit and evaluate on it all
+    assert p.vocab.units.value == "closed"  # `set(sentence)`: one id per character of the sentence
+    assert (p.model.cell.value, p.model.layers, p.model.input.value) == ("simple_rnn", 1, "one_hot")  # to_categorical
+    assert p.model.units == ast.literal_eval(keywords["units"]) and p.model.ensemble == 1
+    calls_on_names = [n for n in ast.walk(script) if isinstance(n, ast.Call) and n.args]
+    options = [n for n in calls_on_names if isinstance(n.args[0], ast.Constant)]
+    (epochs,) = (k.value for n in options if n.args[0].value == "--epochs" for k in n.keywords if k.arg == "default")
+    assert p.train.epochs == ast.literal_eval(epochs)  # the post's fit(epochs=100), the script's --epochs default
+    assert p.train.batch_size == 32 and "batch_size" not in {k.arg for k in calls["fit"].keywords}  # fit's default
+    assert p.train.learning_rate == keras.optimizers.Adam().learning_rate  # compile(optimizer="adam")
+    assert (p.train.clipnorm, p.train.early_stopping_patience, p.train.lr_schedule.value) == (0.0, 0, "constant")
 
 
 @pytest.mark.parametrize(

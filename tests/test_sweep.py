@@ -98,3 +98,16 @@ def test_best_trial_by_metric_direction_skipping_failures() -> None:
     assert pick_best(rows, Metric.bits_per_char)["trial"] == "c"  # lower wins
     assert pick_best(rows, Metric.accuracy)["trial"] == "a"  # higher wins
     assert pick_best([rows[1]], Metric.bits_per_char) is None  # all failed: nothing to register
+
+
+def test_a_trial_is_ranked_by_registry_metric_on_the_validation_text_never_the_test_text() -> None:
+    """One figure decides everywhere: the one registry.metric names, here on the text configs are chosen on."""
+    from char_rnn.evaluation import chosen_on
+    from char_rnn.params import Metric
+
+    held_out = {"test": {"hybrid_bits_per_char": 3.1, "bits_per_char": 3.9, "loss": 2.0},
+                "validation": {"hybrid_bits_per_char": 3.4, "bits_per_char": 3.6, "loss": 1.5}}  # fmt: skip
+    assert chosen_on(held_out)[Metric.hybrid_bits_per_char.value] == 3.4
+    assert chosen_on({"test": {"bits_per_char": 3.0}}) == {}  # only test text: nothing to choose on
+    assert chosen_on({"bits_per_char": 0.3, "accuracy": 0.98})["accuracy"] == 0.98  # the blog: memorised
+    assert {metric.value for metric in Metric} == {"bits_per_char", "hybrid_bits_per_char", "accuracy"}

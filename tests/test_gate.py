@@ -7,6 +7,7 @@ decided and why.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from char_rnn import gate, stages
 from char_rnn.generate import Generator
-from char_rnn.heldout import rnn_char_hits, rnn_char_probabilities
+from char_rnn.heldout import by_text, rnn_char_hits, rnn_char_probabilities
 from char_rnn.layout import Layout
 from char_rnn.ngram import bits_per_char
 from char_rnn.params import Metric, Params, with_overrides
@@ -191,6 +192,10 @@ def test_a_grown_corpus_with_new_characters_is_compared_on_its_new_test_text_and
     stored = float(MlflowClient(tracking_uri=store).get_model_version(name, "1").tags["test/bits_per_char"])
     assert day2["gate"]["champion"] != pytest.approx(stored)  # scored again, on the new text: not yesterday's figure
     assert day2["alias"] == "champion", day2["gate"]["reason"]
+    # One procedure: the gate's figure for the candidate is the one evaluate reported on the test text.
+    reported = by_text(json.loads((tmp_path / "day2" / "reports" / "metrics.json").read_text(encoding="utf-8")))
+    assert day2["gate"]["candidate"] == pytest.approx(reported["test"]["bits_per_char"], rel=1e-6)
+    assert day2["gate"]["ngram"] == pytest.approx(reported["test"]["ngram_bits_per_char"])
     reason = day2["gate"]["reason"]
     assert reason.startswith(f"{day2['gate']['candidate']:.4f} vs v1's {day2['gate']['champion']:.4f} bits/char")
     assert "on the test text (characters 8,100–9,000, 900) (n-gram" in reason and reason.endswith(": better")

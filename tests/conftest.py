@@ -56,6 +56,23 @@ def repo_params() -> Params:
     return load_params(REPO / "params.yaml")
 
 
+@pytest.fixture(scope="session")
+def seed_project(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, repo_params: Params) -> Layout:
+    """The blog's pipeline as `make run` runs it (default params, 100 epochs), trained and registered once
+    per session: the tests that only read a trained project share it instead of each training their own."""
+    from char_rnn import stages
+
+    layout = Layout(tmp_path_factory.mktemp("seed-project"))
+    shutil.copy(REPO / "params.yaml", layout.params)
+    layout.mlruns.mkdir()
+    shutil.copy(migrated_store, layout.mlruns / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+        results = stages.run_all(repo_params, layout)
+    (layout.root / "results.json").write_text(json.dumps(results, default=str), encoding="utf-8")
+    return layout
+
+
 @pytest.fixture
 def tiny_params(repo_params: Params) -> Params:
     return with_overrides(repo_params, TINY)

@@ -52,15 +52,16 @@ def history(layout: Layout, run_id: str, key: str) -> list[float]:
     return [m.value for m in MlflowClient(tracking_uri(layout.mlruns)).get_metric_history(run_id, key)]
 
 
-@pytest.mark.integration  # the whole pipeline
-def test_without_split_metrics_are_the_blogs(layout, tiny_params):
-    results = stages.run_all(tiny_params, layout)
-    metrics = results["evaluate"]
+@pytest.mark.integration  # the whole pipeline, shared with the other tests of the blog's project
+def test_without_split_metrics_are_the_blogs(seed_project: Layout, repo_params: Params):
+    layout = seed_project
+    metrics = json.loads((layout.root / "results.json").read_text(encoding="utf-8"))["evaluate"]
     assert metrics["scored_on"].startswith("training windows") and "test" not in metrics
     assert metrics["bits_per_char"] == pytest.approx(metrics["loss"] / math.log(2))
     assert "ngram_bits_per_char" not in metrics
     assert layout.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert layout.sample.read_text(encoding="utf-8").startswith(tiny_params.evaluate.prompt)
+    assert layout.sample.read_text(encoding="utf-8").startswith(repo_params.evaluate.prompt)
+    assert metrics["accuracy"] == pytest.approx(0.98235, abs=0.003) and metrics["epochs"] == 100  # the blog's
 
 
 @pytest.mark.integration  # the whole pipeline

@@ -5,9 +5,6 @@ That the NumPy runtime computes the Keras model's probabilities is tests/test_in
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -36,21 +33,6 @@ def untrained(params: Params, overrides: dict[str, object] | None = None) -> obj
 @pytest.fixture(scope="module")
 def generator(repo_params: Params) -> Generator:
     return Generator(untrained(repo_params), UNITS)
-
-
-@pytest.fixture(scope="session")
-def seed_project(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, repo_params: Params) -> Layout:
-    """The blog's model, trained once per session with the default params (100 epochs) and registered."""
-    from char_rnn import stages
-
-    layout = Layout(tmp_path_factory.mktemp("seed-project"))
-    shutil.copy(REPO / "params.yaml", layout.params)
-    layout.mlruns.mkdir()
-    shutil.copy(migrated_store, layout.mlruns / "mlflow.db")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
-        stages.run_all(repo_params, layout)
-    return layout
 
 
 def test_same_seed_same_text_and_another_seed_another(generator: Generator) -> None:

@@ -101,7 +101,7 @@ def baseline(params: Params, layout: Layout) -> Summary:
     """Fit the Kneser-Ney n-gram on the text before the validation text and score it on the text the RNN
     is scored on (test, then validation): the number to beat."""
     from char_rnn.heldout import SPLIT_NAMES, by_figure, scored_span
-    from char_rnn.ngram import KneserNey, bits_per_char, perplexity
+    from char_rnn.ngram import KneserNey, bits_per_char
     from char_rnn.windows import load_spec, load_text_ids
 
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
@@ -110,11 +110,7 @@ def baseline(params: Params, layout: Layout) -> Summary:
     for split in spec.held_out or ("train",):
         span = scored_span(spec, split)
         probs = ngram.char_probabilities(ids, span.start, span.end)
-        texts[SPLIT_NAMES[split]] = {
-            "ngram_bits_per_char": bits_per_char(probs, span.chars),
-            "ngram_perplexity": perplexity(probs, span.chars),
-            "chars": span.chars,
-        }
+        texts[SPLIT_NAMES[split]] = {"ngram_bits_per_char": bits_per_char(probs, span.chars), "chars": span.chars}
     result = {"ngram_order": params.baseline.order, **texts}
     write_atomically(layout.ngram, ngram.to_bytes())
     _write_json(layout.baseline, by_figure(result))
@@ -325,7 +321,7 @@ def refit(params: Params, layout: Layout) -> Summary:
 def evaluate(params: Params, layout: Layout) -> Summary:
     """Score the model next to the n-gram and the hybrid, plot its epochs, write a sample; log all to the run."""
     from char_rnn.evaluation import evaluate as score_all
-    from char_rnn.evaluation import plot_history
+    from char_rnn.evaluation import for_the_record, plot_history
     from char_rnn.generate import load_generator, sample
     from char_rnn.heldout import by_figure
     from char_rnn.hybrid import load_hybrid
@@ -343,7 +339,7 @@ def evaluate(params: Params, layout: Layout) -> Summary:
         generator, params.evaluate.prompt, params.evaluate.sample_length, params.evaluate.temperature, params.train.seed
     )
     dropped = f"(not in the vocabulary, dropped from the prompt: {written.dropped!r})\n" if written.dropped else ""
-    _write_json(layout.metrics, by_figure(metrics))
+    _write_json(layout.metrics, by_figure(for_the_record(metrics)))
     write_atomically(layout.plot, plot_history(history, refit=params.refit.enabled))
     write_atomically(layout.sample, f"{written.prompt}{written.texts[0]}\n{dropped}")
     _log_evaluation(layout, spec, metrics, written.prompt + written.texts[0])

@@ -151,7 +151,7 @@ def test_another_corpus_or_no_test_text_is_never_compared_in_either_direction(st
     seed = {**SMALL, "train.epochs": 3}
     reasons = {
         "seed-first": "the 71 characters it learnt from are not the start of this corpus",
-        "kolaw-first": "this run has no test text (it is scored on the 71 characters it trained on",
+        "kolaw-first": "this run has no test text; it is scored on the 71 characters it trained on",
     }
     for name, runs in (("seed-first", (seed, kolaw)), ("kolaw-first", (kolaw, seed))):
         first, second = (pipeline(store, tmp_path / f"{name}-{i}", repo_params, {**o, "registry.model_name": name})

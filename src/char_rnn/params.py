@@ -94,7 +94,7 @@ class VocabParams(_Section):
         " unseen characters spelled in Hangul jamo or UTF-8 bytes"
     )
     min_count: int = Field(
-        default=2, ge=1, le=MAX_INT, description="open: a training character this frequent is a unit of its own"
+        default=3, ge=1, le=MAX_INT, description="open: a training character this frequent is a unit of its own"
     )
 
 

@@ -444,7 +444,7 @@ def _gate(params: Params, layout: Layout, files: dict[str, Path], spec: Any, met
         value, chars = figures[metric.value], figures.get("chars", spec.train_chars - 1)
         if champion is None:
             return gate.first(value, metric, where, chars)
-        why = f"this run has no test text (it is scored on {where})"
+        why = f"this run has no test text; it is scored on {where}"
         return gate.unfair(value, str(champion.version), why, metric, 0)
     start = spec.train_chars + spec.tune_chars + spec.val_chars
     text = gate.Text(read_corpus(layout.corpus), start, start + spec.test_chars, params.evaluate.context)

@@ -134,10 +134,9 @@ class Spelling:
 
     def join(self, other: Spelling) -> Spelling:
         """`other`'s rows after these (requests that joined the batch)."""
-        self.lengths, self.state, self.chars = (
-            np.concatenate([a, b]) for a, b in ((self.lengths, other.lengths), (self.state, other.state),
-                                                 (self.chars, other.chars))
-        )  # fmt: skip
+        self.lengths = np.concatenate([self.lengths, other.lengths])
+        self.state = np.concatenate([self.state, other.state])
+        self.chars = np.concatenate([self.chars, other.chars])
         self.units += other.units
         return self
 

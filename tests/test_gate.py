@@ -201,6 +201,10 @@ def test_a_grown_corpus_with_new_characters_is_compared_on_its_new_test_text_and
     assert "on the test text (characters 8,100–9,000, 900) (n-gram" in reason and reason.endswith(": better")
     tags = versions(store, name)[day2["version"]]["tags"]
     assert tags["data.seen_chars"] == "8100" and tags["data.units"] == "open"
+    # The same files registered again are that version, lineage tags and all: nothing new.
+    day2_params = with_overrides(repo_params, {"corpus.source": "data/raw/text.txt", **split, "train.epochs": 4})
+    again = stages.register(day2_params, Layout(tmp_path / "day2"))
+    assert again["already_registered"] and again["version"] == day2["version"]
     # A worse candidate (hardly trained) stays challenger.
     worse = pipeline(store, tmp_path / "day3", repo_params, {**split, "train.learning_rate": 1e-6}, grown)
     assert worse["alias"] == "challenger" and worse["gate"]["reason"].endswith("not better")

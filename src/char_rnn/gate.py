@@ -35,7 +35,8 @@ from char_rnn.params import Metric
 from char_rnn.registry import CHALLENGER, CHAMPION
 from char_rnn.units import Units
 
-SEEN_CHARS, SEEN_SHA256 = "data.seen_chars", "data.seen_sha256"
+# Not `*_sha256`: those tags name a version's files, which `registry.registered_version` matches exactly.
+SEEN_CHARS, SEEN_HASH = "data.seen_chars", "data.seen_text_hash"
 PROMOTE = "`char-rnn promote` it if it should serve"
 
 
@@ -102,17 +103,17 @@ def score(scorer: Scorer, text: Text, metric: Metric) -> float:
 
 def seen_tags(corpus: str, seen: int) -> dict[str, str]:
     """Which text a version learnt from (or chose on): the corpus's first `seen` characters."""
-    return {SEEN_CHARS: str(seen), SEEN_SHA256: hashlib.sha256(corpus[:seen].encode("utf-8")).hexdigest()}
+    return {SEEN_CHARS: str(seen), SEEN_HASH: "sha256:" + hashlib.sha256(corpus[:seen].encode("utf-8")).hexdigest()}
 
 
 def overlap(tags: dict[str, str], text: Text) -> str:
     """Why the champion may have learnt from the scored text ('' when its lineage shows it did not)."""
-    if SEEN_CHARS not in tags or SEEN_SHA256 not in tags:
+    if SEEN_CHARS not in tags or SEEN_HASH not in tags:
         return "its lineage does not say which text it learnt from"
     seen = int(tags[SEEN_CHARS])
     if seen > text.start:
         return f"it learnt from the first {seen:,} characters, past the start of {text.where}"
-    if seen_tags(text.text, seen)[SEEN_SHA256] != tags[SEEN_SHA256]:
+    if seen_tags(text.text, seen)[SEEN_HASH] != tags[SEEN_HASH]:
         return f"the {seen:,} characters it learnt from are not the start of this corpus (earlier text changed)"
     return ""
 

@@ -82,8 +82,9 @@ def check_registrable(run_id: str, metric: Metric, metrics: dict[str, Any]) -> f
     return float(value)
 
 
-def registered_version(model_name: str, digest_tags: dict[str, str]) -> str | None:
-    """The version that holds exactly these files (the same `<file>_sha256` tags, no more), if any.
+def registered_version(model_name: str, digest_tags: dict[str, str], bundle: tuple[str, ...]) -> str | None:
+    """The version that holds exactly these files (the same `<file>_sha256` tags, no more of the files a
+    version may bundle, `bundle`), if any. Other tags (the run's lineage) do not tell files apart.
 
     Going back to params that were already run restores the same bytes (DVC's cache; the model is
     saved byte for byte the same from the same weights): they are that version, not a new one.
@@ -91,10 +92,11 @@ def registered_version(model_name: str, digest_tags: dict[str, str]) -> str | No
     from mlflow import MlflowClient
 
     query = " and ".join([f"name = '{model_name}'", *(f"tags.{k} = '{v}'" for k, v in sorted(digest_tags.items()))])
+    file_tags = {f"{name}_sha256" for name in bundle}
     same = [
         int(version.version)
         for version in MlflowClient().search_model_versions(query)
-        if {k for k in version.tags if k.endswith("_sha256")} == set(digest_tags)
+        if file_tags.intersection(version.tags) == set(digest_tags)
     ]
     return str(min(same)) if same else None
 

@@ -391,6 +391,7 @@ def register(params: Params, layout: Layout) -> Summary:
     else challenger; files already registered are reported as their version. One registration of the model
     at a time (`char_rnn.registry_lock`), so two runs that finish together end with the better one champion."""
     from char_rnn import progress, registry, tracking
+    from char_rnn.bundle import HYBRID_BUNDLE
     from char_rnn.evaluation import reported
     from char_rnn.heldout import by_text
     from char_rnn.lineage import file_sha256
@@ -407,7 +408,7 @@ def register(params: Params, layout: Layout) -> Summary:
     with registry_lock(name):  # another run registering now would compare with the same champion
         for line in registry.clear_pending(name):  # held: a pending version now is a dead registration's
             progress.log.warning("register: %s", line)
-        existing = registry.registered_version(name, digests)
+        existing = registry.registered_version(name, digests, HYBRID_BUNDLE)
         if existing is not None:
             result = {"model_name": name, "version": existing, "already_registered": True}
             result |= {"metric": key, "value": value}

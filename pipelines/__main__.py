@@ -50,20 +50,16 @@ def run(
 ) -> None:
     """Run the flow once, now, in this process (on PREFECT_API_URL's server, else a temporary one)."""
     from char_rnn.layout import find_root
-    from pipelines.worker import ModelWorker
+    from pipelines.flow import char_rnn_pipeline
 
-    project = root.resolve() if root else find_root()
-    with ModelWorker.prestart(project):  # stopped here too if the flow never claims it (up to date, bad params)
-        from pipelines.flow import char_rnn_pipeline
-
-        state = char_rnn_pipeline(
-            overrides=_overrides(set_),
-            root=str(project),
-            skip_if_unchanged=skip_if_unchanged,
-            train_timeout_s=train_timeout_s,
-            push=push,
-            return_state=True,
-        )
+    state = char_rnn_pipeline(
+        overrides=_overrides(set_),
+        root=str(root.resolve() if root else find_root()),
+        skip_if_unchanged=skip_if_unchanged,
+        train_timeout_s=train_timeout_s,
+        push=push,
+        return_state=True,
+    )
     typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
     if state.is_completed():
         typer.echo(json.dumps(state.result(raise_on_failure=False), ensure_ascii=False, indent=1, default=str))

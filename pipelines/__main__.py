@@ -118,7 +118,8 @@ def sweep(
 @app.command()
 def serve(
     root: Path | None = RootOption,
-    cron: str = typer.Option("0 2 * * *", help="cron schedule, UTC (default: nightly at 02:00)"),
+    cron: str = typer.Option("0 2 * * *", help="cron schedule (default: nightly at 02:00)"),
+    timezone: str = typer.Option("UTC", help="the cron's timezone, an IANA name such as Asia/Seoul"),
     name: str = typer.Option("nightly", help="deployment name"),
     skip_if_unchanged: bool = typer.Option(True, help="scheduled runs end 'up to date' when nothing changed"),
     train_timeout_s: float = TimeoutOption,
@@ -137,7 +138,7 @@ def serve(
             err=True,
         )
         raise typer.Exit(1)
-    serve_deployment((root or find_root()).resolve(), cron, name, skip_if_unchanged, train_timeout_s)
+    serve_deployment((root or find_root()).resolve(), cron, timezone, name, skip_if_unchanged, train_timeout_s)
 
 
 if __name__ == "__main__":

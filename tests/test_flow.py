@@ -186,7 +186,10 @@ def _training_runs(root: Path) -> list[Any]:
 
 def test_deployment_is_nightly_with_concurrency_limit_one(served: dict[str, Any]) -> None:
     deployment = served["deployment"]
-    assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+    assert [(s.schedule.cron, s.schedule.timezone) for s in deployment.schedules] == [("0 2 * * *", "UTC")]
+    described = deployment.parameter_openapi_schema["properties"]
+    assert "dotted keys of params.yaml" in described["overrides"]["description"]
+    assert all(field.get("description") for field in described.values())  # the custom-run form explains each
     assert deployment.global_concurrency_limit.limit == 1
     assert deployment.parameters["root"] == str(served["root"])
 

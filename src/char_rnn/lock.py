@@ -3,7 +3,8 @@
 Two runs writing the same workspace (a `dvc repro` and a scheduled flow run, two flow runs) would
 interleave their outputs, their `dvc.lock` entries and their registrations. Each driver therefore
 holds the project's lock while it works: the flow for its whole run, the command line for one
-stage (which is what `dvc repro` calls, one stage after another). A second driver is refused at
+stage (which is what `dvc repro` calls, one stage after another). The flow runs its stages through
+DVC too, as those same commands: it lends them its lock with a token in their environment. A second driver is refused at
 once with one line naming the holder; it does not wait, because a nightly run that queues behind
 a stuck one would hide the problem.
 

@@ -290,7 +290,8 @@ def is_up_to_date(layout: Layout, params: Params) -> bool:
 
 
 def write_params(layout: Layout, params: Params) -> list[str]:
-    """Write the run's values into params.yaml (comments and quotes kept), as `dvc exp run -S` does.
+    """Write the run's values into params.yaml through DVC's own YAML writer, as `dvc exp run -S` does
+    (params.yaml is kept in that writer's style, so a changed param is a one-line diff).
 
     DVC reads params from params.yaml for every stage it runs and records them in dvc.lock, so a run
     with overrides must put them there first for dvc.lock to say truthfully what ran.
@@ -298,21 +299,12 @@ def write_params(layout: Layout, params: Params) -> list[str]:
     current = load_params(layout.params).flat()
     changed = {key: value for key, value in params.flat().items() if current.get(key) != value}
     if changed:
-        from ruamel.yaml import YAML  # DVC's own YAML library: round-trips comments and quotes
+        from dvc.utils.serialize import modify_yaml  # what DVC's apply_overrides (-S) writes with
 
-        yaml = YAML()
-        yaml.preserve_quotes = True
-        yaml.width = 4096  # never re-wrap a line
-        # ruamel writes None as nothing (`random:`); the file says `null`, and so should every rewrite.
-        yaml.representer.add_representer(
-            type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null")
-        )
-        document = yaml.load(layout.params.read_text(encoding="utf-8"))
-        for dotted, value in changed.items():
-            section, key = dotted.split(".", 1)
-            document[section][key] = value
-        with layout.params.open("w", encoding="utf-8") as handle:
-            yaml.dump(document, handle)
+        with modify_yaml(layout.params) as document:
+            for dotted, value in changed.items():
+                section, key = dotted.split(".", 1)
+                document[section][key] = value
     return sorted(changed)
 
 

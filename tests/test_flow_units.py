@@ -83,14 +83,22 @@ def test_overrides_are_validated_like_params_yaml(layout: Layout) -> None:
         resolve_params(layout, None, {"train.epochs": 0})
 
 
-def test_run_params_are_written_into_params_yaml_changing_nothing_else(layout: Layout, tiny_params: Params) -> None:
-    before = layout.params.read_text(encoding="utf-8").splitlines()
+def test_run_params_are_written_into_params_yaml_as_dvc_exp_run_set_param_writes_them(
+    layout: Layout, tiny_params: Params, tmp_path: Path
+) -> None:
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` runs
+
+    before = layout.params.read_text(encoding="utf-8")
     assert write_params(layout, tiny_params) == ["evaluate.sample_length", "train.epochs"]
     assert load_params(layout.params) == tiny_params
-    after = layout.params.read_text(encoding="utf-8").splitlines()
-    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
-    assert [new.split("#")[0].strip() for _, new in changed] == ["epochs: 3", "sample_length: 5"]
-    assert "  random: null            # or N: a seeded sample of N configs of the grid" in after
+    by_dvc = tmp_path / "by-dvc" / "params.yaml"
+    by_dvc.parent.mkdir()
+    by_dvc.write_text(before, encoding="utf-8")
+    apply_overrides(str(by_dvc), ["train.epochs=3", "evaluate.sample_length=5"])
+    after = layout.params.read_text(encoding="utf-8")
+    assert after == by_dvc.read_text(encoding="utf-8")
+    changed = [new for old, new in zip(before.splitlines(), after.splitlines(), strict=True) if old != new]
+    assert [line.split("#")[0].strip() for line in changed] == ["epochs: 3", "sample_length: 5"]
     assert write_params(layout, tiny_params) == []
 
 

@@ -140,6 +140,7 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         "corpus_md5": file_md5(layout.corpus),
         "corpus": params.corpus.source,
         "params_sha256": params.digest(),
+        **tracking.dvc_experiment(),
         **(tags or {}),
     }
     name = tracking.run_name(

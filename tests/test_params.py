@@ -123,3 +123,19 @@ def test_the_baseline_floor_needs_test_text(repo_params):
     with pytest.raises(ParamsError, match="registry.must_beat_baseline needs split.test_fraction > 0"):
         with_overrides(repo_params, {"registry.must_beat_baseline": True})
     assert with_overrides(repo_params, {"registry.must_beat_baseline": True, "split.test_fraction": 0.1})
+
+
+@pytest.mark.parametrize("name", ["params.yaml", *(f"benchmarks/configs/{c}.yaml" for c in ("kolaw", "kolaw+kobill"))])
+def test_dvc_exp_run_set_param_changes_only_the_line_it_sets(tmp_path: Path, name: str):
+    """`dvc exp run -S` rewrites the whole file through DVC's YAML writer: the files are written as that
+    writer writes them (block lists, no quotes, empty for null), so a set param is a one-line diff."""
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S/--set-param` runs
+
+    before = (REPO / name).read_text(encoding="utf-8")
+    copy = tmp_path / "params.yaml"
+    copy.write_text(before, encoding="utf-8")
+    apply_overrides(str(copy), ["train.epochs=3"])
+    after = copy.read_text(encoding="utf-8").splitlines()
+    changed = [(old, new) for old, new in zip(before.splitlines(), after, strict=False) if old != new]
+    assert len(before.splitlines()) == len(after)
+    assert [new.split("#")[0].strip() for _, new in changed] == ["epochs: 3"], changed

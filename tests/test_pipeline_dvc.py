@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,8 @@ GIT_ENV = {
 OUTPUT_FOLDERS = ("data", "models", "reports")
 
 
-def sh(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+def sh(*args: str, cwd: Path, ok: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **GIT_ENV, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if ok:
@@ -144,10 +145,12 @@ def test_going_back_to_params_already_run_restores_them_without_training(project
     assert versions(project) == [1, 2]
     edit_params(project, "train", "epochs", 100)
     back = sh("dvc", "repro", cwd=project)
-    assert ran_stages(back.stdout) == ["check"], back.stdout  # the rest came back from the run-cache
+    # The rest came back from the run-cache, except the registration, which the store is asked for.
+    assert ran_stages(back.stdout) == ["check", "register"], back.stdout
     assert "Stage 'train' is cached - skipping run, checking out outputs" in back.stdout
     assert (project / "models" / "model.keras").read_bytes() == model
-    assert json.loads((project / "reports" / "registration.json").read_text())["version"] == "1"
+    registration = json.loads((project / "reports" / "registration.json").read_text())
+    assert (registration["version"], registration["already_registered"]) == ("1", True)
     assert versions(project) == [1, 2]
     assert "up to date" in sh("dvc", "status", cwd=project).stdout
 
@@ -166,6 +169,9 @@ def test_a_fresh_clone_pulls_every_output_and_runs_nothing(project: Path) -> Non
     assert "accuracy" in sh("dvc", "metrics", "show", cwd=clone).stdout
     sh("dvc", "plots", "show", cwd=clone)
     assert "reports/history.csv" in (clone / "dvc_plots" / "index.html").read_text(encoding="utf-8")
+    drawn = json.loads(sh("dvc", "plots", "diff", "--json", cwd=clone).stdout)["data"]
+    files = [plot_id.split("::")[-1] for plot_id in drawn]  # `dvc.yaml::<file>` when dvc.yaml defines it
+    assert sorted(files) == ["reports/fit_history.csv", "reports/history.csv", "reports/loss_accuracy.png"]
     generated = sh(
         "char-rnn",
         "generate",
@@ -187,3 +193,54 @@ def test_a_fresh_clone_pulls_every_output_and_runs_nothing(project: Path) -> Non
     edit_params(clone, "evaluate", "prompt", "알엔엔")  # read by evaluate and register
     assert sorted(ran_stages(sh("dvc", "repro", cwd=clone).stdout)) == ["check", "evaluate", "register"]
     assert versions(clone) == [1]
+
+
+def readme_command(start: str) -> list[str]:
+    """The README's command line that starts with `start` (continued lines joined), as argv."""
+    import shlex
+
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(start))
+    command = lines[first]
+    while command.endswith("\\"):
+        first += 1
+        command = command[:-1] + lines[first]
+    return shlex.split(command)
+
+
+def test_queued_experiments_log_and_register_in_the_project_store(project: Path) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
+    before = versions(project)
+    for epochs in (2, 3):
+        sh("dvc", "exp", "run", "--queue", "-S", f"train.epochs={epochs}", "-n", f"quick-{epochs}", cwd=project)
+    sh("dvc", "queue", "start", "-j", "2", cwd=project)
+    try:
+        for _ in range(300):
+            status = sh("dvc", "queue", "status", cwd=project).stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(1)
+    finally:
+        sh("dvc", "queue", "stop", "--kill", cwd=project, ok=False)
+    assert status.count("Success") == 2, status
+    # Each experiment ran in a copy that DVC deleted, and logged and registered here all the same.
+    registered = {v.tags.get("dvc.exp_name"): v for v in client.search_model_versions("name='char-rnn-seed'")}
+    assert set(registered) - {None} == {"quick-2", "quick-3"} and len(versions(project)) == len(before) + 2
+    for name, version in registered.items():
+        if name:
+            run = client.get_run(version.run_id)
+            assert run.info.run_name.startswith(f"exp {name} · ")
+            assert run.data.tags["dvc.exp_name"] == name and run.data.tags["dvc.exp_baseline_rev"]
+    # The README's view: the experiments, the param that differs, the headline figure, at 120 columns.
+    shown = sh(*readme_command("dvc exp show"), "--no-pager", cwd=project, env={"COLUMNS": "120"}).stdout
+    assert all(len(line) <= 120 for line in shown.splitlines())
+    header = next(line for line in shown.splitlines() if "Experiment" in line).split()
+    assert header == ["Experiment", "bits_per_char", "train.epochs"], shown
+    assert "[quick-2]" in shown and "[quick-3]" in shown and "…" not in shown
+    # Applied and reproduced: nothing reruns, and the record names the version the experiment registered.
+    sh("dvc", "exp", "apply", "quick-3", cwd=project)
+    assert ran_stages(sh("dvc", "repro", cwd=project).stdout) == []
+    record = json.loads((project / "reports" / "registration.json").read_text(encoding="utf-8"))
+    assert record["version"] == str(registered["quick-3"].version)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from char_rnn import tracking
-from char_rnn.layout import Layout
+from char_rnn.layout import Layout, StoreUnreachable
 
 
 def test_the_linked_run_is_the_one_the_stages_log_into(layout: Layout) -> None:
@@ -72,3 +76,31 @@ def test_run_names_differ_where_the_runs_list_cuts_them() -> None:
     small, large = (tracking.run_name("kolaw", "gru", units, 2, 5, 80, "1a2b3c4") for units in (64, 256))
     assert quick[:20] != full[:20] and small[:20] != large[:20], (quick, full, small, large)
     assert full == "100 epochs · simple_rnn(100) · seed · 1a2b3c4"  # and all of what ran is there
+
+
+def test_an_experiment_in_a_dvc_copy_logs_to_the_project_store_or_nowhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dvc exp run --temp/--queue` runs the stages in `<project>/.dvc/tmp/exps/...`, deleted afterwards,
+    and names the project in DVC_ROOT: the store is the project's; without DVC_ROOT, none."""
+    project = tmp_path / "project"
+    copy = project / ".dvc" / "tmp" / "exps" / "standalone" / "tmpabc"
+    copy.mkdir(parents=True)
+    for name in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    assert Layout(project).mlruns == project / "mlruns"
+    with pytest.raises(StoreUnreachable, match="temporary copy that DVC deletes"):
+        _ = Layout(copy).mlruns
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")  # a server: reachable from the copy
+    assert Layout(copy).mlruns == copy / "mlruns"  # only the store's lock lives there then
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.setenv("DVC_ROOT", str(project))
+    assert Layout(copy).mlruns == project / "mlruns"
+    assert Layout(project).mlruns == project / "mlruns"  # `dvc repro` sets DVC_ROOT to the project itself
+    monkeypatch.setenv("DVC_EXP_NAME", "quick-2")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "c3b3161d2b61064e2817a5a5201d20f83ca6e9f0")
+    assert tracking.dvc_experiment() == {
+        "dvc.exp_name": "quick-2",
+        "dvc.exp_baseline_rev": "c3b3161d2b61064e2817a5a5201d20f83ca6e9f0",
+    }
+    assert tracking.run_name("seed", "simple_rnn", 100, 1, 1, 3, "c3b3161").startswith("exp quick-2 · 3 epochs")

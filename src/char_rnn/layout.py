@@ -9,6 +9,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from char_rnn.errors import PipelineError
+
+# Where DVC runs an experiment outside the workspace (`dvc exp run --temp`, `--queue`): a temporary copy
+# of the repository that DVC deletes afterwards. DVC names the repository it belongs to in DVC_ROOT.
+DVC_TEMP_COPIES = (".dvc", "tmp", "exps")
+
+
+class StoreUnreachable(PipelineError):
+    """An experiment in a temporary copy that cannot name the project's MLflow store: nothing is logged
+    or registered into a store that DVC deletes with the copy."""
+
 
 def find_root(start: Path | None = None) -> Path:
     """The project root: `CHAR_RNN_ROOT`, else the nearest folder at or above `start` with params.yaml."""
@@ -19,6 +30,23 @@ def find_root(start: Path | None = None) -> Path:
         if (folder / "params.yaml").is_file():
             return folder
     return here
+
+
+def store_home(root: Path) -> Path:
+    """The folder whose `mlruns/` is the project's MLflow store: `root`, or, for an experiment DVC runs
+    in a temporary copy, the repository DVC_ROOT names (the copy's own store would vanish with it)."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    if dvc_root and Path(dvc_root).resolve() != root.resolve():
+        return Path(dvc_root).resolve()
+    parts = root.resolve().parts
+    in_copy = any(parts[i : i + 3] == DVC_TEMP_COPIES for i in range(len(parts)))
+    if in_copy and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise StoreUnreachable(
+            f"{root} is a temporary copy that DVC deletes after the experiment, and neither DVC_ROOT nor"
+            " MLFLOW_TRACKING_URI names the project's MLflow store: not logging or registering into the"
+            " copy's own store; run the experiment with DVC (`dvc exp run`), which sets DVC_ROOT"
+        )
+    return root
 
 
 def write_atomically(path: Path, content: str | bytes) -> None:
@@ -171,4 +199,5 @@ class Layout:
 
     @property
     def mlruns(self) -> Path:
-        return self.root / "mlruns"
+        """The MLflow store: the project's, also for an experiment in a temporary copy (`store_home`)."""
+        return store_home(self.root) / "mlruns"

@@ -142,6 +142,7 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         "corpus_md5": file_md5(layout.corpus),
         "corpus": params.corpus.source,
         "params_sha256": params.digest(),
+        **tracking.dvc_experiment(),
         **json.loads(os.environ.get(RUN_TAGS, "{}")),  # a driver's, through `dvc repro` (the Prefect flow's)
         **(tags or {}),
     }

@@ -90,18 +90,27 @@ def new_run(mlruns: Path, name: str, tags: dict[str, str]) -> Iterator[Any]:
 
 
 SYSTEM_METRICS_INTERVAL_S = 5.0
+DVC_EXPERIMENT = {"DVC_EXP_NAME": "dvc.exp_name", "DVC_EXP_BASELINE_REV": "dvc.exp_baseline_rev"}
+
+
+def dvc_experiment() -> dict[str, str]:
+    """The DVC experiment this stage runs in (DVC sets both variables for every `dvc exp run`, never for
+    `dvc repro`), as run tags: the run in the MLflow UI and the row of `dvc exp show` find each other."""
+    return {tag: os.environ[name] for name, tag in DVC_EXPERIMENT.items() if os.environ.get(name)}
 
 
 def run_name(corpus: str, cell: str, units: int, layers: int, ensemble: int, epochs: int, commit: str) -> str:
-    """What ran: `80 epochs · gru(256) ×5 · kolaw · 1a2b3c4`.
+    """What ran: `80 epochs · gru(256) ×5 · kolaw · 1a2b3c4`; a DVC experiment's starts `exp <name> ·`.
 
     The runs list shows only the first 20-odd characters of a name, so what most often differs between
-    two runs of one project comes first: the epochs (a quick run beside a full one), then the model's
-    size; the corpus, which changes least, and the commit follow.
+    two runs of one project comes first: the experiment, the epochs (a quick run beside a full one), then
+    the model's size; the corpus, which changes least, and the commit follow.
     """
     size = f"{cell}({units})" + (f" {layers} layers" if layers > 1 else "") + (f" ×{ensemble}" if ensemble > 1 else "")
     epochs_trained = f"{epochs} epoch" + ("s" if epochs != 1 else "")
-    return " · ".join([epochs_trained, size, Path(corpus).stem if "/" in corpus else corpus, commit[:7]])
+    experiment = dvc_experiment().get("dvc.exp_name")
+    parts = [f"exp {experiment}"] if experiment else []
+    return " · ".join([*parts, epochs_trained, size, Path(corpus).stem if "/" in corpus else corpus, commit[:7]])
 
 
 def experiment_url(experiment_id: str, base: str = LOCAL_UI) -> str:
@@ -192,12 +201,13 @@ LINEAGE = (
     "prefect.flow_run_name",
     "prefect.deployment",
     "run_branch",  # a worker's run: the branch of origin with its dvc.lock (pipelines.publish)
+    *DVC_EXPERIMENT.values(),
 )
 
 
 def lineage_tags(run_id: str) -> dict[str, str]:
-    """The run's lineage (corpus, commit, params hash, Prefect flow run and deployment, run branch), to copy
-    onto a version."""
+    """The run's lineage (corpus, commit, params hash, Prefect flow run and deployment, run branch, DVC
+    experiment), to copy onto a version."""
     from mlflow import MlflowClient
 
     tags = MlflowClient().get_run(run_id).data.tags

@@ -44,6 +44,7 @@ from pipelines.versioning import (
 TRAINING = ("train", "refit")  # bounded by the run's training budget; the other stages by STAGE_TIMEOUT_S
 STAGE_TIMEOUT_S = 900.0  # the other stages: minutes at most, even on the full corpus
 GIT_HINTS = ("To track the changes with git", "git add ", "auto staging", "core.autostage")  # DVC's, not ours
+ARTIFACT = "the outcome, one figure per model, MLflow links, what DVC did with each stage, the changed params"
 UP_TO_DATE = "up to date: nothing changed (params, corpus and code as dvc.lock records them)"
 
 TASK_OPTIONS: dict[str, Any] = {
@@ -152,7 +153,7 @@ def _stage(name: str, call: Any, *args: Any, **options: Any) -> Any:
 
 @flow(name="char-rnn", description="dvc.yaml's stages, each a task run through DVC (dvc repro --single-item)")
 def char_rnn_pipeline(
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] = {},  # noqa: B006  a dict default: the custom-run form's editor; never mutated
     root: str | None = None,
     skip_if_unchanged: bool = False,
     train_timeout_s: float = 3600.0,
@@ -179,7 +180,7 @@ def char_rnn_pipeline(
     try:
         with project_lock(layout.lock, f"flow run {flow_run.get_name()}", token=token):
             refuse_while_dvc_repro_runs(layout)
-            return _run(layout, overrides or {}, token, skip_if_unchanged, train_timeout_s, push, push_run_branch)
+            return _run(layout, overrides, token, skip_if_unchanged, train_timeout_s, push, push_run_branch)
     except (StageFailed, ProjectBusy) as exc:
         return Failed(message=str(exc))
 
@@ -202,7 +203,7 @@ def _run(
     logger.info("params: %s", "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()) or "as committed")
     where = str(layout.root)
     if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params).result():
-        create_markdown_artifact(report({}, UP_TO_DATE, changed, layout), key="char-rnn-run", description=UP_TO_DATE)
+        create_markdown_artifact(report({}, UP_TO_DATE, changed, layout), key="char-rnn-run", description=ARTIFACT)
         return Completed(message=UP_TO_DATE)
     branch = None
     if push_run_branch:  # checked now, not after training: a branch naming outputs that nobody can pull
@@ -222,7 +223,7 @@ def _run(
         results["dvc"] = _stage("dvc-push", push_outputs, where).result()
     if branch:
         results["git"] = _stage("git-push", publish, where, branch, commit_message(said, results)).result()
-    create_markdown_artifact(report(results, said, changed, layout), key="char-rnn-run", description=said)
+    create_markdown_artifact(report(results, said, changed, layout), key="char-rnn-run", description=ARTIFACT)
     return Completed(message=said, data=results)
 
 

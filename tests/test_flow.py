@@ -195,6 +195,8 @@ def test_deployment_is_nightly_with_concurrency_limit_one(served: dict[str, Any]
 
 
 def test_run_is_tracked_registered_and_recorded_by_dvc(served: dict[str, Any], runs: dict[str, Any]) -> None:
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
     root, x = served["root"], runs["x"]
     assert x.state.is_completed(), x.state.message
     (run,) = _training_runs(root)
@@ -210,6 +212,10 @@ def test_run_is_tracked_registered_and_recorded_by_dvc(served: dict[str, Any], r
     assert runs["status_after_x"] == {}
     assert lock["train"]["params"]["params.yaml"]["train"]["epochs"] == TINY["train.epochs"]
     assert set(_what_dvc_did(served["client"], x).values()) == {"ran"}  # a fresh project: every stage
+    flt = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[x.id]))
+    [artifact] = served["client"].read_artifacts(artifact_filter=flt)
+    assert artifact.key == "char-rnn-run" and artifact.data.startswith(f"## {x.state.message}\n")
+    assert f"| this run: char-rnn-seed version {version.version} |" in artifact.data
     assert x.state.message == f"char-rnn-seed version {version.version} is champion: {version.tags['gate.reason']}"
     model_md5 = next(out["md5"] for out in lock["refit"]["outs"] if out["path"] == "models/model.keras")
     assert (root.parent / "remote" / "files" / "md5" / model_md5[:2] / model_md5[2:]).is_file()

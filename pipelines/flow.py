@@ -121,9 +121,9 @@ def lineage_tags(branch: str | None = None) -> dict[str, str]:
     }
 
 
-def resolve_params(layout: Layout, params: Params | None, overrides: dict[str, Any] | None) -> Params:
-    """params.yaml unless given, then dotted overrides, validated exactly as the file is."""
-    return with_overrides(params if params is not None else load_params(layout.params), overrides or {})
+def resolve_params(layout: Layout, overrides: dict[str, Any]) -> Params:
+    """params.yaml, then dotted overrides, validated exactly as the file is."""
+    return with_overrides(load_params(layout.params), overrides)
 
 
 def committed_params(layout: Layout) -> Params | None:
@@ -198,7 +198,7 @@ def _run(
     _stage("setup", require_dvc_project, layout)
     # Which code runs: a work-pool worker's clone, or a developer's working copy.
     logger.info("code: pipelines from %s, char_rnn from %s", CODE_DIR, Path(char_rnn.__file__).parent)
-    run_params = _stage("params", resolve_params, layout, None, overrides)
+    run_params = _stage("params", resolve_params, layout, overrides)
     changed = params_diff(run_params, committed_params(layout))
     logger.info("params: %s", "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()) or "as committed")
     where = str(layout.root)

@@ -78,9 +78,9 @@ def test_a_write_the_machine_refuses_for_good_is_not_retried_and_says_so_in_one_
 
 
 def test_overrides_are_validated_like_params_yaml(layout: Layout) -> None:
-    assert resolve_params(layout, None, {"train.epochs": 2}).train.epochs == 2
+    assert resolve_params(layout, {"train.epochs": 2}).train.epochs == 2
     with pytest.raises(ParamsError, match="train.epochs"):
-        resolve_params(layout, None, {"train.epochs": 0})
+        resolve_params(layout, {"train.epochs": 0})
 
 
 def test_run_params_are_written_into_params_yaml_as_dvc_exp_run_set_param_writes_them(

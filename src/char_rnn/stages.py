@@ -123,7 +123,7 @@ def baseline(params: Params, layout: Layout) -> Summary:
     return {**result, "summary": summary}
 
 
-def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) -> Summary:
+def train(params: Params, layout: Layout) -> Summary:
     """Fit the RNN(s) on the training text, seeded and deterministic; open the MLflow run, log every epoch."""
     import mlflow
 
@@ -144,7 +144,6 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         "params_sha256": params.digest(),
         **tracking.dvc_experiment(),
         **json.loads(os.environ.get(RUN_TAGS, "{}")),  # a driver's, through `dvc repro` (the Prefect flow's)
-        **(tags or {}),
     }
     name = tracking.run_name(
         params.corpus.source, model.cell.value, model.units, model.layers, model.ensemble, params.train.epochs, commit

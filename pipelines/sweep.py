@@ -195,13 +195,13 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def trial_row(trial: Trial, experiment: str, future: PrefectFuture, metric: Metric) -> dict[str, Any]:
-    """One line of the summary: the experiment, overrides, status, metric and times; a failure says why."""
+def trial_row(trial: Trial, experiment: str, state: State, metric: Metric) -> dict[str, Any]:
+    """One line of the summary: the experiment, overrides, status, metric (on the text configs are chosen
+    on) and times; a failure says why."""
     row: dict[str, Any] = {"trial": trial.name, "experiment": experiment, **trial.overrides}
-    future.wait()
-    if not future.state.is_completed():
-        return {**row, "status": "failed", "error": str(future.state.message or future.state.name)[:500]}
-    result = future.result()
+    if not state.is_completed():
+        return {**row, "status": "failed", "error": str(state.message or state.name)[:500]}
+    result = state.result()
     value = chosen_on(result["metrics"]).get(metric.value)
     row.update(
         started=result["started"],
@@ -211,6 +211,11 @@ def trial_row(trial: Trial, experiment: str, future: PrefectFuture, metric: Metr
     if not _finite(value):
         return {**row, "status": "failed", "error": f"{metric.value} is {value!r}"}
     return {**row, "status": "ok", metric.value: float(value)}
+
+
+def finished(future: PrefectFuture) -> State:
+    future.wait()
+    return future.state
 
 
 def pick_best(rows: list[dict[str, Any]], metric: Metric) -> dict[str, Any] | None:
@@ -276,7 +281,7 @@ def _sweep(
     configs = [{**overrides, **trial.overrides} for trial in trials]
     futures = run_trial.map(names, configs, unmapped(root), unmapped(store), unmapped(timeout_s))
     metric = base.registry.metric
-    rows = [trial_row(trial, name, future, metric) for trial, name, future in zip(trials, names, futures)]
+    rows = [trial_row(trial, name, finished(future), metric) for trial, name, future in zip(trials, names, futures)]
     for row in rows:
         if row["status"] != "ok":
             logger.warning("trial %s failed and is skipped: %s", row["experiment"], row["error"])

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,8 @@ def dvc(root: str, *args: str, store: str | None = None, timeout_s: float | None
     try:
         output, _ = process.communicate(timeout=timeout_s)
     except BaseException as exc:
-        os.killpg(process.pid, signal.SIGKILL)
+        with suppress(ProcessLookupError):  # gone already
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         if isinstance(exc, subprocess.TimeoutExpired):
             raise ExperimentFailed(f"dvc {' '.join(args[:2])} ran past {timeout_s:.0f} s and was stopped") from None
@@ -126,8 +128,9 @@ def run_trial(
 )
 def register_best(experiment: str, overrides: dict[str, Any], root: str, store: str | None) -> dict[str, Any]:
     """The whole pipeline once more with the winner's overrides, as an experiment that replaces the
-    winner's: all but `register` from the run-cache. Refused, before the winner is replaced, when the
-    evaluated files differ (the workspace changed during the sweep: a new baseline retrained)."""
+    winner's: all but `register` from the run-cache. When it evaluated other files than the winner did
+    (the workspace changed during the sweep, so stages ran anew), what it registered is not what was
+    ranked: the winner is left as it was and the sweep fails saying so."""
     staged = f"{experiment}-registering"
     dvc(root, "exp", "run", "--temp", "-n", staged, *set_params(overrides), store=store)
     if evaluated(root, staged) != evaluated(root, experiment):
@@ -292,7 +295,7 @@ def _sweep(
         if best is None:
             raise SweepFailed(f"all {len(rows)} trials failed; nothing registered")
         winner = configs[names.index(best["experiment"])]
-        state = register_best(best["experiment"], winner, root, store, return_state=True)
+        state = finished(register_best.submit(best["experiment"], winner, root, store))  # on the runner too
         if not state.is_completed():
             raise SweepFailed(f"registering {best['experiment']} failed: {state.message or state.name}")
         registration = state.result()

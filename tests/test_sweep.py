@@ -75,6 +75,8 @@ def project(tmp_path: Path, migrated_store: Path, monkeypatch: pytest.MonkeyPatc
     params["train"]["epochs"], params["evaluate"]["sample_length"] = 2, 5
     (root / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
     git(root, "commit", "-qam", "tiny")
+    for key, value in (("user.name", "sweep test"), ("user.email", "sweep@localhost")):
+        git(root, "config", key, value)  # DVC commits each experiment, whatever the machine's git config
     shutil.copy(migrated_store, root / "mlruns" / "mlflow.db")  # git-ignored; saves the migrations
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return root

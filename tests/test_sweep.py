@@ -130,11 +130,26 @@ def test_a_sweep_runs_each_config_as_a_dvc_experiment_and_registers_the_best(pro
     assert (registration["version"], registration["alias"]) == (str(champion.version), "champion")
 
 
-def test_a_failed_dvc_command_says_what_dvc_said(tmp_path: Path) -> None:
+def test_a_failed_or_overdue_dvc_command_says_what_happened(tmp_path: Path) -> None:
     from pipelines.sweep import ExperimentFailed, dvc
 
     with pytest.raises(ExperimentFailed, match=r"dvc exp run exited with \d+: .*not inside of a DVC repository"):
         dvc(str(tmp_path), "exp", "run", "--temp")
+    with pytest.raises(ExperimentFailed, match=r"dvc exp run ran past 0 s and was stopped"):
+        dvc(str(tmp_path), "exp", "run", "--temp", timeout_s=0.1)  # DVC alone takes longer to start
+
+
+def test_the_winner_is_not_replaced_by_a_rerun_that_evaluated_other_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering reruns the winner's overrides on the workspace as it is now: if that evaluated other
+    files (the workspace changed during the sweep), what it registered is not what won, and the sweep says so."""
+    from pipelines import sweep
+
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(sweep, "dvc", lambda root, *args, **options: calls.append(args[:2]) or "")
+    monkeypatch.setattr(sweep, "evaluated", lambda root, experiment: {"outs": experiment})  # each its own
+    with pytest.raises(sweep.SweepFailed, match="experiment s-01-registering did not evaluate what s-01 did"):
+        sweep.register_best.fn("s-01", {"model.units": 8}, "/project", None)
+    assert calls == [("exp", "run")]  # and no `exp rename`: the winner's experiment is left as it was
 
 
 def test_a_trial_is_scored_on_the_validation_text_and_a_failed_one_says_why(tiny_params: Params) -> None:

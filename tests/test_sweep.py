@@ -7,6 +7,8 @@ MLflow store) in a fresh git + DVC project on the blog's sentence with two epoch
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 import subprocess
@@ -87,11 +89,18 @@ def git(root: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True, check=True).stdout
 
 
+def experiments(root: Path) -> dict[str, str]:
+    """The experiments `dvc exp show` lists (running ones too), each with its model.units."""
+    command = [BIN / "dvc", "exp", "show", "--csv", "--keep", r"^(Experiment|model\.units)$", "--drop", ".*"]
+    shown = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
+    return {row["Experiment"]: row["model.units"] for row in csv.DictReader(io.StringIO(shown)) if row["Experiment"]}
+
+
 @pytest.mark.integration  # real dvc, Prefect's temporary server, two experiments at once
 def test_a_sweep_runs_each_config_as_a_dvc_experiment_and_registers_the_best(project: Path) -> None:
     from mlflow import MlflowClient
 
-    from pipelines.sweep import read_json, run_sweep
+    from pipelines.sweep import ExperimentFailed, dvc, read_json, run_sweep
 
     result = run_sweep(parse_spec(SPEC), root=str(project), sweep_id="s1", train_timeout_s=600)
 
@@ -101,12 +110,7 @@ def test_a_sweep_runs_each_config_as_a_dvc_experiment_and_registers_the_best(pro
     # One experiment per config, listed by DVC, with its param; nothing ran in the workspace.
     names = {row["experiment"]: row["model.units"] for row in rows}
     assert set(names) == {"s1-00-units=8-cell=gru", "s1-01-units=16-cell=gru"}
-    shown = subprocess.run(
-        [BIN / "dvc", "exp", "show", "--csv", "--keep", r"^(Experiment|model\.units)$", "--drop", ".*"],
-        cwd=project, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    listed = [line.split(",") for line in shown.splitlines()[1:] if line.startswith("s1-")]
-    assert {name: int(units) for name, units in listed} == names, shown
+    assert {name: int(units) for name, units in experiments(project).items() if name.startswith("s1-")} == names
     assert git(project, "status", "--porcelain") == "" and not (project / "models").exists()
     # One MLflow run per trial in the project's store, tagged with its experiment, under the sweep's run.
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlruns' / 'mlflow.db'}")
@@ -128,6 +132,11 @@ def test_a_sweep_runs_each_config_as_a_dvc_experiment_and_registers_the_best(pro
     assert len(client.search_model_versions("name='char-rnn-seed'")) == 1
     registration = read_json(str(project), best["experiment"], "reports/registration.json")
     assert (registration["version"], registration["alias"]) == (str(champion.version), "champion")
+    # A trial past its time budget is stopped as Ctrl-C stops it: no temporary copy, no experiment left.
+    with pytest.raises(ExperimentFailed, match="ran past 8 s"):
+        dvc(str(project), "exp", "run", "--temp", "-n", "s1-late", "-S", "train.epochs=5000", timeout_s=8)
+    assert not list((project / ".dvc" / "tmp" / "exps").glob("*/tmp*"))
+    assert "s1-late" not in experiments(project)
 
 
 def test_a_failed_or_overdue_dvc_command_says_what_happened(tmp_path: Path) -> None:

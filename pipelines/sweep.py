@@ -228,6 +228,7 @@ def trial_row(trial: Trial, experiment: str, state: State, metric: Metric) -> di
 
 
 def finished(future: PrefectFuture) -> State:
+    """The task's final state: a failed trial is a row that says why, not an exception."""
     future.wait()
     return future.state
 
@@ -312,12 +313,16 @@ def _sweep(
         registration = state.result()
     finally:
         close_summary(parent_id, registration)
-    logger.info(
-        "best: experiment %s (%s=%s); %s version %s is %s", best["experiment"], metric.value, best[metric.value],
-        registration["model_name"], registration["version"], registration.get("alias", "registered already"),
-    )  # fmt: skip
-    return {"sweep_id": sweep_id, "experiment": best["experiment"], "summary_run_id": parent_id, "trials": rows,
-            "best": best, "register": registration}  # fmt: skip
+    outcome = f"{registration['model_name']} version {registration['version']}"
+    logger.info("best: experiment %s (%s=%s); %s", best["experiment"], metric.value, best[metric.value], outcome)
+    return {
+        "sweep_id": sweep_id,
+        "experiment": best["experiment"],
+        "summary_run_id": parent_id,
+        "trials": rows,
+        "best": best,
+        "register": registration,
+    }
 
 
 def run_sweep(spec: SweepParams, task_runner: TaskRunner | None = None, **kwargs: Any) -> Any:

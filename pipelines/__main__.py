@@ -77,16 +77,19 @@ def sweep(
     ),
     root: Path | None = RootOption,
     set_: list[str] = typer.Option([], "--set", help="override a base param for every trial (repeatable)"),
-    sweep_id: str | None = typer.Option(None, help="folder name under sweeps/ (default: time + random suffix)"),
-    train_timeout_s: float = TimeoutOption,
+    sweep_id: str | None = typer.Option(
+        None, help="names the trials' DVC experiments <sweep-id>-<trial> (default: time + random suffix)"
+    ),
+    train_timeout_s: float = typer.Option(3600.0, help="each trial's time budget in seconds; it is stopped after it"),
     dask: str | None = typer.Option(
         None, help="a Dask scheduler's address (tcp://host:8786): trials run on its workers instead of here"
     ),
 ) -> None:
-    """Train every config of a sweep spec, several at once, and register the best (champion or challenger)."""
+    """Run every config of a sweep spec as a DVC experiment, several at once; register the best (champion
+    or challenger). Every config is validated before the first one runs."""
     from char_rnn.layout import Layout
     from char_rnn.params import ParamsError
-    from pipelines.sweep import run_sweep
+    from pipelines.sweep import plan, run_sweep
     from pipelines.sweep_spec import load_spec
 
     task_runner = None
@@ -95,16 +98,19 @@ def sweep(
 
         task_runner = DaskTaskRunner(address=dask)
 
+    overrides = _overrides(set_)
     try:
-        sweep_spec = load_spec(spec or (Layout(root.resolve()) if root else Layout.discover()).params)
+        layout = Layout(root.resolve()) if root else Layout.discover()
+        sweep_spec = load_spec(spec or layout.params)
+        plan(layout, sweep_spec, overrides)
     except ParamsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     state = run_sweep(
         sweep_spec,
         task_runner=task_runner,
-        overrides=_overrides(set_),
-        root=str(root) if root else None,
+        overrides=overrides,
+        root=str(layout.root),
         sweep_id=sweep_id,
         train_timeout_s=train_timeout_s,
         return_state=True,

@@ -1,33 +1,38 @@
-"""The sweep flow `char-rnn-sweep`: train several configs side by side, register the best one.
+"""The sweep flow `char-rnn-sweep`: every config of a sweep spec is a DVC experiment; the best is registered.
 
-ingest → window → validate → baseline run once, in this process; then every config of the sweep
-spec (`pipelines.sweep_spec`) is trained, tuned, refitted and evaluated as one mapped task, at most `max_parallel` at
-once through the flow's task runner (`ThreadPoolTaskRunner(max_workers=max_parallel)`; `run_sweep`
-sets it). Each trial runs its TensorFlow work in its own worker process, because Keras' seeding and
-op determinism are process-global, and writes into its own `sweeps/<sweep-id>/<trial>/` folder
-(`Layout.for_run`), while data, baseline and the MLflow store stay shared under the project root.
+A trial is `dvc exp run --temp -n <sweep-id>-<trial> -S <key>=<value>... evaluate`: DVC copies the
+project into a temporary folder, runs the pipeline there up to `evaluate` (never `register`: only the
+best is registered), keeps the result as one of the project's experiments (`dvc exp show` lists it; its
+outputs are in DVC's cache and run-cache) and deletes the copy. The workspace is never written, so a
+sweep cannot overwrite what a `dvc repro` or a flow run there is using. The train stage logs each trial
+to the project's MLflow store, tagged with the experiment's name (`char_rnn.layout.store_home`).
 
-MLflow: the flow opens one parent run; each trial's training run is nested under it (tag
-`mlflow.parentRunId`), and the parent gets the trial table, the per-trial metric and the best trial.
-The best trial by `registry.metric` on the validation text (lower wins, except accuracy; the test text
-chooses nothing, and without held-out text the memorised figure) is then registered, alone: it
-becomes challenger, or champion when it beats the current champion (`char_rnn.registry`). A failed
-trial (NaN loss, time budget) is reported and skipped; the sweep fails only when every trial fails.
+The trials are Prefect tasks, at most `max_parallel` at once: here through a thread pool, each thread
+waiting on its `dvc exp run`; on a Dask cluster (`--dask`, prefect-dask's `DaskTaskRunner`) on the Dask
+workers, which must see the project at the same path. Not DVC's own queue (`--queue` + `dvc queue
+start`): that queue is the project's, shared with experiments a person queued, which `dvc queue start`
+would run too and `dvc queue stop --kill` would kill; a task keeps its trial's exit status and output,
+and the same task runs on Dask.
 
-On a Dask cluster (`python -m pipelines sweep --dask tcp://scheduler:8786`: prefect-dask's
-`DaskTaskRunner`), the trials run on the Dask workers, each still in its own worker process there.
-They read the data stages' files and write their folders under the project root, which every Dask
-worker must see at the same path (a shared file system), and they log to the MLflow store this flow
-logs to (its URI is handed to each trial, whatever the Dask worker's own environment says). The
-scheduler and the workers import this package from a checkout of the same commit (docs/team.md).
+The trials are ranked by `registry.metric` on the validation text (`chosen_on`: the test text chooses
+nothing). The best one's overrides then run once more as an experiment of the whole pipeline: every
+stage comes back from DVC's run-cache (the same files, the same MLflow run) except `register`, which
+dvc.yaml keeps out of the run-cache and which asks the store through the same gate as `dvc repro`. That
+experiment takes the winning trial's name (`dvc exp rename -f`): one experiment per config, the winner's
+with its registration. The sweep's own MLflow run holds the trial table; the trials' runs nest under it.
 
 No `from __future__ import annotations` here: Prefect reads the flow's annotations at run time.
 """
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -39,136 +44,180 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from char_rnn.errors import PipelineError
 from char_rnn.evaluation import chosen_on
+from char_rnn.heldout import by_text
 from char_rnn.layout import Layout
-from char_rnn.params import Metric, Params, SweepParams
-from char_rnn.tracking import tracking_uri
-from pipelines.failures import StageFailed, retry_if_transient
-from pipelines.flow import (
-    IN_FLOW_PROCESS,
-    IN_WORKER,
-    STAGE_TIMEOUT_S,
-    TRAINING,
-    _stage,
-    lineage_tags,
-    resolve_params,
-    run_stage,
-)
+from char_rnn.params import Metric, Params, ParamsError, SweepParams, load_params, with_overrides
+from pipelines.failures import retry_if_transient
 from pipelines.sweep_spec import Trial, plan_trials
-from pipelines.worker import ModelWorker
 
 SUMMARY_ARTIFACT = "sweep/trials.json"
-# Each trial: train, then these in its own folder (register runs for the best trial only).
-TRIAL_STAGES = tuple(name for name in IN_WORKER if name not in ("train", "register"))
+TRIAL_TARGET = "evaluate"  # a trial's last stage: what ranking and registering need, no registration
+OUTPUT_TAIL = 12  # lines of a failed `dvc exp run`'s output that its error keeps
 
 
-class AllTrialsFailed(PipelineError):
-    """No trial produced a finite metric: there is nothing to register."""
+class ExperimentFailed(Exception):
+    """A `dvc exp run` that failed; the message ends with its output's last lines. Not a PipelineError:
+    retried when that output says the failure was transient (a busy lock or database)."""
 
 
-# ---- tasks ---------------------------------------------------------------------------------------
+class SweepFailed(PipelineError):
+    """No trial produced a finite metric, or the best one could not be registered."""
+
+
+# ---- DVC ------------------------------------------------------------------------------------------
+
+
+def dvc(root: str, *args: str, store: str | None = None, timeout_s: float | None = None) -> str:
+    """Run this environment's `dvc` in `root`, its bin folder first on PATH (DVC runs `char-rnn <stage>`
+    from PATH); `store`: the MLflow tracking URI the stages log to. The whole process group is stopped
+    (`stop`) when time runs out or this call is interrupted, so no stage outlives its trial."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_TRACKING_URI", None)  # a Dask worker's own: the trials log where the sweep reads
+    if store:
+        env["MLFLOW_TRACKING_URI"] = store
+    command = [str(bin_dir / "dvc"), *args]
+    process = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except BaseException as exc:
+        stop(process)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise ExperimentFailed(f"dvc {' '.join(args[:2])} ran past {timeout_s:.0f} s and was stopped") from None
+        raise
+    if process.returncode != 0:
+        tail = [line for line in output.splitlines() if line.strip()][-OUTPUT_TAIL:]
+        raise ExperimentFailed(f"dvc {' '.join(args[:2])} exited with {process.returncode}: " + " | ".join(tail))
+    return output
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Ctrl-C to the whole group, as in a terminal: DVC stops its stages, deletes its temporary copy and
+    records no experiment (measured: 2-3 s; a SIGKILL leaves the copy and a 'Running' row in `dvc exp
+    show`); whatever of the group is left after `grace_s` is killed."""
+    with suppress(ProcessLookupError):  # gone already
+        os.killpg(process.pid, signal.SIGINT)
+    with suppress(subprocess.TimeoutExpired):
+        process.communicate(timeout=grace_s)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def set_params(overrides: dict[str, Any]) -> list[str]:
+    """`-S key=value` for each override, the value as JSON: Hydra's override grammar reads it back as
+    the same number, bool, null, list or (quoted) string."""
+    return [arg for key, value in overrides.items() for arg in ("-S", f"{key}={json.dumps(value, ensure_ascii=False)}")]
+
+
+def read_json(root: str, experiment: str, path: str) -> Any:
+    """A file as the experiment left it (from git, or DVC's cache for a cached output)."""
+    import dvc.api
+
+    return json.loads(dvc.api.read(path, repo=root, rev=experiment))
+
+
+# ---- tasks ----------------------------------------------------------------------------------------
 
 
 @task(name="trial", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient)
 def run_trial(
-    trial: Trial, root: str, sweep_dir: str, tags: dict[str, str], timeout_s: float, tracking_uri: str
+    experiment: str, overrides: dict[str, Any], root: str, store: str | None, timeout_s: float
 ) -> dict[str, Any]:
-    """Train and evaluate one config in its own process and folder; returns its run id, metrics, times."""
-    run_dir = Path(sweep_dir) / trial.name
+    """One config as the experiment `experiment`, up to evaluate; returns its held-out figures and times."""
     started = time.time()
-    with ModelWorker(Path(root), run_dir, {"MLFLOW_TRACKING_URI": tracking_uri}) as trial_worker:
-        trained = trial_worker.call("train", trial.params, timeout_s, {**tags, "sweep.trial": trial.name})
-        results = {
-            stage: trial_worker.call(stage, trial.params, timeout_s if stage in TRAINING else STAGE_TIMEOUT_S)
-            for stage in TRIAL_STAGES
-        }
-    metrics = results["evaluate"]
-    return {
-        "run_id": trained["run_id"],
-        "run_dir": str(run_dir),
-        "metrics": metrics,
-        "started": started,
-        "finished": time.time(),
-    }
+    run = ("exp", "run", "--temp", "-n", experiment, *set_params(overrides), TRIAL_TARGET)
+    dvc(root, *run, store=store, timeout_s=timeout_s)
+    metrics = by_text(read_json(root, experiment, "reports/metrics.json"))
+    return {"metrics": metrics, "started": started, "finished": time.time()}
 
 
 @task(
-    name="register-best", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_if_transient
+    name="register-best", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient
 )
-def register_best(trial: Trial, root: str, run_dir: str, tracking_uri: str) -> dict[str, Any]:
-    """The `register` stage for the winning trial only: champion if it beats the champion, else challenger."""
-    with ModelWorker(Path(root), Path(run_dir), {"MLFLOW_TRACKING_URI": tracking_uri}) as trial_worker:
-        return trial_worker.call("register", trial.params, STAGE_TIMEOUT_S)
+def register_best(experiment: str, overrides: dict[str, Any], root: str, store: str | None) -> dict[str, Any]:
+    """The whole pipeline once more with the winner's overrides, as an experiment that replaces the
+    winner's: all but `register` from the run-cache. When it evaluated other files than the winner did
+    (the workspace changed during the sweep, so stages ran anew), what it registered is not what was
+    ranked: the winner is left as it was and the sweep fails saying so."""
+    staged = f"{experiment}-registering"
+    dvc(root, "exp", "run", "--temp", "-n", staged, *set_params(overrides), store=store)
+    if evaluated(root, staged) != evaluated(root, experiment):
+        raise SweepFailed(
+            f"experiment {staged} did not evaluate what {experiment} did (the workspace changed during the"
+            " sweep?): its registration is not the winner's; compare them with `dvc exp diff`"
+        )
+    dvc(root, "exp", "rename", "-f", staged, experiment)
+    return read_json(root, experiment, "reports/registration.json")
 
 
-# ---- MLflow parent run ---------------------------------------------------------------------------
+def evaluated(root: str, experiment: str) -> Any:
+    """The evaluate stage's record in the experiment's dvc.lock: its code, params, inputs and outputs."""
+    import dvc.api
+    import yaml
+
+    return yaml.safe_load(dvc.api.read("dvc.lock", repo=root, rev=experiment))["stages"]["evaluate"]
 
 
-def open_parent_run(layout: Layout, sweep_id: str, spec: SweepParams, trials: list[Trial]) -> str:
-    """The parent run that every trial's training run nests under; returns its id."""
+# ---- MLflow summary -------------------------------------------------------------------------------
+
+
+def log_summary(
+    layout: Layout, sweep_id: str, spec: SweepParams, rows: list[dict[str, Any]], best: dict[str, Any] | None
+) -> str:
+    """The sweep's run: its spec, the trial table and the winner; each trial's run (found by its
+    experiment's name) nests under it and is tagged with the sweep. Fills in each row's run_id."""
     from mlflow import MlflowClient
 
     from char_rnn.tracking import connect
 
     experiment_id = connect(layout.mlruns)  # first: a client reads the store's URI when it is made
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags={"sweep.id": sweep_id, **lineage_tags()})
-    params = {
-        "sweep.max_parallel": spec.max_parallel,
-        "sweep.trials": len(trials),
-        "sweep.random": spec.random,
-        "sweep.seed": spec.seed,
-        **{f"sweep.grid.{key}": json.dumps(values) for key, values in spec.grid.items()},
-    }
-    for key, value in params.items():
-        client.log_param(run.info.run_id, key, value)
-    client.log_dict(run.info.run_id, spec.model_dump(mode="json"), "sweep/spec.json")
-    return run.info.run_id
-
-
-def log_summary(parent_id: str, rows: list[dict[str, Any]], metric: Metric, best: dict[str, Any] | None) -> None:
-    """The trial table as an artifact, each trial's metric as a step of one chart, the winner as tags."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
+    parent = client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags={"sweep.id": sweep_id}).info.run_id
+    for row in rows:
+        found = client.search_runs([experiment_id], f"tags.`dvc.exp_name` = '{row['experiment']}'", max_results=1)
+        row["run_id"] = found[0].info.run_id if found else None
+        tags = {"mlflow.parentRunId": parent, "sweep.id": sweep_id, "sweep.trial": row["trial"]} if found else {}
+        for key, value in tags.items():
+            client.set_tag(row["run_id"], key, value)
+    client.log_dict(parent, spec.model_dump(mode="json"), "sweep/spec.json")
     columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "trial", k))
-    client.log_table(parent_id, {col: [row.get(col) for row in rows] for col in columns}, SUMMARY_ARTIFACT)
-    for step, row in enumerate(rows, start=1):
-        if _finite(row.get(metric.value)):
-            client.log_metric(parent_id, f"sweep/{metric.value}", row[metric.value], step=step)
-    client.set_tag(parent_id, "sweep.failed_trials", str(sum(row["status"] != "ok" for row in rows)))
+    client.log_table(parent, {col: [row.get(col) for row in rows] for col in columns}, SUMMARY_ARTIFACT)
+    client.set_tag(parent, "sweep.failed_trials", str(sum(row["status"] != "ok" for row in rows)))
     if best is not None:
-        client.log_metric(parent_id, f"sweep/best_{metric.value}", best[metric.value])
-        client.set_tag(parent_id, "sweep.best_trial", best["trial"])
-        client.set_tag(parent_id, "sweep.best_run_id", best["run_id"])
+        client.set_tag(parent, "sweep.best_experiment", best["experiment"])
+        client.set_tag(parent, "sweep.best_run_id", str(best["run_id"]))
+    return parent
 
 
-def close_parent_run(parent_id: str, status: str, registration: dict[str, Any] | None = None) -> None:
+def close_summary(parent_id: str, registration: dict[str, Any] | None) -> None:
     from mlflow import MlflowClient
 
     client = MlflowClient()
     for key, value in (registration or {}).items():
-        client.set_tag(parent_id, f"sweep.registered.{key}", str(value))
-    client.set_terminated(parent_id, status=status)
+        if key != "gate":
+            client.set_tag(parent_id, f"sweep.registered.{key}", str(value))
+    client.set_terminated(parent_id, status="FINISHED" if registration else "FAILED")
 
 
-# ---- picking the best ----------------------------------------------------------------------------
+# ---- picking the best -----------------------------------------------------------------------------
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def trial_row(trial: Trial, future: PrefectFuture, metric: Metric) -> dict[str, Any]:
-    """One line of the summary: the overrides, status, metric and times; a failure keeps its reason."""
-    row: dict[str, Any] = {"trial": trial.name, **trial.overrides}
-    future.wait()
-    if not future.state.is_completed():
-        return {**row, "status": "failed", "error": str(future.state.message or future.state.name)[:500]}
-    result = future.result()
+def trial_row(trial: Trial, experiment: str, state: State, metric: Metric) -> dict[str, Any]:
+    """One line of the summary: the experiment, overrides, status, metric (on the text configs are chosen
+    on) and times; a failure says why."""
+    row: dict[str, Any] = {"trial": trial.name, "experiment": experiment, **trial.overrides}
+    if not state.is_completed():
+        return {**row, "status": "failed", "error": str(state.message or state.name)[:500]}
+    result = state.result()
     value = chosen_on(result["metrics"]).get(metric.value)
     row.update(
-        run_id=result["run_id"],
-        run_dir=result["run_dir"],
         started=result["started"],
         finished=result["finished"],
         seconds=round(result["finished"] - result["started"], 1),
@@ -176,6 +225,12 @@ def trial_row(trial: Trial, future: PrefectFuture, metric: Metric) -> dict[str, 
     if not _finite(value):
         return {**row, "status": "failed", "error": f"{metric.value} is {value!r}"}
     return {**row, "status": "ok", metric.value: float(value)}
+
+
+def finished(future: PrefectFuture) -> State:
+    """The task's final state: a failed trial is a row that says why, not an exception."""
+    future.wait()
+    return future.state
 
 
 def pick_best(rows: list[dict[str, Any]], metric: Metric) -> dict[str, Any] | None:
@@ -191,18 +246,23 @@ def new_sweep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-# ---- the flow ------------------------------------------------------------------------------------
+def plan(layout: Layout, spec: SweepParams, overrides: dict[str, Any] | None) -> tuple[Params, list[Trial]]:
+    """params.yaml with the base overrides, then every trial's config, all validated before any trial runs."""
+    base = with_overrides(load_params(layout.params), overrides or {})
+    return base, plan_trials(base, spec)
+
+
+# ---- the flow -------------------------------------------------------------------------------------
 
 
 @flow(
     name="char-rnn-sweep",
-    description="ingest → window → validate → baseline once, then train → tune → refit → evaluate per config"
-    " in parallel; register the best",
+    description="every config of the sweep spec as a DVC experiment (dvc exp run --temp) up to evaluate,"
+    " in parallel; the best by the validation text registered",
     task_runner=ThreadPoolTaskRunner(max_workers=2),
 )
 def char_rnn_sweep(
     spec: SweepParams,
-    params: Params | None = None,
     overrides: dict[str, Any] | None = None,
     root: str | None = None,
     sweep_id: str | None = None,
@@ -210,75 +270,55 @@ def char_rnn_sweep(
 ) -> dict[str, Any] | State:
     """Run the sweep `spec` on the project at `root` (default: the one around the working directory).
 
-    Call it through `run_sweep`, which sizes the task runner to `spec.max_parallel` (the decorator's
-    runner runs two at once). params/overrides: the base config, as in the `char-rnn` flow; every
-    trial's overrides go on top and are all validated before the first stage runs.
+    Call it through `run_sweep`, which sizes the task runner to `spec.max_parallel`. overrides: dotted
+    keys set for every trial on top of params.yaml (as `-S`); train_timeout_s: each trial's time budget.
     """
     layout = Layout(Path(root).resolve()) if root else Layout.discover()
     try:
-        return _sweep(spec, layout, params, overrides, sweep_id, train_timeout_s)
-    except StageFailed as exc:
+        base, trials = plan(layout, spec, overrides)
+        return _sweep(spec, layout, base, trials, overrides or {}, sweep_id or new_sweep_id(), train_timeout_s)
+    except (ParamsError, SweepFailed) as exc:
         return Failed(message=str(exc))
 
 
 def _sweep(
     spec: SweepParams,
     layout: Layout,
-    params: Params | None,
-    overrides: dict[str, Any] | None,
-    sweep_id: str | None,
-    train_timeout_s: float,
+    base: Params,
+    trials: list[Trial],
+    overrides: dict[str, Any],
+    sweep_id: str,
+    timeout_s: float,
 ) -> dict[str, Any]:
     logger = get_run_logger()
-    base = _stage("params", resolve_params, layout, params, overrides)
-    trials = _stage("sweep spec", plan_trials, base, spec)
-    where = str(layout.root)
-    results: dict[str, Any] = {
-        stage: _stage(stage, run_stage.with_options(name=stage), stage, where, base) for stage in IN_FLOW_PROCESS
-    }
-    sweep_id = sweep_id or new_sweep_id()
-    sweep_dir = layout.root / "sweeps" / sweep_id
-    parent_id = _stage("mlflow", open_parent_run, layout, sweep_id, spec, trials)
-    store = tracking_uri(layout.mlruns)  # the trials log where the parent run is, on whichever machine
-    status = "FAILED"
+    root, store = str(layout.root), os.environ.get("MLFLOW_TRACKING_URI")  # handed to Dask workers as is
+    names = [f"{sweep_id}-{trial.name}" for trial in trials]
+    configs = [{**overrides, **trial.overrides} for trial in trials]
+    futures = run_trial.map(names, configs, unmapped(root), unmapped(store), unmapped(timeout_s))
+    metric = base.registry.metric
+    rows = [trial_row(trial, name, finished(future), metric) for trial, name, future in zip(trials, names, futures)]
+    for row in rows:
+        if row["status"] != "ok":
+            logger.warning("trial %s failed and is skipped: %s", row["experiment"], row["error"])
+    best = pick_best(rows, metric)
+    parent_id = log_summary(layout, sweep_id, spec, rows, best)
+    registration = None
     try:
-        tags = {"mlflow.parentRunId": parent_id, "sweep.id": sweep_id, **lineage_tags()}
-        futures = run_trial.map(
-            trials,
-            root=unmapped(where),
-            sweep_dir=unmapped(str(sweep_dir)),
-            tags=unmapped(tags),
-            timeout_s=unmapped(train_timeout_s),
-            tracking_uri=unmapped(store),
-        )
-        metric = base.registry.metric
-        rows = [trial_row(trial, future, metric) for trial, future in zip(trials, futures)]
-        for row in rows:
-            if row["status"] != "ok":
-                logger.warning("trial %s failed and is skipped: %s", row["trial"], row["error"])
-        best = pick_best(rows, metric)
-        log_summary(parent_id, rows, metric, best)
         if best is None:
-            raise StageFailed("sweep", f"AllTrialsFailed: all {len(rows)} trials failed; nothing registered")
-        winner = next(trial for trial in trials if trial.name == best["trial"])
-        registration = _stage("register", register_best, winner, where, best["run_dir"], store)
-        close_parent_run(parent_id, "FINISHED", registration)
-        status = "FINISHED"
+            raise SweepFailed(f"all {len(rows)} trials failed; nothing registered")
+        winner = configs[names.index(best["experiment"])]
+        state = finished(register_best.submit(best["experiment"], winner, root, store))  # on the runner too
+        if not state.is_completed():
+            raise SweepFailed(f"registering {best['experiment']} failed: {state.message or state.name}")
+        registration = state.result()
     finally:
-        if status != "FINISHED":
-            close_parent_run(parent_id, "FAILED")
-    logger.info(
-        "best trial %s (%s=%s), registered as %s",
-        best["trial"],
-        metric.value,
-        best[metric.value],
-        registration.get("alias"),
-    )
+        close_summary(parent_id, registration)
+    outcome = f"{registration['model_name']} version {registration['version']}"
+    logger.info("best: experiment %s (%s=%s); %s", best["experiment"], metric.value, best[metric.value], outcome)
     return {
-        **results,
         "sweep_id": sweep_id,
-        "sweep_dir": str(sweep_dir),
-        "parent_run_id": parent_id,
+        "experiment": best["experiment"],
+        "summary_run_id": parent_id,
         "trials": rows,
         "best": best,
         "register": registration,
@@ -288,7 +328,7 @@ def _sweep(
 def run_sweep(spec: SweepParams, task_runner: TaskRunner | None = None, **kwargs: Any) -> Any:
     """Run `char_rnn_sweep` with at most `spec.max_parallel` trials at once (or on `task_runner`).
 
-    kwargs go to the flow (params, overrides, root, sweep_id, train_timeout_s, return_state).
+    kwargs go to the flow (overrides, root, sweep_id, train_timeout_s, return_state).
     """
     runner = task_runner or ThreadPoolTaskRunner(max_workers=spec.max_parallel)
     return char_rnn_sweep.with_options(task_runner=runner)(spec=spec, **kwargs)

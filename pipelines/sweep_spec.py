@@ -10,7 +10,7 @@ A spec is a grid of dotted overrides (the keys of params.yaml), optionally sampl
     seed: 0                    # the sample's seed
 
 Only `model.*` and `train.*` may vary: the data, the split, the evaluation and the registry metric
-are computed once and shared, so that every trial is scored on the same text with the same metric.
+are shared, so that every trial is scored on the same text with the same metric.
 The file may also be a params file: its `sweep:` section is read (the default is params.yaml's).
 """
 
@@ -32,7 +32,8 @@ class SweepSpecError(ParamsError):
 
 @dataclass(frozen=True)
 class Trial:
-    """One config of a sweep: its folder name, the overrides that define it and the validated params."""
+    """One config of a sweep: its name (its DVC experiment's is `<sweep-id>-<name>`), the overrides
+    that define it and the validated params."""
 
     name: str
     overrides: dict[str, Any]
@@ -61,7 +62,7 @@ def load_spec(path: Path | str) -> SweepParams:
 
 
 def trial_name(index: int, overrides: dict[str, Any]) -> str:
-    """`01-units=32-cell=gru`: readable, unique by its index, safe as a folder name."""
+    """`01-units=32-cell=gru`: readable, unique by its index, safe in a DVC experiment's name (a git ref)."""
     parts = [f"{key.rpartition('.')[2]}={value}" for key, value in overrides.items()]
     return re.sub(r"[^A-Za-z0-9._=+-]", "_", "-".join([f"{index:02d}", *parts]))[:120]
 

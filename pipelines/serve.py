@@ -3,7 +3,8 @@
 Concurrency limit 1 with the ENQUEUE strategy: a run that comes due while another is running waits
 (state AwaitingConcurrencySlot) instead of running alongside it, since both would write the same
 files and DVC cannot run twice in one workspace. The schedule names its timezone (UTC by default),
-so that the Prefect UI shows "02:00 AM (UTC)" to everyone, not a time converted to the browser's zone.
+so that 02:00 is 02:00 there wherever the server runs; Prefect 3.9's schedule card omits the zone (and
+lists the next runs in the browser's), so the deployment's description names it.
 """
 
 from __future__ import annotations

@@ -50,20 +50,16 @@ def run(
 ) -> None:
     """Run the flow once, now, in this process (on PREFECT_API_URL's server, else a temporary one)."""
     from char_rnn.layout import find_root
-    from pipelines.worker import ModelWorker
+    from pipelines.flow import char_rnn_pipeline
 
-    project = root.resolve() if root else find_root()
-    with ModelWorker.prestart(project):  # stopped here too if the flow never claims it (up to date, bad params)
-        from pipelines.flow import char_rnn_pipeline
-
-        state = char_rnn_pipeline(
-            overrides=_overrides(set_),
-            root=str(project),
-            skip_if_unchanged=skip_if_unchanged,
-            train_timeout_s=train_timeout_s,
-            push=push,
-            return_state=True,
-        )
+    state = char_rnn_pipeline(
+        overrides=_overrides(set_),
+        root=str(root.resolve() if root else find_root()),
+        skip_if_unchanged=skip_if_unchanged,
+        train_timeout_s=train_timeout_s,
+        push=push,
+        return_state=True,
+    )
     typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
     if state.is_completed():
         typer.echo(json.dumps(state.result(raise_on_failure=False), ensure_ascii=False, indent=1, default=str))
@@ -128,7 +124,8 @@ def sweep(
 @app.command()
 def serve(
     root: Path | None = RootOption,
-    cron: str = typer.Option("0 2 * * *", help="cron schedule, UTC (default: nightly at 02:00)"),
+    cron: str = typer.Option("0 2 * * *", help="cron schedule (default: nightly at 02:00)"),
+    timezone: str = typer.Option("UTC", help="the cron's timezone, an IANA name such as Asia/Seoul"),
     name: str = typer.Option("nightly", help="deployment name"),
     skip_if_unchanged: bool = typer.Option(True, help="scheduled runs end 'up to date' when nothing changed"),
     train_timeout_s: float = TimeoutOption,
@@ -147,7 +144,7 @@ def serve(
             err=True,
         )
         raise typer.Exit(1)
-    serve_deployment((root or find_root()).resolve(), cron, name, skip_if_unchanged, train_timeout_s)
+    serve_deployment((root or find_root()).resolve(), cron, timezone, name, skip_if_unchanged, train_timeout_s)
 
 
 if __name__ == "__main__":

@@ -32,21 +32,17 @@ def one_line(exc: BaseException) -> str:
     """`ValidationFailed: validation failed: corpus: ...; windows: ...`: a message's lines on one line."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     name = type(exc).__name__
-    # A worker's error already starts with its original class name.
-    prefix = "" if name == "RemotePipelineError" else f"{name}: "
+    prefix = "" if isinstance(exc, StageError) else f"{name}: "  # the stage's own words say what failed
     return prefix + (lines[0] + (" " + "; ".join(lines[1:]) if lines[1:] else "") if lines else name)
 
 
 class TransientError(Exception):
-    """A transient failure reported by another process (the model worker, DVC): worth a retry."""
+    """A transient failure reported by another process (a stage's command, DVC): worth a retry."""
 
 
-class WorkerFailed(Exception):
-    """The model worker raised something that is neither a user error nor transient: a bug."""
-
-
-class RemotePipelineError(PipelineError):
-    """A `PipelineError` raised in the model worker; the message keeps its original class name."""
+class StageError(PipelineError):
+    """A stage's command said why it failed (`error: ...`, as `char-rnn` prints a user's error or a
+    machine's fault): never retried, and its message is that line."""
 
 
 class MachineFault(PipelineError):

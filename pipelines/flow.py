@@ -1,48 +1,51 @@
-"""The Prefect flow: the stages of `char_rnn.stages` as tasks, then DVC bookkeeping.
+"""The Prefect flow: each task runs one stage of dvc.yaml through DVC, wired by dvc.yaml's graph.
 
-No `from __future__ import annotations` here: Prefect builds the flow's parameter model from the
-annotations and cannot resolve `Params` from a string when it loads this module by file path.
+DVC decides what runs (`dvc repro --single-item <stage>`: an unchanged stage is skipped, one whose
+inputs came back is restored from the run-cache) and writes dvc.lock as each stage ends, exactly as
+a `dvc repro` does (`pipelines.versioning`). Prefect keeps the schedule, the task graph (a task
+waits for the stages whose outputs it reads), retries of transient failures (`pipelines.failures`),
+the logs (each task logs its stage's output and what DVC did) and the run's markdown artifact.
 
-Tasks pass paths (the project root) and typed params, never models or datasets, and caching is
-off (`NO_CACHE`): every stage writes files, and DVC, not Prefect, decides what is up to date.
-Retries happen only for transient errors (see `pipelines.failures`).
+No `from __future__ import annotations` here: Prefect builds the flow's parameter schema from the
+annotations when it loads this module by file path.
 """
 
-from collections.abc import Callable
+import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
-from prefect import Task, flow, get_run_logger, task
+import yaml
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 
 import char_rnn
-from char_rnn import stages
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.lock import ProjectBusy, project_lock
-from char_rnn.params import Params, load_params, with_overrides
+from char_rnn.params import Params, load_params, parse_params, with_overrides
 from pipelines import CODE_DIR
 from pipelines.failures import StageFailed, machine_fault, one_line, retry_if_transient
-from pipelines.publish import publish_run, run_branch
+from pipelines.publish import outcome, publish_run, report, run_branch
 from pipelines.versioning import (
-    holding_dvc_lock,
     is_up_to_date,
-    record_run,
+    push,
     refuse_while_dvc_repro_runs,
+    reproduce,
     require_dvc_project,
     require_remote,
-    warm_up,
+    stage_env,
+    write_params,
 )
-from pipelines.worker import ModelWorker
 
-IN_FLOW_PROCESS = tuple(s.name for s in stages.STAGES if not s.in_worker)
-IN_WORKER = tuple(s.name for s in stages.STAGES if s.in_worker)  # in the model worker, which can be stopped
 TRAINING = ("train", "refit")  # bounded by the run's training budget; the other stages by STAGE_TIMEOUT_S
-STAGE_TIMEOUT_S = 900.0  # tune, evaluate and register: minutes at most, even on the full corpus
-UP_TO_DATE = "up to date: corpus, params and code unchanged since the last successful run"
+STAGE_TIMEOUT_S = 900.0  # the other stages: minutes at most, even on the full corpus
+GIT_HINTS = ("To track the changes with git", "git add ", "auto staging", "core.autostage")  # DVC's, not ours
+ARTIFACT = "the outcome, one figure per model, MLflow links, what DVC did with each stage, the changed params"
+UP_TO_DATE = "up to date: nothing changed (params, corpus and code as dvc.lock records them)"
 
 TASK_OPTIONS: dict[str, Any] = {
     "cache_policy": NO_CACHE,
@@ -52,40 +55,54 @@ TASK_OPTIONS: dict[str, Any] = {
 }
 
 
+def stage_graph(root: Path) -> dict[str, list[str]]:
+    """dvc.yaml's stages in its order, each with the stages whose outputs it reads: DVC's own graph."""
+    stages = yaml.safe_load((root / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
+    made_by = {
+        next(iter(out)) if isinstance(out, dict) else out: name
+        for name, stage in stages.items()
+        for kind in ("outs", "metrics", "plots")
+        for out in stage.get(kind, [])
+    }
+    reads = {name: [made_by[dep] for dep in stage.get("deps", []) if dep in made_by] for name, stage in stages.items()}
+    return {name: list(dict.fromkeys(upstream)) for name, upstream in reads.items()}
+
+
 @task(name="check-unchanged", **TASK_OPTIONS)
 def check_unchanged(root: str, params: Params) -> bool:
     return is_up_to_date(Layout(Path(root)), params)
 
 
 @task(**TASK_OPTIONS)
-def run_stage(stage: str, root: str, params: Params) -> dict[str, Any] | State:
-    return expected_failures(stages.stage(stage).run, params, Layout(Path(root)))
+def dvc_stage(root: str, stage: str, timeout_s: float, run_env: dict[str, str]) -> dict[str, Any] | State:
+    """One stage through DVC; its output and DVC's messages go to this task's log.
 
-
-@task(**TASK_OPTIONS)
-def run_in_worker(
-    stage: str, worker: ModelWorker, params: Params, timeout_s: float, tags: dict[str, str] | None
-) -> dict[str, Any] | State:
-    return expected_failures(worker.call, stage, params, timeout_s, tags)
-
-
-def expected_failures(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any] | State:
-    """A user's error (bad params, failed validation, NaN loss, ...) or a machine's fault (a full disk)
-    ends the task Failed with its message on one line and no traceback, which is kept for bugs; none of
-    these is retried."""
+    A user's error (bad params, failed validation, NaN loss, ...) or a machine's fault (a full disk,
+    met by the stage or by DVC) ends the task Failed with its one line and no traceback, never retried;
+    a transient error raises and is retried; a bug raises with the stage's traceback.
+    """
     try:
-        return call(*args)
-    except PipelineError as exc:
-        return Failed(message=one_line(exc))
-    except Exception as exc:
+        run = reproduce(Layout(Path(root)), stage, timeout_s, run_env)
+    except Exception as exc:  # DVC's own, in this process: a full disk is said in one line, the rest raise
         if (fault := machine_fault(exc)) is None:
             raise
         return Failed(message=one_line(fault))
+    logger = get_run_logger()
+    for line in run.output:  # DVC's own messages are among them, and the stage command's output
+        if line.strip() and not any(hint in line for hint in GIT_HINTS):
+            logger.info("%s", line)
+    if run.error is None:
+        logger.info("%s %s: %s", stage, run.how, run.summary)
+        return {"how": run.how, "summary": run.summary}
+    error = run.error if isinstance(run.error, PipelineError) else machine_fault(run.error) or run.error
+    if isinstance(error, PipelineError):
+        return Failed(message=one_line(error))
+    raise error
 
 
-@task(name="dvc-commit", **TASK_OPTIONS)
-def record(root: str, params: Params, push: bool) -> dict[str, Any]:
-    return record_run(Layout(Path(root)), params, push)
+@task(name="dvc-push", **TASK_OPTIONS)
+def push_outputs(root: str) -> dict[str, Any]:
+    return push(Layout(Path(root)))
 
 
 @task(name="git-push", **TASK_OPTIONS)
@@ -104,106 +121,125 @@ def lineage_tags(branch: str | None = None) -> dict[str, str]:
     }
 
 
-def resolve_params(layout: Layout, params: Params | None, overrides: dict[str, Any] | None) -> Params:
-    """params.yaml unless given, then dotted overrides, validated exactly as the file is."""
-    return with_overrides(params if params is not None else load_params(layout.params), overrides or {})
+def resolve_params(layout: Layout, overrides: dict[str, Any]) -> Params:
+    """params.yaml, then dotted overrides, validated exactly as the file is."""
+    return with_overrides(load_params(layout.params), overrides)
 
 
-def _stage(name: str, call: Callable[..., Any], *args: Any) -> Any:
+def committed_params(layout: Layout) -> Params | None:
+    """params.yaml as the project's last commit has it (None outside git): what a run is compared with."""
+    shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=layout.root, capture_output=True, text=True)
+    return parse_params(yaml.safe_load(shown.stdout)) if shown.returncode == 0 else None
+
+
+def params_diff(run: Params, committed: Params | None) -> dict[str, tuple[Any, Any]]:
+    """{key: (committed, this run's)} for every param this run changes from the committed params.yaml."""
+    before = committed.flat() if committed is not None else {}
+    return {key: (before.get(key), value) for key, value in run.flat().items() if before.get(key) != value}
+
+
+def _stage(name: str, call: Any, *args: Any, **options: Any) -> Any:
     """Run a task (or a plain step) and stop the flow with `StageFailed` naming it when it fails."""
-    if not isinstance(call, Task):
+    if not hasattr(call, "with_options"):
         try:
             return call(*args)
         except PipelineError as exc:
             raise StageFailed(name, one_line(exc)) from None
-    state = call(*args, return_state=True)
+    state = call(*args, return_state=True, **options)
     if not state.is_completed():
         raise StageFailed(name, state.message or state.name)
-    return state.result()
+    return state
 
 
-def commit_message(results: dict[str, Any]) -> str:
-    """The run branch's commit: which flow run, then what each stage did (the report's lines)."""
-    lines = [f"char-rnn run {flow_run.name} ({deployment.name or 'ad-hoc'})", ""]
-    lines += [f"{name}: {result['summary']}" for name, result in results.items() if "summary" in result]
-    return "\n".join(lines)
-
-
-def report(results: dict[str, Any]) -> str:
-    """The flow run's markdown artifact: the MLflow run, what each stage did, the registry's decision."""
-    train = results.get("train", {})
-    lines = ["## char-rnn run", ""]
-    if "run_url" in train:
-        lines.append(f"MLflow run [{train['run_name']}]({train['run_url']})")
-        lines.append("")
-    lines += [f"- **{name}**: {result['summary']}" for name, result in results.items() if "summary" in result]
-    return "\n".join(lines) + "\n"
-
-
-@flow(
-    name="char-rnn",
-    description=" → ".join(s.name for s in stages.STAGES) + ", recorded by DVC",
-)
+@flow(name="char-rnn", description="dvc.yaml's stages, each a task run through DVC (dvc repro --single-item)")
 def char_rnn_pipeline(
-    params: Params | None = None,
-    overrides: dict[str, Any] | None = None,
+    overrides: dict[str, Any] = {},  # noqa: B006  a dict default: the custom-run form's editor; never mutated
     root: str | None = None,
     skip_if_unchanged: bool = False,
     train_timeout_s: float = 3600.0,
     push: bool = True,
     push_run_branch: bool = False,
 ) -> dict[str, Any] | State:
-    """Run every stage on the project at `root` (default: the one around the working directory).
+    """Run the pipeline's stages through DVC on the project at `root`; DVC reruns only what changed.
 
-    params: the full typed params (default: params.yaml at run time); overrides: dotted keys such
-    as {"train.epochs": 5} applied on top; skip_if_unchanged: end Completed "up to date" without
-    training when nothing changed since the last successful run; train_timeout_s: training's own
-    time budget, after which the training process is stopped; push: `dvc push` when a remote is set;
-    push_run_branch: then commit the run's record on a new branch `runs/...` and push it to origin
-    (what a work-pool worker does: its clone is deleted after the run).
+    Args:
+        overrides: params to change for this run, as dotted keys of params.yaml, e.g. {"train.epochs": 5}.
+            Validated like params.yaml, then written into it (as `dvc exp run -S` does) so that dvc.lock
+            records them; a run that fails puts params.yaml back. Empty: params.yaml as it is.
+        root: the project folder (default: the one with params.yaml around the working directory).
+        skip_if_unchanged: end "up to date" at once, without running DVC's stages, when params, corpus and
+            code are as dvc.lock records them.
+        train_timeout_s: seconds that train and refit may each take before they are stopped (each other
+            stage: 900); a rerun resumes training from its last completed epoch.
+        push: `dvc push` the outputs after the run when a default DVC remote is set.
+        push_run_branch: then commit dvc.lock, params.yaml and the metrics on a new branch `runs/<time>-<name>`
+            and push it to origin (a work-pool worker's clone is deleted after the run).
     """
     layout = Layout(Path(root).resolve()) if root else Layout.discover()
+    token = uuid.uuid4().hex
     try:
-        with project_lock(layout.lock, f"flow run {flow_run.get_name()}"):
+        with project_lock(layout.lock, f"flow run {flow_run.get_name()}", token=token):
             refuse_while_dvc_repro_runs(layout)
-            return _run(layout, params, overrides, skip_if_unchanged, train_timeout_s, push, push_run_branch)
+            return _run(layout, overrides, token, skip_if_unchanged, train_timeout_s, push, push_run_branch)
     except (StageFailed, ProjectBusy) as exc:
         return Failed(message=str(exc))
 
 
 def _run(
     layout: Layout,
-    params: Params | None,
-    overrides: dict[str, Any] | None,
+    overrides: dict[str, Any],
+    token: str,
     skip_if_unchanged: bool,
     train_timeout_s: float,
     push: bool,
     push_run_branch: bool,
-) -> dict[str, Any] | State:
+) -> State:
+    logger = get_run_logger()
     _stage("setup", require_dvc_project, layout)
     # Which code runs: a work-pool worker's clone, or a developer's working copy.
-    get_run_logger().info("code: pipelines from %s, char_rnn from %s", CODE_DIR, Path(char_rnn.__file__).parent)
-    run_params = _stage("params", resolve_params, layout, params, overrides)
+    logger.info("code: pipelines from %s, char_rnn from %s", CODE_DIR, Path(char_rnn.__file__).parent)
+    run_params = _stage("params", resolve_params, layout, overrides)
+    changed = params_diff(run_params, committed_params(layout))
+    logger.info("params: %s", "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()) or "as committed")
     where = str(layout.root)
-    if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params):
+    if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params).result():
+        create_markdown_artifact(report({}, UP_TO_DATE, changed, layout), key="char-rnn-run", description=ARTIFACT)
         return Completed(message=UP_TO_DATE)
-    results: dict[str, Any] = {}
     branch = None
     if push_run_branch:  # checked now, not after training: a branch naming outputs that nobody can pull
         _stage("setup", require_remote, layout, push)
         branch = run_branch(str(flow_run.name))
-    dvc_ready = warm_up(layout)  # while the stages run; joined before the first DVC command
-    with holding_dvc_lock(layout), ModelWorker.claim(layout.root) as worker:  # TensorFlow loads meanwhile
-        for stage in IN_FLOW_PROCESS:
-            results[stage] = _stage(stage, run_stage.with_options(name=stage), stage, where, run_params)
-        for stage in IN_WORKER:
-            budget = train_timeout_s if stage in TRAINING else STAGE_TIMEOUT_S
-            tags = lineage_tags(branch) if stage == "train" else None
-            call = run_in_worker.with_options(name=stage)
-            results[stage] = _stage(stage, call, stage, worker, run_params, budget, tags)
-    dvc_ready.join()
-    results["dvc"] = _stage("dvc-commit", record, where, run_params, push)
+    before = layout.params.read_bytes()
+    written = _stage("params", write_params, layout, run_params)
+    if written:
+        logger.info("params.yaml: wrote %s for DVC to read and record", ", ".join(written))
+    try:
+        results = _stages(where, train_timeout_s, stage_env(token, lineage_tags(branch)))
+    except StageFailed:
+        layout.params.write_bytes(before)  # dvc.lock keeps what the stages that ran recorded
+        raise
+    said = outcome(results, layout)
+    if push:
+        results["dvc"] = _stage("dvc-push", push_outputs, where).result()
     if branch:
-        results["git"] = _stage("git-push", publish, where, branch, commit_message(results))
-    create_markdown_artifact(report(results), key="char-rnn-run", description="what the run did and decided")
-    return results
+        results["git"] = _stage("git-push", publish, where, branch, commit_message(said, results)).result()
+    create_markdown_artifact(report(results, said, changed, layout), key="char-rnn-run", description=ARTIFACT)
+    return Completed(message=said, data=results)
+
+
+def _stages(where: str, train_timeout_s: float, run_env: dict[str, str]) -> dict[str, Any]:
+    """Every stage in dvc.yaml's order, each task waiting for the tasks of the stages it reads from."""
+    states: dict[str, State] = {}
+    for name, upstream in stage_graph(Path(where)).items():
+        budget = train_timeout_s if name in TRAINING else STAGE_TIMEOUT_S
+        call = dvc_stage.with_options(name=name)
+        wait_for = [states[stage] for stage in upstream]
+        states[name] = _stage(name, call, where, name, budget, run_env, wait_for=wait_for)
+    return {name: state.result() for name, state in states.items()}
+
+
+def commit_message(said: str, results: dict[str, Any]) -> str:
+    """The run branch's commit: which flow run and its outcome, then what each stage did."""
+    lines = [f"char-rnn run {flow_run.name} ({deployment.name or 'ad-hoc'}): {said}", ""]
+    lines += [f"{name}: {result['summary']}" for name, result in results.items() if "summary" in result]
+    return "\n".join(lines)

@@ -1,29 +1,33 @@
-"""The flow's pieces that need no server: retry classification, params resolution, the worker's budget,
-declared dependencies."""
+"""The flow's pieces that need no server: retry classification, params resolution, how a stage run
+through DVC fails (budget, kill, its own error, a transient one), the task graph, the lock a flow lends
+its stages, declared dependencies."""
 
 from __future__ import annotations
 
 import ast
 import errno
+import json
 import os
 import re
+import signal
 import sqlite3
+import subprocess
 import sys
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
+from harness import GIT_IDENTITY, QUIET
 
-from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.params import Params, ParamsError, load_params
 from char_rnn.training import TrainingDiverged
 from char_rnn.validation import ValidationFailed
 from conftest import REPO
-from pipelines.failures import TransientError, is_transient
-from pipelines.flow import resolve_params
-from pipelines.versioning import write_params
-from pipelines.worker import ModelWorker, StageTimedOut
+from pipelines.failures import StageError, TransientError, is_transient
+from pipelines.flow import resolve_params, stage_graph
+from pipelines.versioning import StageCrashed, StageKilled, StageTimedOut, reproduce, write_params
 
 
 @pytest.mark.parametrize(
@@ -74,50 +78,163 @@ def test_a_write_the_machine_refuses_for_good_is_not_retried_and_says_so_in_one_
 
 
 def test_overrides_are_validated_like_params_yaml(layout: Layout) -> None:
-    assert resolve_params(layout, None, {"train.epochs": 2}).train.epochs == 2
+    assert resolve_params(layout, {"train.epochs": 2}).train.epochs == 2
     with pytest.raises(ParamsError, match="train.epochs"):
-        resolve_params(layout, None, {"train.epochs": 0})
+        resolve_params(layout, {"train.epochs": 0})
 
 
-def test_run_params_are_written_into_params_yaml_changing_nothing_else(layout: Layout, tiny_params: Params) -> None:
-    before = layout.params.read_text(encoding="utf-8").splitlines()
+def test_run_params_are_written_into_params_yaml_as_dvc_exp_run_set_param_writes_them(
+    layout: Layout, tiny_params: Params, tmp_path: Path
+) -> None:
+    from dvc.utils.hydra import apply_overrides  # what `dvc exp run -S` runs
+
+    before = layout.params.read_text(encoding="utf-8")
     assert write_params(layout, tiny_params) == ["evaluate.sample_length", "train.epochs"]
     assert load_params(layout.params) == tiny_params
-    after = layout.params.read_text(encoding="utf-8").splitlines()
-    changed = [(old, new) for old, new in zip(before, after, strict=True) if old != new]
-    assert [new.split("#")[0].strip() for _, new in changed] == ["epochs: 3", "sample_length: 5"]
-    assert "  random: null            # or N: a seeded sample of N configs of the grid" in after
+    by_dvc = tmp_path / "by-dvc" / "params.yaml"
+    by_dvc.parent.mkdir()
+    by_dvc.write_text(before, encoding="utf-8")
+    apply_overrides(str(by_dvc), ["train.epochs=3", "evaluate.sample_length=5"])
+    after = layout.params.read_text(encoding="utf-8")
+    assert after == by_dvc.read_text(encoding="utf-8")
+    changed = [new for old, new in zip(before.splitlines(), after.splitlines(), strict=True) if old != new]
+    assert [line.split("#")[0].strip() for line in changed] == ["epochs: 3", "sample_length: 5"]
     assert write_params(layout, tiny_params) == []
 
 
 def test_a_failure_reads_as_one_line_naming_its_kind() -> None:
     from char_rnn.validation import ValidationFailed
-    from pipelines.failures import RemotePipelineError, one_line
+    from pipelines.failures import one_line
 
     assert one_line(ValidationFailed("validation failed:\n  corpus: a\n  windows: b")) == (
         "ValidationFailed: validation failed: corpus: a; windows: b"
     )
-    assert one_line(RemotePipelineError("TrainingDiverged: loss is NaN")) == "TrainingDiverged: loss is NaN"
+    assert one_line(StageError("loss is NaN at epoch 3")) == "loss is NaN at epoch 3"  # the stage's own line
 
 
-def test_the_run_report_links_the_mlflow_run_and_says_what_each_stage_did() -> None:
-    from pipelines.flow import report
+def test_the_run_report_gives_one_figure_per_model_a_working_link_and_the_changed_params(layout: Layout) -> None:
+    from pipelines.publish import outcome, report
 
-    markdown = report({"train": {"run_name": "seed · x", "run_url": "http://127.0.0.1:5000/#/r", "summary": "3 epochs"},
-                       "register": {"summary": "char-rnn-seed version 2 is champion: better"}, "dvc": {}})  # fmt: skip
-    assert "MLflow run [seed · x](http://127.0.0.1:5000/#/r)" in markdown
-    assert "- **register**: char-rnn-seed version 2 is champion: better" in markdown
+    gate = {"figure": "bits/char", "candidate": 2.5, "champion": 2.75, "champion_version": "1", "ngram": 3.25,
+            "reason": "2.5000 vs v1's 2.7500 bits/char (n-gram 3.2500), -9.09 %: better"}  # fmt: skip
+    record = {"model_name": "char-rnn-x", "version": "2", "alias": "champion", "metric": "test/bits_per_char",
+              "value": 2.5, "already_registered": False, "gate": gate}  # fmt: skip
+    layout.registration.parent.mkdir(parents=True)
+    layout.registration.write_text(json.dumps(record), encoding="utf-8")
+    results = {"train": {"how": "ran", "summary": "3 epochs; MLflow run 'x': http://127.0.0.1:5000/#/r"},
+               "register": {"how": "ran", "summary": "char-rnn-x version 2 is champion"}}  # fmt: skip
+    said = outcome(results, layout)
+    assert said == f"char-rnn-x version 2 is champion: {gate['reason']}"
+    markdown = report(results, said, {"train.epochs": (100, 3)}, layout)
+    rows = [line for line in markdown.splitlines() if re.fullmatch(r"\| .+ \| \d+\.\d{4} \|", line)]
+    assert rows == ["| this run: char-rnn-x version 2 | 2.5000 |", "| champion: version 1 | 2.7500 |",
+                    "| n-gram baseline | 3.2500 |"]  # fmt: skip
+    assert "(http://127.0.0.1:5000/#/models/char-rnn-x/versions/2?workflowType=machine_learning)" in markdown
+    assert (
+        "start its UI with `make ui` first" in markdown and "[the training run](http://127.0.0.1:5000/#/r)" in markdown
+    )
+    assert "| `train.epochs` | 100 | 3 |" in markdown and "| train | ran |" in markdown
+    skipped = {name: {"how": "skipped"} for name in ("train", "register")}
+    assert outcome(skipped, layout).startswith("up to date: nothing changed")
+    assert outcome({**skipped, "check": {"how": "ran"}}, layout).startswith("nothing registered: the model and")
 
 
-def test_a_stage_past_its_budget_is_stopped(layout: Layout, tiny_params: Params) -> None:
-    worker = ModelWorker(layout.root)
+def test_the_task_graph_is_dvc_yaml_s_graph() -> None:
+    """Each task waits for the stages whose outputs it reads (not all of them for check)."""
+    graph = stage_graph(REPO)
+    assert list(graph) == ["check", "ingest", "window", "validate", "baseline", "train", "tune", "refit",
+                           "evaluate", "register"]  # fmt: skip
+    assert graph["check"] == [] and graph["ingest"] == ["check"] and graph["baseline"] == ["window"]
+    assert graph["train"] == ["ingest", "window", "validate"] and graph["refit"] == ["window", "train"]
+    assert set(graph["evaluate"]) == {"window", "baseline", "tune", "refit", "train"}
+    assert set(graph["register"]) == {"ingest", "window", "baseline", "tune", "refit", "train", "evaluate"}
+
+
+FAILING_STAGES = {  # stage: its command's Python code
+    "slow": "import time; time.sleep(120)",
+    "told": "import sys; print('error: validation failed:\\n  corpus: bad', file=sys.stderr); sys.exit(1)",
+    "locked": "import sqlite3; raise sqlite3.OperationalError('database is locked')",
+    "buggy": "raise KeyError('x')",
+    "killed": "import os, signal; os.kill(os.getpid(), signal.SIGKILL)",
+    "fine": "print('fine: all good')",
+}
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Layout:
+    """A git + DVC project whose stages fail in each way a real stage can."""
+    root = tmp_path_factory.mktemp("stages")
+    for name, code in FAILING_STAGES.items():
+        (root / f"{name}.py").write_text(code + "\n", encoding="utf-8")
+    stages = {name: {"cmd": f"{sys.executable} {name}.py", "deps": [f"{name}.py"]} for name in FAILING_STAGES}
+    (root / "dvc.yaml").write_text(json.dumps({"stages": stages}), encoding="utf-8")
+    env = {**os.environ, **QUIET, **GIT_IDENTITY}
+    for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
+        subprocess.run(command, cwd=root, env=env, check=True, capture_output=True)
+    return Layout(root)
+
+
+def test_a_stage_past_its_budget_is_stopped_and_not_retried(dvc_project: Layout) -> None:
+
     start = time.monotonic()
-    with pytest.raises(StageTimedOut, match="budget of 2 s"), worker:
-        worker.call("train", tiny_params, timeout_s=2)
-    assert worker.process.poll() is not None
-    assert time.monotonic() - start < 15
-    assert not layout.fit_model.exists()
-    assert isinstance(StageTimedOut("x"), PipelineError)
+    run = reproduce(dvc_project, "slow", timeout_s=2, run_env={})
+    assert isinstance(run.error, StageTimedOut) and "budget of 2 s" in str(run.error), run.error
+    assert time.monotonic() - start < 15 and not is_transient(run.error)
+    assert not [
+        p for p in __import__("psutil").Process().children(recursive=True) if "sleep(120)" in " ".join(p.cmdline())
+    ]
+
+
+def test_a_stage_s_failure_is_classified_from_its_own_output(dvc_project: Layout) -> None:
+    """Its `error:` line: one line, never retried; a transient traceback: retried; any other: a bug;
+    killed from outside: said so; a stage that succeeds: its summary line."""
+    told = reproduce(dvc_project, "told", 60, {}).error
+    assert isinstance(told, StageError) and not is_transient(told)
+    assert str(told) == "validation failed: corpus: bad"
+    assert is_transient(reproduce(dvc_project, "locked", 60, {}).error)
+    buggy = reproduce(dvc_project, "buggy", 60, {}).error
+    assert isinstance(buggy, StageCrashed) and "KeyError: 'x'" in str(buggy) and not is_transient(buggy)
+    killed = reproduce(dvc_project, "killed", 60, {}).error
+    assert isinstance(killed, StageKilled) and str(killed) == "char-rnn killed was killed by SIGKILL"
+    fine = reproduce(dvc_project, "fine", 60, {})
+    assert fine.error is None and fine.how == "ran" and fine.summary == "all good"
+    assert reproduce(dvc_project, "fine", 60, {}).how == "skipped"  # DVC's decision: nothing changed
+
+
+LOCKED_STAGE = """
+import sys, time
+from pathlib import Path
+from char_rnn.lock import project_lock
+with project_lock(Path(sys.argv[1]), "char-rnn train"):
+    print("running", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_flow_s_stages_run_under_its_lock_and_stop_when_it_is_gone(tmp_path: Path) -> None:
+    """Its token lets the flow's own stage commands in, nobody else; a stage whose flow died stops itself."""
+    from char_rnn.lock import RUN_TOKEN, ProjectBusy, project_lock
+
+    lock = tmp_path / ".char-rnn.lock"
+    flow = LOCKED_STAGE.replace('"char-rnn train"', '"flow run x", token="t"')
+    holder = subprocess.Popen([sys.executable, "-c", flow, str(lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "running\n"
+
+    def stage(token: str | None) -> subprocess.Popen:
+        env = {**os.environ, **({RUN_TOKEN: token} if token else {})}
+        return subprocess.Popen([sys.executable, "-c", LOCKED_STAGE, str(lock)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    for refused in (stage(None), stage("other")):
+        _, err = refused.communicate(timeout=60)
+        assert refused.returncode == 1 and "ProjectBusy" in err, err
+    with pytest.raises(ProjectBusy, match=r"flow run x, pid \d+"), project_lock(lock, "char-rnn check"):
+        pass
+    ours = stage("t")
+    assert ours.stdout.readline() == "running\n"
+    holder.kill()
+    holder.wait()
+    assert ours.wait(timeout=15) == -signal.SIGTERM
 
 
 def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
@@ -139,7 +256,7 @@ def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
     providers = metadata.packages_distributions()
     undeclared = sorted(top for top in third_party if not {_canonical(d) for d in providers.get(top, [])} & declared)
     assert undeclared == [], "imported but not in pyproject.toml's dependencies"
-    assert {"psutil", "ruamel", "h5py", "mlflow"} <= third_party  # the premise: the walk finds the imports
+    assert {"psutil", "dvc", "h5py", "mlflow"} <= third_party  # the premise: the walk finds the imports
 
 
 def _canonical(distribution: str) -> str:

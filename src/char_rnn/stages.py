@@ -21,6 +21,7 @@ Heavy imports (TensorFlow, Great Expectations, MLflow) stay inside the stages th
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from char_rnn.hybrid import Hybrid
 
 Summary = dict[str, Any]
+RUN_TAGS = "CHAR_RNN_RUN_TAGS"  # a JSON object in the environment: tags for the MLflow run that train opens
 
 
 def check(params: Params, layout: Layout) -> Summary:
@@ -121,7 +123,7 @@ def baseline(params: Params, layout: Layout) -> Summary:
     return {**result, "summary": summary}
 
 
-def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) -> Summary:
+def train(params: Params, layout: Layout) -> Summary:
     """Fit the RNN(s) on the training text, seeded and deterministic; open the MLflow run, log every epoch."""
     import mlflow
 
@@ -141,7 +143,7 @@ def train(params: Params, layout: Layout, tags: dict[str, str] | None = None) ->
         "corpus": params.corpus.source,
         "params_sha256": params.digest(),
         **tracking.dvc_experiment(),
-        **(tags or {}),
+        **json.loads(os.environ.get(RUN_TAGS, "{}")),  # a driver's, through `dvc repro` (the Prefect flow's)
     }
     name = tracking.run_name(
         params.corpus.source, model.cell.value, model.units, model.layers, model.ensemble, params.train.epochs, commit
@@ -558,7 +560,6 @@ class Stage:
 
     name: str
     run: Callable[..., Summary]
-    in_worker: bool  # trains or scores models: the Prefect flow runs it in its model worker, which it can stop
     tensorflow: Callable[[Params], bool] = _never  # whether it imports TensorFlow with these params
 
     @property
@@ -567,16 +568,16 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("check", check, in_worker=False),
-    Stage("ingest", ingest, in_worker=False),
-    Stage("window", window, in_worker=False),
-    Stage("validate", validate, in_worker=False),
-    Stage("baseline", baseline, in_worker=False),
-    Stage("train", train, in_worker=True, tensorflow=lambda p: True),
-    Stage("tune", tune, in_worker=True, tensorflow=lambda p: p.split.tune_fraction > 0),
-    Stage("refit", refit, in_worker=True, tensorflow=lambda p: p.refit.enabled),
-    Stage("evaluate", evaluate, in_worker=True, tensorflow=lambda p: bool(p.tune.dynamic_rates)),  # gradients
-    Stage("register", register, in_worker=True),  # scores with the NumPy runtime
+    Stage("check", check),
+    Stage("ingest", ingest),
+    Stage("window", window),
+    Stage("validate", validate),
+    Stage("baseline", baseline),
+    Stage("train", train, tensorflow=lambda p: True),
+    Stage("tune", tune, tensorflow=lambda p: p.split.tune_fraction > 0),
+    Stage("refit", refit, tensorflow=lambda p: p.refit.enabled),
+    Stage("evaluate", evaluate, tensorflow=lambda p: bool(p.tune.dynamic_rates)),  # gradients
+    Stage("register", register),  # scores with the NumPy runtime
 )
 
 

@@ -115,7 +115,7 @@ def sweep(
         train_timeout_s=train_timeout_s,
         return_state=True,
     )
-    typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "))
+    typer.echo(f"{state.name}: {state.message or ''}".rstrip(": "), err=True)  # stdout: the JSON alone
     if state.is_completed():
         typer.echo(json.dumps(state.result(raise_on_failure=False), ensure_ascii=False, indent=1, default=str))
     raise typer.Exit(0 if state.is_completed() else 1)

@@ -51,6 +51,11 @@ from pipelines.failures import retry_if_transient
 from pipelines.sweep_spec import Trial, plan_trials
 
 SUMMARY_ARTIFACT = "sweep/trials.json"
+# `stop` ends a trial with Ctrl-C, but a sweep started with `&` from a script inherits SIGINT ignored, and
+# so would DVC (a Python that starts with SIGINT ignored leaves it so): DVC starts with its default back.
+WITH_CTRL_C = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+)
 TRIAL_TARGET = "evaluate"  # a trial's last stage: what ranking and registering need, no registration
 OUTPUT_TAIL = 12  # lines of a failed `dvc exp run`'s output that its error keeps
 
@@ -76,7 +81,7 @@ def dvc(root: str, *args: str, store: str | None = None, timeout_s: float | None
     env.pop("MLFLOW_TRACKING_URI", None)  # a Dask worker's own: the trials log where the sweep reads
     if store:
         env["MLFLOW_TRACKING_URI"] = store
-    command = [str(bin_dir / "dvc"), *args]
+    command = [sys.executable, "-c", WITH_CTRL_C, str(bin_dir / "dvc"), *args]
     process = subprocess.Popen(
         command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
     )
@@ -143,14 +148,17 @@ def register_best(experiment: str, overrides: dict[str, Any], root: str, store: 
     (the workspace changed during the sweep, so stages ran anew), what it registered is not what was
     ranked: the winner is left as it was and the sweep fails saying so."""
     staged = f"{experiment}-registering"
-    dvc(root, "exp", "run", "--temp", "-n", staged, *set_params(overrides), store=store)
+    output = dvc(root, "exp", "run", "--temp", "-n", staged, *set_params(overrides), store=store)
     if evaluated(root, staged) != evaluated(root, experiment):
         raise SweepFailed(
             f"experiment {staged} did not evaluate what {experiment} did (the workspace changed during the"
             " sweep?): its registration is not the winner's; compare them with `dvc exp diff`"
         )
     dvc(root, "exp", "rename", "-f", staged, experiment)
-    return read_json(root, experiment, "reports/registration.json")
+    registration = read_json(root, experiment, "reports/registration.json")
+    if "Running stage 'register'" not in output:  # unchanged since the commit it started from: its record
+        registration["already_registered"] = True
+    return registration
 
 
 def evaluated(root: str, experiment: str) -> Any:
@@ -178,10 +186,13 @@ def log_summary(
     parent = client.create_run(experiment_id, run_name=f"sweep {sweep_id}", tags={"sweep.id": sweep_id}).info.run_id
     for row in rows:
         found = client.search_runs([experiment_id], f"tags.`dvc.exp_name` = '{row['experiment']}'", max_results=1)
-        row["run_id"] = found[0].info.run_id if found else None
-        tags = {"mlflow.parentRunId": parent, "sweep.id": sweep_id, "sweep.trial": row["trial"]} if found else {}
-        for key, value in tags.items():
-            client.set_tag(row["run_id"], key, value)
+        if found:
+            row["run_id"] = found[0].info.run_id
+            for key, value in {"mlflow.parentRunId": parent, "sweep.id": sweep_id, "sweep.trial": row["trial"]}.items():
+                client.set_tag(row["run_id"], key, value)
+        elif row["status"] == "ok":  # DVC restored it from its run-cache: the run that trained those files
+            row["run_id"] = read_json(str(layout.root), row["experiment"], "models/run.json")["run_id"]
+            row["from_run_cache"] = True
     client.log_dict(parent, spec.model_dump(mode="json"), "sweep/spec.json")
     columns = sorted({key for row in rows for key in row}, key=lambda k: (k != "trial", k))
     client.log_table(parent, {col: [row.get(col) for row in rows] for col in columns}, SUMMARY_ARTIFACT)
@@ -243,7 +254,8 @@ def pick_best(rows: list[dict[str, Any]], metric: Metric) -> dict[str, Any] | No
 
 
 def new_sweep_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    """`1207-0620-a3f1`: when (UTC), and unique; short, as it starts every trial's experiment name."""
+    return time.strftime("%m%d-%H%M", time.gmtime()) + "-" + uuid.uuid4().hex[:4]
 
 
 def plan(layout: Layout, spec: SweepParams, overrides: dict[str, Any] | None) -> tuple[Params, list[Trial]]:
@@ -292,7 +304,7 @@ def _sweep(
 ) -> dict[str, Any]:
     logger = get_run_logger()
     root, store = str(layout.root), os.environ.get("MLFLOW_TRACKING_URI")  # handed to Dask workers as is
-    names = [f"{sweep_id}-{trial.name}" for trial in trials]
+    names = [f"{sweep_id}-{trial.index:02d}" for trial in trials]  # short: `dvc exp show` has the params
     configs = [{**overrides, **trial.overrides} for trial in trials]
     futures = run_trial.map(names, configs, unmapped(root), unmapped(store), unmapped(timeout_s))
     metric = base.registry.metric

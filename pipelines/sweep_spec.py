@@ -32,9 +32,10 @@ class SweepSpecError(ParamsError):
 
 @dataclass(frozen=True)
 class Trial:
-    """One config of a sweep: its name (its DVC experiment's is `<sweep-id>-<name>`), the overrides
-    that define it and the validated params."""
+    """One config of a sweep: its index (its DVC experiment is `<sweep-id>-<index>`), its name (the
+    index and what it sets, for the trial table), the overrides that define it and the validated params."""
 
+    index: int
     name: str
     overrides: dict[str, Any]
     params: Params
@@ -72,7 +73,7 @@ def plan_trials(base: Params, spec: SweepParams) -> list[Trial]:
     trials, errors = [], []
     for index, overrides in enumerate(spec.configs()):
         try:
-            trials.append(Trial(trial_name(index, overrides), overrides, with_overrides(base, overrides)))
+            trials.append(Trial(index, trial_name(index, overrides), overrides, with_overrides(base, overrides)))
         except ParamsError as exc:
             errors.append(f"config {index} {overrides}: {exc}")
     if errors:

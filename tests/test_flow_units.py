@@ -239,7 +239,7 @@ def test_a_flow_s_stages_run_under_its_lock_and_stop_when_it_is_gone(tmp_path: P
 
 def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
     """`pip install .` must bring what `char_rnn` and the drivers import, not leave it to another package's
-    dependencies (psutil and ruamel.yaml came with MLflow and DVC until they were declared)."""
+    dependencies (psutil came with MLflow until it was declared)."""
     from importlib import metadata
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]

@@ -86,18 +86,9 @@ def replace_folder(folder: Path, write: Callable[[Path], None]) -> None:
 
 @dataclass(frozen=True)
 class Layout:
-    """`root` holds the data, the shared reports and the MLflow store; `run_dir` (default: `root`)
-    holds what one training produces, so that a sweep can train several models side by side."""
+    """`root` holds the data, the reports, the models and (unless an experiment's copy) the MLflow store."""
 
     root: Path
-    run_dir: Path | None = None
-
-    @property
-    def _run(self) -> Path:
-        return self.run_dir or self.root
-
-    def for_run(self, run_dir: Path) -> Layout:
-        return Layout(self.root, run_dir)
 
     @classmethod
     def discover(cls) -> Layout:
@@ -135,26 +126,26 @@ class Layout:
     @property
     def fit_model(self) -> Path:
         """The first fit: the RNN(s) trained on the training text alone, which the tune stage weighs."""
-        return self._run / "models" / "fit.keras"
+        return self.root / "models" / "fit.keras"
 
     @property
     def fit_record(self) -> Path:
         """Each member's seed and epochs (trained, kept): what the refit repeats."""
-        return self._run / "models" / "fit.json"
+        return self.root / "models" / "fit.json"
 
     @property
     def fit_history(self) -> Path:
-        return self._run / "reports" / "fit_history.csv"
+        return self.root / "reports" / "fit_history.csv"
 
     @property
     def model(self) -> Path:
         """The model that is scored, registered and generates: the refit, or the first fit without one."""
-        return self._run / "models" / "model.keras"
+        return self.root / "models" / "model.keras"
 
     @property
     def hybrid(self) -> Path:
         """What the tune stage chose on the tuning slice: the hybrid's weights, dynamic evaluation's rate."""
-        return self._run / "models" / "hybrid.json"
+        return self.root / "models" / "hybrid.json"
 
     @property
     def ngram(self) -> Path:
@@ -164,33 +155,33 @@ class Layout:
     @property
     def train_run(self) -> Path:
         """Links the train stage's MLflow run to the later stages, which log into the same run."""
-        return self._run / "models" / "run.json"
+        return self.root / "models" / "run.json"
 
     @property
     def history(self) -> Path:
         """The scored model's epochs: the refit's, or the first fit's (member 1 of an ensemble)."""
-        return self._run / "reports" / "history.csv"
+        return self.root / "reports" / "history.csv"
 
     @property
     def metrics(self) -> Path:
-        return self._run / "reports" / "metrics.json"
+        return self.root / "reports" / "metrics.json"
 
     @property
     def plot(self) -> Path:
-        return self._run / "reports" / "loss_accuracy.png"
+        return self.root / "reports" / "loss_accuracy.png"
 
     @property
     def sample(self) -> Path:
-        return self._run / "reports" / "sample.txt"
+        return self.root / "reports" / "sample.txt"
 
     @property
     def registration(self) -> Path:
-        return self._run / "reports" / "registration.json"
+        return self.root / "reports" / "registration.json"
 
     @property
     def checkpoints(self) -> Path:
         """Training's state at each epoch's end, to resume after a kill: in no DVC output, not in git."""
-        return self._run / "models" / "checkpoints"
+        return self.root / "models" / "checkpoints"
 
     @property
     def lock(self) -> Path:

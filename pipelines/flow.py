@@ -176,11 +176,11 @@ def char_rnn_pipeline(
             and push it to origin (a work-pool worker's clone is deleted after the run).
     """
     layout = Layout(Path(root).resolve()) if root else Layout.discover()
-    token = uuid.uuid4().hex
+    ticket = uuid.uuid4().hex
     try:
-        with project_lock(layout.lock, f"flow run {flow_run.get_name()}", token=token):
+        with project_lock(layout.lock, f"flow run {flow_run.get_name()}", ticket=ticket):
             refuse_while_dvc_repro_runs(layout)
-            return _run(layout, overrides, token, skip_if_unchanged, train_timeout_s, push, push_run_branch)
+            return _run(layout, overrides, ticket, skip_if_unchanged, train_timeout_s, push, push_run_branch)
     except (StageFailed, ProjectBusy) as exc:
         return Failed(message=str(exc))
 
@@ -188,7 +188,7 @@ def char_rnn_pipeline(
 def _run(
     layout: Layout,
     overrides: dict[str, Any],
-    token: str,
+    ticket: str,
     skip_if_unchanged: bool,
     train_timeout_s: float,
     push: bool,
@@ -214,7 +214,7 @@ def _run(
     if written:
         logger.info("params.yaml: wrote %s for DVC to read and record", ", ".join(written))
     try:
-        results = _stages(where, train_timeout_s, stage_env(token, lineage_tags(branch)))
+        results = _stages(where, train_timeout_s, stage_env(ticket, lineage_tags(branch)))
     except StageFailed:
         layout.params.write_bytes(before)  # dvc.lock keeps what the stages that ran recorded
         raise

@@ -317,12 +317,12 @@ def push(layout: Layout) -> dict[str, Any]:
     return {"pushed_to": remote, "summary": f"outputs pushed to DVC remote {remote!r}" if remote else "no DVC remote"}
 
 
-def stage_env(token: str, tags: dict[str, str]) -> dict[str, str]:
-    """What a stage command run for the flow gets in its environment: the run's lock token
+def stage_env(ticket: str, tags: dict[str, str]) -> dict[str, str]:
+    """What a stage command run for the flow gets in its environment: the run's lock ticket
     (`char_rnn.lock`), the lineage tags that train puts on its MLflow run (`char_rnn.stages`), and this
     environment's `char-rnn` first on PATH (dvc.yaml's commands), whatever PATH the flow was started with."""
-    from char_rnn.lock import RUN_TOKEN
+    from char_rnn.lock import RUN_TICKET
     from char_rnn.stages import RUN_TAGS
 
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {RUN_TOKEN: token, RUN_TAGS: json.dumps(tags), "PATH": path}
+    return {RUN_TICKET: ticket, RUN_TAGS: json.dumps(tags), "PATH": path}

@@ -212,16 +212,16 @@ with project_lock(Path(sys.argv[1]), "char-rnn train"):
 
 
 def test_a_flow_s_stages_run_under_its_lock_and_stop_when_it_is_gone(tmp_path: Path) -> None:
-    """Its token lets the flow's own stage commands in, nobody else; a stage whose flow died stops itself."""
-    from char_rnn.lock import RUN_TOKEN, ProjectBusy, project_lock
+    """Its ticket lets the flow's own stage commands in, nobody else; a stage whose flow died stops itself."""
+    from char_rnn.lock import RUN_TICKET, ProjectBusy, project_lock
 
     lock = tmp_path / ".char-rnn.lock"
-    flow = LOCKED_STAGE.replace('"char-rnn train"', '"flow run x", token="t"')
+    flow = LOCKED_STAGE.replace('"char-rnn train"', '"flow run x", ticket="t"')
     holder = subprocess.Popen([sys.executable, "-c", flow, str(lock)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == "running\n"
 
-    def stage(token: str | None) -> subprocess.Popen:
-        env = {**os.environ, **({RUN_TOKEN: token} if token else {})}
+    def stage(ticket: str | None) -> subprocess.Popen:
+        env = {**os.environ, **({RUN_TICKET: ticket} if ticket else {})}
         return subprocess.Popen([sys.executable, "-c", LOCKED_STAGE, str(lock)], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
 

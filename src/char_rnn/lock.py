@@ -4,9 +4,9 @@ Two runs writing the same workspace (a `dvc repro` and a scheduled flow run, two
 interleave their outputs, their `dvc.lock` entries and their registrations. Each driver therefore
 holds the project's lock while it works: the flow for its whole run, the command line for one
 stage (which is what `dvc repro` calls, one stage after another). The flow runs its stages through
-DVC too, as those same commands: it lends them its lock with a token in their environment. A second driver is refused at
-once with one line naming the holder; it does not wait, because a nightly run that queues behind
-a stuck one would hide the problem.
+DVC too, as those same commands: it lends them its lock with a ticket in their environment. A second
+driver is refused at once with one line naming the holder; it does not wait, because a nightly run
+that queues behind a stuck one would hide the problem.
 
 The lock is an `flock` on a git-ignored file: the kernel releases it when its holder dies, however
 it dies (SIGKILL included), so no stale lock ever blocks a rerun. The file only says who holds it.
@@ -48,19 +48,19 @@ def exclusive(path: Path, wait: bool = True, busy: str = "") -> Iterator[int]:
         os.close(fd)  # closing releases the flock
 
 
-RUN_TOKEN = "CHAR_RNN_RUN"  # in a stage command's environment: the run holding the lock started it
+RUN_TICKET = "CHAR_RNN_RUN"  # in a stage command's environment: the run holding the lock started it
 
 
 @contextmanager
-def project_lock(path: Path, what: str, token: str | None = None) -> Iterator[None]:
+def project_lock(path: Path, what: str, ticket: str | None = None) -> Iterator[None]:
     """Hold the project's lock at `path` for the block, or raise `ProjectBusy` naming the holder.
 
     `what` says what holds it ("char-rnn train", "flow run nightly-owl"), for the refused run's
     message. A holder that runs its stages as commands (the Prefect flow, through `dvc repro`) passes
-    a `token` and gives it to them in `CHAR_RNN_RUN`: a stage command carrying the holder's token runs
+    a `ticket` and gives it to them in `CHAR_RNN_RUN`: a stage command carrying the holder's ticket runs
     under the holder's lock (`_under_holder`) instead of being refused by it.
     """
-    if (inherited := os.environ.get(RUN_TOKEN)) is not None:
+    if (inherited := os.environ.get(RUN_TICKET)) is not None:
         with _under_holder(path, inherited):
             yield
         return
@@ -69,7 +69,7 @@ def project_lock(path: Path, what: str, token: str | None = None) -> Iterator[No
         holder = {"pid": os.getpid(), "what": what, "since": time.strftime("%H:%M:%S"), "argv": sys.argv[:3]}
         with suppress(OSError):  # the record only informs; a full disk must not stop the run here
             os.ftruncate(fd, 0)  # a killed holder's record may still be there
-            os.pwrite(fd, json.dumps({**holder, **({"token": token} if token else {})}).encode("utf-8"), 0)
+            os.pwrite(fd, json.dumps({**holder, **({"ticket": ticket} if ticket else {})}).encode("utf-8"), 0)
         try:
             yield
         finally:
@@ -77,14 +77,14 @@ def project_lock(path: Path, what: str, token: str | None = None) -> Iterator[No
 
 
 @contextmanager
-def _under_holder(path: Path, token: str) -> Iterator[None]:
-    """Run a stage for the holder whose token it carries, and end it when that holder is gone.
+def _under_holder(path: Path, ticket: str) -> Iterator[None]:
+    """Run a stage for the holder whose ticket it carries, and end it when that holder is gone.
 
     The holder keeps the lock (so every other run stays refused); a stage whose holder died (SIGKILL,
     a cancelled flow run) is refused, and one running when it dies stops itself within a second
     rather than train on, unowned. The kernel releases a dead holder's flock, whatever killed it.
     """
-    if not _held(path) or _record(path).get("token") != token:
+    if not _held(path) or _record(path).get("ticket") != ticket:
         raise ProjectBusy(f"the run that started this stage no longer holds the project ({path})")
     threading.Thread(target=_stop_when_released, args=(path,), daemon=True).start()
     yield

@@ -26,14 +26,14 @@ import char_rnn
 from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.lock import ProjectBusy, project_lock
-from char_rnn.params import Params, load_params, parse_params, with_overrides
+from char_rnn.params import Params, ParamsError, load_params, parse_params, with_overrides
 from pipelines import CODE_DIR
 from pipelines.failures import StageFailed, machine_fault, one_line, retry_if_transient
 from pipelines.publish import outcome, publish_run, report, run_branch
 from pipelines.versioning import (
     is_up_to_date,
     push,
-    refuse_while_dvc_repro_runs,
+    refuse_while_dvc_runs,
     reproduce,
     require_dvc_project,
     require_remote,
@@ -129,7 +129,12 @@ def resolve_params(layout: Layout, overrides: dict[str, Any]) -> Params:
 def committed_params(layout: Layout) -> Params | None:
     """params.yaml as the project's last commit has it (None outside git): what a run is compared with."""
     shown = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=layout.root, capture_output=True, text=True)
-    return parse_params(yaml.safe_load(shown.stdout)) if shown.returncode == 0 else None
+    if shown.returncode != 0:
+        return None
+    try:
+        return parse_params(yaml.safe_load(shown.stdout))
+    except ParamsError:  # the committed file is of an older shape: nothing to compare with
+        return None
 
 
 def params_diff(run: Params, committed: Params | None) -> dict[str, tuple[Any, Any]]:
@@ -165,7 +170,8 @@ def char_rnn_pipeline(
     Args:
         overrides: params to change for this run, as dotted keys of params.yaml, e.g. {"train.epochs": 5}.
             Validated like params.yaml, then written into it (as `dvc exp run -S` does) so that dvc.lock
-            records them; a run that fails puts params.yaml back. Empty: params.yaml as it is.
+            records them; a run whose stages fail, or that is cancelled, puts params.yaml back (once
+            they all ran, dvc.lock records them and they stay). Empty: params.yaml as it is.
         root: the project folder (default: the one with params.yaml around the working directory).
         skip_if_unchanged: end "up to date" at once, without running DVC's stages, when params, corpus and
             code are as dvc.lock records them.
@@ -179,7 +185,7 @@ def char_rnn_pipeline(
     ticket = uuid.uuid4().hex
     try:
         with project_lock(layout.lock, f"flow run {flow_run.get_name()}", ticket=ticket):
-            refuse_while_dvc_repro_runs(layout)
+            refuse_while_dvc_runs(layout)
             return _run(layout, overrides, ticket, skip_if_unchanged, train_timeout_s, push, push_run_branch)
     except (StageFailed, ProjectBusy) as exc:
         return Failed(message=str(exc))
@@ -215,7 +221,7 @@ def _run(
         logger.info("params.yaml: wrote %s for DVC to read and record", ", ".join(written))
     try:
         results = _stages(where, train_timeout_s, stage_env(ticket, lineage_tags(branch)))
-    except StageFailed:
+    except BaseException:  # a failed stage, and a cancelled or interrupted run (Prefect's SIGTERM, Ctrl-C)
         layout.params.write_bytes(before)  # dvc.lock keeps what the stages that ran recorded
         raise
     said = outcome(results, layout)

@@ -30,7 +30,7 @@ from char_rnn.errors import PipelineError
 from char_rnn.layout import Layout
 from char_rnn.lock import ProjectBusy
 from char_rnn.params import Params, load_params
-from pipelines.failures import TRANSIENT_MESSAGES, StageError, TransientError
+from pipelines.failures import TRANSIENT_MESSAGES, StageError, TransientError, is_transient
 
 GRACE_S = 10.0  # between SIGTERM and SIGKILL for a stage that is stopped
 
@@ -45,6 +45,10 @@ class NoDvcRemote(PipelineError):
 
 class DvcFailed(Exception):
     """A DVC command failed for a reason other than its lock or a stage's command; DVC's message."""
+
+
+class DvcRefused(PipelineError):
+    """DVC refused to run a stage (a missing dependency, a broken dvc.yaml): the user's to fix, in one line."""
 
 
 class StageTimedOut(PipelineError):
@@ -136,18 +140,27 @@ def _why(run: StageRun, timeout_s: float, timed_out: bool) -> Exception:
     code = re.search(r"exited with (-?\d+)", " ".join(map(str, chain)))
     if timed_out:
         return StageTimedOut(f"{run.stage} ran longer than its time budget of {timeout_s:g} s and was stopped{resumes}")
-    if code and int(code.group(1)) < 0:
-        return StageKilled(f"char-rnn {run.stage} was killed by {signal.Signals(-int(code.group(1))).name}{resumes}")
+    killer = _killed_by(int(code.group(1))) if code else None
+    if killer is not None:
+        return StageKilled(f"char-rnn {run.stage} was killed by {killer.name}{resumes}")
     told = [i for i, line in enumerate(run.stderr) if line.startswith("error: ")]
     if told:
         said = [line.strip() for line in run.stderr[told[-1] :] if line.strip()]
         return StageError(" ".join([said[0].removeprefix("error: "), "; ".join(said[1:])]).strip())
     last = next((line for line in reversed(run.stderr) if line.strip()), str(run.error))
     if not code:  # DVC itself failed (a missing dependency, a broken dvc.yaml): no stage command ran
-        return run.error
+        return run.error if is_transient(run.error) else DvcRefused(": ".join(dict.fromkeys(map(str, chain))))
     if any(words in last.lower() for words in TRANSIENT_MESSAGES):
         return TransientError(f"char-rnn {run.stage}: {last}")
     return StageCrashed("\n".join(run.stderr[-30:]))
+
+
+def _killed_by(code: int) -> signal.Signals | None:
+    """The signal that ended a stage's command. DVC runs it through `$SHELL -c` (`/bin/sh` where SHELL
+    is unset, as on CI): bash execs the command, whose death by signal N DVC sees as -N; dash waits for
+    it, prints "Killed" and exits 128 + N."""
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    return signal.Signals(number) if number in set(signal.Signals) else None
 
 
 def stop_stage(stage: str) -> None:
@@ -242,21 +255,23 @@ def _dvc_messages() -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
-def refuse_while_dvc_repro_runs(layout: Layout) -> None:
-    """Raise `ProjectBusy` when a `dvc repro` is running in this project.
+def refuse_while_dvc_runs(layout: Layout) -> None:
+    """Raise `ProjectBusy` when a `dvc repro` or `dvc exp run` is running in this project.
 
-    `dvc repro` takes the project's lock stage by stage (each `char-rnn <stage>` takes it), so between
-    two of its stages the lock is free; a flow that started there would break its next stage. The flow
-    checks for the `dvc repro` process itself after taking the lock (from then on, every stage of a new
-    `dvc repro` is refused).
+    Both take the project's lock stage by stage (each `char-rnn <stage>` takes it), so between two of
+    their stages the lock is free; a flow that started there would break their next stage (and `dvc
+    exp run`, even `--temp`, stashes and rewrites the workspace as it starts). The flow checks for the
+    process itself after taking the lock (from then on, every stage of a new one is refused).
     """
     import psutil
 
     for process in psutil.process_iter(["cmdline", "cwd"]):
-        command = process.info["cmdline"] or []
+        command, cwd = process.info["cmdline"] or [], process.info["cwd"]
         dvc = any(Path(part).name == "dvc" for part in command[:3])
-        if dvc and "repro" in command and process.info["cwd"] == str(layout.root):
-            raise ProjectBusy(f"another run is using this project (dvc repro, pid {process.pid}); wait for it to end")
+        running = "repro" in command or ("exp" in command and "run" in command)
+        if dvc and running and cwd and Path(cwd).is_relative_to(layout.root):
+            what = "dvc repro" if "repro" in command else "dvc exp run"
+            raise ProjectBusy(f"another run is using this project ({what}, pid {process.pid}); wait for it to end")
 
 
 def require_dvc_project(layout: Layout) -> None:

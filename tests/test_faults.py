@@ -109,14 +109,14 @@ def refused_while(root: Path, repro: subprocess.Popen) -> None:
     """While `dvc repro` runs, a flow (or any other run) is refused: during a stage by the stage's
     lock, between stages because the `dvc repro` process itself is found."""
     from char_rnn.lock import ProjectBusy, project_lock
-    from pipelines.versioning import refuse_while_dvc_repro_runs
+    from pipelines.versioning import refuse_while_dvc_runs
 
     layout = Layout(root)
     holder = r"another run is using this project \(char-rnn train, pid \d+, since "
     with pytest.raises(ProjectBusy, match=holder), project_lock(layout.lock, "test"):
         pass
     with pytest.raises(ProjectBusy, match=rf"\(dvc repro, pid {repro.pid}\)"):
-        refuse_while_dvc_repro_runs(layout)
+        refuse_while_dvc_runs(layout)
 
 
 def mlflow_client(root: Path):

@@ -27,7 +27,7 @@ from char_rnn.validation import ValidationFailed
 from conftest import REPO
 from pipelines.failures import StageError, TransientError, is_transient
 from pipelines.flow import resolve_params, stage_graph
-from pipelines.versioning import StageCrashed, StageKilled, StageTimedOut, reproduce, write_params
+from pipelines.versioning import DvcRefused, StageCrashed, StageKilled, StageTimedOut, reproduce, write_params
 
 
 @pytest.mark.parametrize(
@@ -167,6 +167,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Layout:
     for name, code in FAILING_STAGES.items():
         (root / f"{name}.py").write_text(code + "\n", encoding="utf-8")
     stages = {name: {"cmd": f"{sys.executable} {name}.py", "deps": [f"{name}.py"]} for name in FAILING_STAGES}
+    stages["unmade"] = {"cmd": f"{sys.executable} fine.py", "deps": ["never-made.txt"]}  # DVC refuses it
     (root / "dvc.yaml").write_text(json.dumps({"stages": stages}), encoding="utf-8")
     env = {**os.environ, **QUIET, **GIT_IDENTITY}
     for command in (["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"]):
@@ -187,18 +188,34 @@ def test_a_stage_past_its_budget_is_stopped_and_not_retried(dvc_project: Layout)
 
 def test_a_stage_s_failure_is_classified_from_its_own_output(dvc_project: Layout) -> None:
     """Its `error:` line: one line, never retried; a transient traceback: retried; any other: a bug;
-    killed from outside: said so; a stage that succeeds: its summary line."""
+    DVC refusing to run it: DVC's reason, one line; a stage that succeeds:
+    its summary line."""
     told = reproduce(dvc_project, "told", 60, {}).error
     assert isinstance(told, StageError) and not is_transient(told)
     assert str(told) == "validation failed: corpus: bad"
     assert is_transient(reproduce(dvc_project, "locked", 60, {}).error)
     buggy = reproduce(dvc_project, "buggy", 60, {}).error
     assert isinstance(buggy, StageCrashed) and "KeyError: 'x'" in str(buggy) and not is_transient(buggy)
-    killed = reproduce(dvc_project, "killed", 60, {}).error
-    assert isinstance(killed, StageKilled) and str(killed) == "char-rnn killed was killed by SIGKILL"
+    refused = reproduce(dvc_project, "unmade", 60, {}).error  # no stage command ran: DVC said why
+    assert isinstance(refused, DvcRefused) and "never-made.txt" in str(refused) and not is_transient(refused)
     fine = reproduce(dvc_project, "fine", 60, {})
     assert fine.error is None and fine.how == "ran" and fine.summary == "all good"
     assert reproduce(dvc_project, "fine", 60, {}).how == "skipped"  # DVC's decision: nothing changed
+
+
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash", None])
+def test_a_killed_stage_is_said_killed_whichever_shell_dvc_runs_it_in(
+    dvc_project: Layout, shell: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DVC runs a stage through $SHELL, /bin/sh where it is unset (CI): dash reports its child's
+    SIGKILL as exit 137 after printing "Killed", bash as -9; both are a kill, neither a crash."""
+    if shell is None:
+        monkeypatch.delenv("SHELL", raising=False)
+    else:
+        monkeypatch.setenv("SHELL", shell)
+    killed = reproduce(dvc_project, "killed", 60, {}).error
+    assert isinstance(killed, StageKilled) and str(killed) == "char-rnn killed was killed by SIGKILL", killed
+    assert not is_transient(killed)
 
 
 LOCKED_STAGE = """
@@ -212,7 +229,8 @@ with project_lock(Path(sys.argv[1]), "char-rnn train"):
 
 
 def test_a_flow_s_stages_run_under_its_lock_and_stop_when_it_is_gone(tmp_path: Path) -> None:
-    """Its ticket lets the flow's own stage commands in, nobody else; a stage whose flow died stops itself."""
+    """Its ticket lets the flow's own stage commands in, nobody else; a stage whose flow died stops itself,
+    also when another run holds the lock by then."""
     from char_rnn.lock import RUN_TICKET, ProjectBusy, project_lock
 
     lock = tmp_path / ".char-rnn.lock"
@@ -234,7 +252,16 @@ def test_a_flow_s_stages_run_under_its_lock_and_stop_when_it_is_gone(tmp_path: P
     assert ours.stdout.readline() == "running\n"
     holder.kill()
     holder.wait()
-    assert ours.wait(timeout=15) == -signal.SIGTERM
+    # Another run takes the project at once, most likely within the stage's one-second poll: the lock
+    # is held again, but not by the run that started the stage, which stops all the same.
+    successor = subprocess.Popen([sys.executable, "-c", flow.replace('ticket="t"', 'ticket="u"'), str(lock)],
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert successor.stdout.readline() == "running\n"
+        assert ours.wait(timeout=15) == -signal.SIGTERM
+    finally:
+        successor.kill()
+        successor.wait()
 
 
 def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
@@ -261,3 +288,35 @@ def test_every_package_the_code_imports_is_a_declared_dependency() -> None:
 
 def _canonical(distribution: str) -> str:
     return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def test_a_flow_is_refused_beside_a_dvc_exp_run_or_repro_anywhere_in_the_project(tmp_path: Path) -> None:
+    """Between two of their stages neither holds the project's lock: the flow finds the process itself,
+    from a subfolder of the project too, and only this project's."""
+    from char_rnn.lock import ProjectBusy
+    from pipelines.versioning import refuse_while_dvc_runs
+
+    root, elsewhere = tmp_path / "project", tmp_path / "other"
+    (root / "src").mkdir(parents=True)
+    elsewhere.mkdir()
+    dvc = tmp_path / "bin" / "dvc"  # a process that looks like DVC to `ps`: its name and arguments
+    dvc.parent.mkdir()
+    dvc.write_text("#!/bin/sh\nsleep 60\n")
+    dvc.chmod(0o755)
+    for args, cwd, refused in (
+        (["exp", "run", "--temp"], root / "src", "dvc exp run"),
+        (["repro"], root, "dvc repro"),
+        (["exp", "run"], elsewhere, None),
+        (["exp", "show"], root, None),
+    ):
+        process = subprocess.Popen([str(dvc), *args], cwd=cwd)
+        try:
+            time.sleep(0.2)  # exec'd: ps shows its arguments
+            if refused:
+                with pytest.raises(ProjectBusy, match=rf"\({refused}, pid {process.pid}\)"):
+                    refuse_while_dvc_runs(Layout(root))
+            else:
+                refuse_while_dvc_runs(Layout(root))
+        finally:
+            process.kill()
+            process.wait()

@@ -86,7 +86,7 @@ def _under_holder(path: Path, ticket: str) -> Iterator[None]:
     """
     if not _held(path) or _record(path).get("ticket") != ticket:
         raise ProjectBusy(f"the run that started this stage no longer holds the project ({path})")
-    threading.Thread(target=_stop_when_released, args=(path,), daemon=True).start()
+    threading.Thread(target=_stop_when_released, args=(path, ticket), daemon=True).start()
     yield
 
 
@@ -98,8 +98,9 @@ def _held(path: Path) -> bool:
         return True
 
 
-def _stop_when_released(path: Path) -> None:
-    while _held(path):
+def _stop_when_released(path: Path, ticket: str) -> None:
+    """Poll the holder: gone, or replaced by another run within a poll (whose ticket differs), ends this."""
+    while _held(path) and _record(path).get("ticket") == ticket:
         time.sleep(1.0)
     os.kill(os.getpid(), signal.SIGTERM)
 

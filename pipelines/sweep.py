@@ -3,8 +3,10 @@
 A trial is `dvc exp run --temp -n <sweep-id>-<trial> -S <key>=<value>... evaluate`: DVC copies the
 project into a temporary folder, runs the pipeline there up to `evaluate` (never `register`: only the
 best is registered), keeps the result as one of the project's experiments (`dvc exp show` lists it; its
-outputs are in DVC's cache and run-cache) and deletes the copy. The workspace is never written, so a
-sweep cannot overwrite what a `dvc repro` or a flow run there is using. The train stage logs each trial
+outputs are in DVC's cache and run-cache) and deletes the copy. Training never writes the workspace,
+but DVC stashes it for a moment as each `dvc exp run` starts (the trial's params are written into it,
+copied, and the workspace put back): not to be started beside a `dvc repro` or a flow run, which
+refuses to start beside it (`pipelines.versioning`). The train stage logs each trial
 to the project's MLflow store, tagged with the experiment's name (`char_rnn.layout.store_home`).
 
 The trials are Prefect tasks, at most `max_parallel` at once: here through a thread pool, each thread
@@ -142,18 +144,35 @@ def run_trial(
 @task(
     name="register-best", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, retry_condition_fn=retry_if_transient
 )
-def register_best(experiment: str, overrides: dict[str, Any], root: str, store: str | None) -> dict[str, Any]:
+def register_best(
+    experiment: str, overrides: dict[str, Any], root: str, store: str | None, timeout_s: float
+) -> dict[str, Any]:
     """The whole pipeline once more with the winner's overrides, as an experiment that replaces the
-    winner's: all but `register` from the run-cache. When it evaluated other files than the winner did
-    (the workspace changed during the sweep, so stages ran anew), what it registered is not what was
-    ranked: the winner is left as it was and the sweep fails saying so."""
-    staged = f"{experiment}-registering"
-    output = dvc(root, "exp", "run", "--temp", "-n", staged, *set_params(overrides), store=store)
-    if evaluated(root, staged) != evaluated(root, experiment):
+    winner's: all but `register` from the run-cache. Checked first, up to evaluate and registering
+    nothing: when that evaluated other files than the winner did (the workspace changed during the
+    sweep, so stages ran anew), registering would register what was never ranked: the winner is left as
+    it was and the sweep fails saying so."""
+    checked, staged = f"{experiment}-checking", f"{experiment}-registering"
+    dvc(
+        root,
+        "exp",
+        "run",
+        "--temp",
+        "-n",
+        checked,
+        *set_params(overrides),
+        TRIAL_TARGET,
+        store=store,
+        timeout_s=timeout_s,
+    )
+    same = evaluated(root, checked) == evaluated(root, experiment)
+    dvc(root, "exp", "remove", checked)
+    if not same:
         raise SweepFailed(
-            f"experiment {staged} did not evaluate what {experiment} did (the workspace changed during the"
-            " sweep?): its registration is not the winner's; compare them with `dvc exp diff`"
+            f"experiment {checked} did not evaluate what {experiment} did (the workspace changed during the"
+            " sweep?): nothing registered; compare them with `dvc exp diff`"
         )
+    output = dvc(root, "exp", "run", "--temp", "-n", staged, *set_params(overrides), store=store, timeout_s=timeout_s)
     dvc(root, "exp", "rename", "-f", staged, experiment)
     registration = read_json(root, experiment, "reports/registration.json")
     if "Running stage 'register'" not in output:  # unchanged since the commit it started from: its record
@@ -319,7 +338,7 @@ def _sweep(
         if best is None:
             raise SweepFailed(f"all {len(rows)} trials failed; nothing registered")
         winner = configs[names.index(best["experiment"])]
-        state = finished(register_best.submit(best["experiment"], winner, root, store))  # on the runner too
+        state = finished(register_best.submit(best["experiment"], winner, root, store, timeout_s))  # on the runner too
         if not state.is_completed():
             raise SweepFailed(f"registering {best['experiment']} failed: {state.message or state.name}")
         registration = state.result()

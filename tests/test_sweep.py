@@ -170,9 +170,10 @@ def test_the_winner_is_not_replaced_by_a_rerun_that_evaluated_other_files(monkey
     calls: list[tuple[str, ...]] = []
     monkeypatch.setattr(sweep, "dvc", lambda root, *args, **options: calls.append(args[:2]) or "")
     monkeypatch.setattr(sweep, "evaluated", lambda root, experiment: {"outs": experiment})  # each its own
-    with pytest.raises(sweep.SweepFailed, match="experiment s-01-registering did not evaluate what s-01 did"):
-        sweep.register_best.fn("s-01", {"model.units": 8}, "/project", None)
-    assert calls == [("exp", "run")]  # and no `exp rename`: the winner's experiment is left as it was
+    with pytest.raises(sweep.SweepFailed, match="experiment s-01-checking did not evaluate what s-01 did"):
+        sweep.register_best.fn("s-01", {"model.units": 8}, "/project", None, 600)
+    # the check is removed and nothing else runs: no registering run, no `exp rename` over the winner
+    assert calls == [("exp", "run"), ("exp", "remove")]
 
 
 def test_a_trial_is_scored_on_the_validation_text_and_a_failed_one_says_why(tiny_params: Params) -> None:

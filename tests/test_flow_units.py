@@ -142,10 +142,11 @@ def test_the_run_report_gives_one_figure_per_model_a_working_link_and_the_change
 def test_the_task_graph_is_dvc_yaml_s_graph() -> None:
     """Each task waits for the stages whose outputs it reads (not all of them for check)."""
     graph = stage_graph(REPO)
-    assert list(graph) == ["check", "ingest", "window", "validate", "baseline", "train", "tune", "refit",
+    assert list(graph) == ["check", "ingest", "window", "validate", "drift", "baseline", "train", "tune", "refit",
                            "evaluate", "register"]  # fmt: skip
     assert graph["check"] == [] and graph["ingest"] == ["check"] and graph["baseline"] == ["window"]
-    assert graph["train"] == ["ingest", "window", "validate"] and graph["refit"] == ["window", "train"]
+    assert set(graph["train"]) == {"ingest", "window", "validate", "drift"} and graph["refit"] == ["window", "train"]
+    assert graph["drift"] == ["ingest", "window"]  # beside validate and baseline, before training
     assert set(graph["evaluate"]) == {"window", "baseline", "tune", "refit", "train"}
     assert set(graph["register"]) == {"ingest", "window", "baseline", "tune", "refit", "train", "evaluate"}
 

@@ -108,6 +108,20 @@ class Layout:
         return self.root / "data" / "corpus.txt"
 
     @property
+    def documents(self) -> Path:
+        """The corpus's documents: names, sha256 and places (`char_rnn.corpus.manifest`)."""
+        return self.root / "data" / "documents.json"
+
+    @property
+    def profile(self) -> Path:
+        """What the model trains on (`char_rnn.drift.training_profile`), logged with its run."""
+        return self.root / "data" / "profile.json"
+
+    @property
+    def drift_report(self) -> Path:
+        return self.root / "reports" / "drift.json"
+
+    @property
     def vocab(self) -> Path:
         return self.root / "data" / "vocab.json"
 

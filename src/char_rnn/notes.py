@@ -25,7 +25,7 @@ def change(relative: float) -> str:
     return f"{relative * 100:+.2f} %".replace("-", "−")
 
 
-def data(corpus: str, spec: WindowSpec, corpus_md5: str, passed: int, failed: int) -> str:
+def data(corpus: str, spec: WindowSpec, corpus_md5: str, passed: int, failed: int, drift: str) -> str:
     total = spec.train_chars + spec.tune_chars + spec.val_chars + spec.test_chars
     splits = ", ".join(
         f"{name} {chars:,}"
@@ -41,7 +41,8 @@ def data(corpus: str, spec: WindowSpec, corpus_md5: str, passed: int, failed: in
         f"**{corpus}**: {total:,} characters (md5 `{corpus_md5}`); {splits}, in that order.\n"
         f"{spec.vocab_size:,} {spec.units} units, from the training text alone; windows of {spec.length}, stride"
         f" {spec.stride}: {spec.train_windows:,} for training.\n"
-        f"Great Expectations: {passed} expectations passed, {failed} failed."
+        f"Great Expectations: {passed} expectations passed, {failed} failed.\n"
+        f"Drift: {drift}."
     )
 
 

@@ -40,7 +40,7 @@ class _Section(BaseModel):
 class CorpusParams(_Section):
     source: str = Field(
         description="'seed' (the blog's sentence), 'kolaw', 'kobill', 'kolaw+kobill' "
-        "(texts shipped with konlpy) or a path to a UTF-8 text file",
+        "(texts shipped with konlpy), a path to a UTF-8 text file, or a folder: its *.txt documents in name order",
     )
 
     @field_validator("source")
@@ -188,6 +188,26 @@ class ValidationParams(_Section):
     )
 
 
+class DriftParams(_Section):
+    """New documents against the champion's training text, checked before training (`char_rnn.drift`).
+    The defaults pass every kolaw+kobill bill arriving after the constitution and stop English prose
+    and random CJK text (measured: docs/evaluation.md)."""
+
+    max_unseen_share: float = Field(
+        default=0.3, ge=0.0, lt=1.0, description="share of a new document's characters the champion never trained on"
+    )
+    max_script_shift: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="largest change of a script's share (Hangul, Latin, digits, ...)"
+    )
+    max_divergence: float = Field(
+        default=1.5, gt=0.0, description="KL divergence (nats) of the new text's characters from the champion's"
+    )
+    max_similarity: float = Field(
+        default=0.98, gt=0.0, le=1.0, description="share of a new document's 8-grams another document has"
+    )
+    min_document_chars: int = Field(default=1, ge=0, description="non-space characters a new document needs")
+
+
 class EvaluateParams(_Section):
     prompt: str = Field(min_length=1, description="fixed prompt for the generated sample")
     sample_length: int = Field(ge=1, le=10_000)
@@ -282,6 +302,7 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     validation: ValidationParams
+    drift: DriftParams = DriftParams()
     baseline: BaselineParams
     tune: TuneParams
     refit: RefitParams

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import re
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from char_rnn.errors import PipelineError
@@ -36,6 +39,7 @@ from char_rnn.registry_lock import registry_lock
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"  # the champion a promotion replaced: what a rollback restores
+PROFILE = "data/profile.json"  # the run's artifact that says what its model trained on (`char_rnn.drift`)
 PENDING = "char_rnn.pending"  # tag of a version whose registration has not finished
 
 
@@ -174,6 +178,23 @@ def current_champion(model_name: str) -> Any | None:
     from mlflow import MlflowClient
 
     return _champion(MlflowClient(), model_name)
+
+
+def champion_profile(model_name: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The champion's version and the training profile its run kept (`data/profile.json`): (None, None)
+    without a champion, (version, None) for one registered before profiles were kept."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    champion = current_champion(model_name)
+    if champion is None:
+        return None, None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=PROFILE, dst_path=tmp)
+        except (MlflowException, OSError):  # no such artifact: a version from before profiles
+            return str(champion.version), None
+        return str(champion.version), json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def crown(model_name: str, version: str) -> str | None:

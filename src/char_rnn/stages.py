@@ -57,13 +57,19 @@ def check(params: Params, layout: Layout) -> Summary:
 
 
 def ingest(params: Params, layout: Layout) -> Summary:
-    """Read corpus.source strictly as UTF-8, normalise it (no BOM, LF, NFC), write data/corpus.txt."""
-    from char_rnn.corpus import load_corpus
+    """Read corpus.source strictly as UTF-8, normalise it (no BOM, LF, NFC), write data/corpus.txt and
+    its documents' manifest."""
+    from char_rnn.corpus import load_documents, manifest
 
-    text = load_corpus(params.corpus, layout.root)
+    documents = load_documents(params.corpus, layout.root)
+    text = "".join(document.text for document in documents)
     write_atomically(layout.corpus, text)
-    summary = f"{len(text):,} characters of {params.corpus.source!r} in {layout.corpus.relative_to(layout.root)}"
-    return {"corpus": str(layout.corpus), "characters": len(text), "summary": summary}
+    _write_json(layout.documents, manifest(documents))
+    summary = (
+        f"{len(text):,} characters of {params.corpus.source!r} ({len(documents)} document"
+        f"{'s' if len(documents) != 1 else ''}) in {layout.corpus.relative_to(layout.root)}"
+    )
+    return {"corpus": str(layout.corpus), "characters": len(text), "documents": len(documents), "summary": summary}
 
 
 def window(params: Params, layout: Layout) -> Summary:
@@ -97,6 +103,40 @@ def validate(params: Params, layout: Layout) -> Summary:
     passed = sum(len(suite["expectations"]) for suite in report["suites"])
     summary = f"all {passed} expectations passed (report: {layout.validation_report.relative_to(layout.root)})"
     return {"success": report["success"], "report": str(layout.validation_report), "summary": summary}
+
+
+def drift(params: Params, layout: Layout) -> Summary:
+    """Check the new documents against the text the champion trained on (Great Expectations) and keep
+    the training profile this run's model will be logged with; fail, naming the documents, on drift."""
+    from char_rnn import registry, tracking
+    from char_rnn.corpus import read_corpus
+    from char_rnn.drift import DriftFailed, check_drift, failures, training_profile
+    from char_rnn.windows import load_spec
+
+    text, documents = read_corpus(layout.corpus), json.loads(layout.documents.read_text(encoding="utf-8"))
+    tracking.connect(layout.mlruns)
+    version, reference = registry.champion_profile(params.registry.model_name)
+    report = {"champion": version, **check_drift(text, documents, reference, params.drift)}
+    report["summary"] = _drift_summary(report, params.registry.model_name)
+    _write_json(layout.drift_report, report)
+    if not report["success"]:
+        raise DriftFailed("drift: the new text is not like the champion's:\n  " + "\n  ".join(failures(report)))
+    _write_json(layout.profile, training_profile(text, documents, load_spec(layout.windows).train_chars))
+    return report
+
+
+def _drift_summary(report: dict[str, Any], model_name: str) -> str:
+    new, champion = report["new"], report["champion"]
+    said = [f"{len(new)} new document{'s' if len(new) != 1 else ''}"]
+    if report["changed"] or report["removed"]:
+        said.append(f"earlier text changed: {', '.join(report['changed'] + report['removed'])}")
+    if champion is None:
+        said.append(f"no champion of {model_name} to compare with: only empty and duplicate documents checked")
+    elif report["reference_shares"] is None:
+        said.append(f"{model_name} version {champion} kept no training profile: not compared")
+    elif new:
+        said.append(f"like the text {model_name} version {champion} trained on")
+    return "; ".join(said)
 
 
 def baseline(params: Params, layout: Layout) -> Summary:
@@ -158,10 +198,12 @@ def train(params: Params, layout: Layout) -> Summary:
             logged = {key: value for key, value in params.flat().items() if not key.startswith("sweep.")}
             mlflow.log_params({**logged, **{f"data.{k}": v for k, v in asdict(spec).items()}})
             mlflow.log_metrics({"validation/passed": passed, "validation/failed": failed})
-            for artifact in (layout.validation_report, layout.vocab):
+            for artifact in (layout.validation_report, layout.drift_report, layout.vocab, layout.profile):
                 mlflow.log_artifact(str(artifact), artifact_path="data")
             _log_datasets(params.corpus.source, layout, lineage["corpus_md5"], spec)
-            data_note = notes.data(params.corpus.source, spec, lineage["corpus_md5"], passed, failed)
+            drift = json.loads(layout.drift_report.read_text(encoding="utf-8"))
+            _log_drift(params.corpus.source, layout, drift)
+            data_note = notes.data(params.corpus.source, spec, lineage["corpus_md5"], passed, failed, drift["summary"])
             tracking.set_note_section(run.info.run_id, "Data", data_note)
 
         def callbacks(i: int) -> list[Any]:
@@ -248,6 +290,21 @@ def _log_datasets(corpus: str, layout: Layout, corpus_md5: str, spec: Any) -> No
         if chars:
             path = layout.windows / f"{split}.npy"
             tracking.log_dataset(f"{corpus}/{context}", path, file_md5(path), context)
+
+
+def _log_drift(corpus: str, layout: Layout, drift: dict[str, Any]) -> None:
+    """The drift check's figures as metrics, and a folder's new documents as dataset inputs (at most 20)."""
+    import mlflow
+
+    from char_rnn import tracking
+    from char_rnn.drift import figures
+
+    mlflow.log_metrics({f"drift/{key}": value for key, value in figures(drift).items()})
+    folder = layout.root / corpus
+    if folder.is_dir():
+        digests = {row["name"]: row["sha256"] for row in json.loads(layout.documents.read_text(encoding="utf-8"))}
+        for name in drift["new"][:20]:  # the Datasets column is for reading, not for a thousand rows
+            tracking.log_dataset(f"{corpus}/{name}", folder / name, digests[name][:32], "new document")
 
 
 def tune(params: Params, layout: Layout) -> Summary:
@@ -572,6 +629,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", ingest),
     Stage("window", window),
     Stage("validate", validate),
+    Stage("drift", drift),
     Stage("baseline", baseline),
     Stage("train", train, tensorflow=lambda p: True),
     Stage("tune", tune, tensorflow=lambda p: p.split.tune_fraction > 0),

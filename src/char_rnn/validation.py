@@ -133,8 +133,9 @@ def window_expectations(spec: WindowSpec) -> list[Any]:
     ]
 
 
-def run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> dict[str, Any]:
-    """Run one suite in an ephemeral GX context; returns a JSON-ready summary of every expectation."""
+def run_suite(name: str, frame: pd.DataFrame, expectations: list[Any], index: str | None = None) -> dict[str, Any]:
+    """Run one suite in an ephemeral GX context; returns a JSON-ready summary of every expectation.
+    `index`: a column naming the rows, listed for each expectation's unexpected rows (`rows`)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -142,21 +143,32 @@ def run_suite(name: str, frame: pd.DataFrame, expectations: list[Any]) -> dict[s
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch = context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
     suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-    result = gx.ValidationDefinition(data=batch, suite=suite, name=name).run(batch_parameters={"dataframe": frame})
-    return {"suite": name, "success": bool(result.success), "expectations": [_summarise(r) for r in result.results]}
+    shape = {"result_format": "COMPLETE", "unexpected_index_column_names": [index]} if index else "SUMMARY"
+    result = gx.ValidationDefinition(data=batch, suite=suite, name=name).run(
+        batch_parameters={"dataframe": frame}, result_format=shape
+    )
+    return {
+        "suite": name,
+        "success": bool(result.success),
+        "expectations": [_summarise(r, index) for r in result.results],
+    }
 
 
-def _summarise(result: Any) -> dict[str, Any]:
+def _summarise(result: Any, index: str | None) -> dict[str, Any]:
     config = result.expectation_config
     kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
     observed = result.result.get("observed_value", result.result.get("partial_unexpected_list"))
+    observed = observed.item() if isinstance(observed, np.generic) else observed  # JSON: a number, not a string
+    rows = result.result.get("unexpected_index_list") if index else None
     return {
         "expectation": config.type,
         "kwargs": kwargs,
         "success": bool(result.success),
         "observed": observed,
         "unexpected_count": result.result.get("unexpected_count"),
-    }
+    } | (
+        {"rows": [row[index] for row in rows]} if index and (rows := result.result.get("unexpected_index_list")) else {}
+    )
 
 
 def failures(report: dict[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -40,9 +41,19 @@ class Found:
 def load_registered(uri: str, store: str | None = None) -> Generator:
     """The generator of `models:/name@alias` or `models:/name/version` in `store` (default: MLflow's
     current tracking URI), its files checked against the version's sha256 tags."""
+    with registered_files(uri, store) as (version, files, digests):
+        version_uri = f"models:/{parse_model_uri(uri)[0]}/{version}"
+        return load_generator(files, digests, version_uri + (f" ({uri})" if uri != version_uri else ""))
+
+
+@contextlib.contextmanager
+def registered_files(uri: str, store: str | None = None) -> Iterator[tuple[str, dict[str, Path], dict[str, str]]]:
+    """(version, its bundle's files by name, their sha256 tags), read where they lie in a local store,
+    else downloaded for the duration of the `with`. The files are checked by whoever loads them."""
     found = read_local_store(uri, store) if store else None
     if found is not None:
-        return checked_generator(uri, found)
+        yield found.version, *checked_files(uri, found)
+        return
     import mlflow
 
     if store:
@@ -52,10 +63,11 @@ def load_registered(uri: str, store: str | None = None) -> Generator:
         folder = mlflow.artifacts.download_artifacts(
             artifact_uri=f"models:/{version.name}/{version.version}", dst_path=tmp
         )
-        return checked_generator(uri, Found(str(version.version), dict(version.tags), Path(folder)))
+        found = Found(str(version.version), dict(version.tags), Path(folder))
+        yield found.version, *checked_files(uri, found)
 
 
-def checked_generator(uri: str, found: Found) -> Generator:
+def checked_files(uri: str, found: Found) -> tuple[dict[str, Path], dict[str, str]]:
     """Refuses a bundle that is not exactly the files the version's sha256 tags name, so a hybrid
     whose artifact list lost its n-gram is refused, not served as the RNN alone."""
     mlmodel = yaml.safe_load((found.folder / "MLmodel").read_text(encoding="utf-8"))
@@ -70,9 +82,7 @@ def checked_generator(uri: str, found: Found) -> Generator:
             f"{uri} (version {found.version}) bundles {', '.join(sorted(files))} but its sha256 tags"
             f" name {', '.join(sorted(tagged))}"
         )
-    version_uri = f"models:/{parse_model_uri(uri)[0]}/{found.version}"
-    source = version_uri + (f" ({uri})" if uri != version_uri else "")
-    return load_generator(files, {name: found.tags[f"{name}_sha256"] for name in files}, source)
+    return files, {name: found.tags[f"{name}_sha256"] for name in files}
 
 
 def bundle_files(artifacts: dict[str, str], folder: Path) -> dict[str, Path]:

@@ -132,6 +132,11 @@ class Schedule(str, Enum):
     cosine = "cosine"
 
 
+class Init(str, Enum):
+    scratch = "scratch"
+    champion = "champion"
+
+
 class TrainParams(_Section):
     epochs: int = Field(ge=1, le=MAX_INT)
     batch_size: int = Field(ge=1, le=MAX_INT)
@@ -144,6 +149,11 @@ class TrainParams(_Section):
         description="epochs without a better val_loss before stopping and restoring the best weights; 0 = off",
     )
     seed: int = Field(ge=0, le=MAX_INT - 16, description="member i of an ensemble is seeded seed + i")
+    init: Init = Field(
+        default=Init.scratch,
+        description="scratch (seeded initial weights), or champion: continue the registered champion's weights"
+        " (char_rnn.warm_start); without a champion, from scratch",
+    )
 
 
 class BaselineParams(_Section):
@@ -191,7 +201,7 @@ class ValidationParams(_Section):
 class DriftParams(_Section):
     """New documents against the champion's training text, checked before training (`char_rnn.drift`).
     The defaults pass every kolaw+kobill bill arriving after the constitution and stop English prose
-    and random CJK text (measured: docs/evaluation.md)."""
+    and random CJK text (measured: docs/pipeline.md)."""
 
     max_unseen_share: float = Field(
         default=0.3, ge=0.0, lt=1.0, description="share of a new document's characters the champion never trained on"

@@ -185,6 +185,7 @@ def train(params: Params, layout: Layout) -> Summary:
         **tracking.dvc_experiment(),
         **json.loads(os.environ.get(RUN_TAGS, "{}")),  # a driver's, through `dvc repro` (the Prefect flow's)
     }
+    lineage[tracking.WARM_START], start = _warm_start(params, layout)
     name = tracking.run_name(
         params.corpus.source, model.cell.value, model.units, model.layers, model.ensemble, params.train.epochs, commit
     )
@@ -210,7 +211,7 @@ def train(params: Params, layout: Layout) -> Summary:
             label = progress.member_label("", i, model.ensemble)
             return [tracking.epoch_logger("train", i), progress.epoch_progress(label, params.train.epochs)]
 
-        fitted = fit_members(model, params.train, spec, train_ids, val_ids, callbacks, checkpoints=checkpoints)
+        fitted = fit_members(model, params.train, spec, train_ids, val_ids, callbacks, None, checkpoints, start)
         fit_record = record(params.train, fitted)
         save_model(fitted.model, layout.fit_model)
         write_atomically(layout.fit_history, history_csv(fitted.histories[0]))
@@ -292,6 +293,21 @@ def _log_datasets(corpus: str, layout: Layout, corpus_md5: str, spec: Any) -> No
             tracking.log_dataset(f"{corpus}/{context}", path, file_md5(path), context)
 
 
+def _warm_start(params: Params, layout: Layout) -> tuple[str, Callable[[int, Any], None] | None]:
+    """(what the weights start from, as the run's tag says it; the initialiser that sets them, or None)."""
+    from char_rnn import tracking, warm_start
+    from char_rnn.params import Init
+    from char_rnn.units import load_units
+
+    if params.train.init is Init.scratch:
+        return "scratch", None
+    tracking.connect(layout.mlruns)
+    start = warm_start.champion_start(params.registry.model_name, tracking.tracking_uri(layout.mlruns), params.model)
+    if start is None:
+        return f"scratch: {params.registry.model_name} has no champion yet", None
+    return start.version_uri, warm_start.initialiser(start, load_units(layout.vocab), params.model)
+
+
 def _log_drift(corpus: str, layout: Layout, drift: dict[str, Any]) -> None:
     """The drift check's figures as metrics, and a folder's new documents as dataset inputs (at most 20)."""
     import mlflow
@@ -347,8 +363,9 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
 
 
 def refit(params: Params, layout: Layout) -> Summary:
-    """Train fresh RNNs on training + tuning text for the epochs the first fit kept (refit.enabled),
-    else keep the first fit: either way models/model.keras is the model that is scored and registered."""
+    """Train RNNs afresh (or from the champion, as train began) on training + tuning text for the epochs
+    the first fit kept (refit.enabled), else keep the first fit: either way models/model.keras is the
+    model that is scored and registered."""
     if not params.refit.enabled:
         write_atomically(layout.model, layout.fit_model.read_bytes())
         write_atomically(layout.history, layout.fit_history.read_bytes())
@@ -369,7 +386,8 @@ def refit(params: Params, layout: Layout) -> Summary:
 
     val = ids[spec.val_start : spec.start("test")]  # watched, never the test text
     with tracking.resumed_run(layout.mlruns, run_id):
-        fitted = fit_members(params.model, params.train, spec, ids[: spec.val_start], val, callbacks, kept, checkpoints)
+        data = (params.model, params.train, spec, ids[: spec.val_start], val)
+        fitted = fit_members(*data, callbacks, kept, checkpoints, _warm_start(params, layout)[1])  # as train began
         tracking.set_note_section(run_id, "Refit", notes.refit(kept, spec))
     save_model(fitted.model, layout.model)
     write_atomically(layout.history, history_csv(fitted.histories[0]))

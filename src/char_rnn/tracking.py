@@ -192,7 +192,9 @@ def abandon(mlruns: Path, run_id: str, why: str) -> None:
         client.set_terminated(run_id, "FAILED")
 
 
+WARM_START = "char_rnn.warm_start"  # the version a run's weights started from, or "scratch" and why
 LINEAGE = (
+    WARM_START,
     "corpus",
     "corpus_md5",
     "git_commit",

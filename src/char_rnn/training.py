@@ -74,12 +74,14 @@ def fit(
     member: int = 0,
     epochs: int | None = None,
     checkpoints: Checkpoints | None = None,
+    start: Callable[[int, Any], None] | None = None,
 ) -> tuple[Any, History]:
     """Build, compile and fit one RNN, seeded `train.seed + member`; `callbacks` follow the NaN guard.
 
     `epochs` (a refit) trains exactly that many epochs without early stopping, on the same learning
     rate schedule; otherwise `train.epochs`, with early stopping when it is on. With `checkpoints`,
     the state is saved at every epoch's end and a killed fit resumes from it (`char_rnn.checkpoint`).
+    `start(member, model)` sets the built model's first weights (a warm start, `char_rnn.warm_start`).
     """
     import keras
 
@@ -89,6 +91,8 @@ def fit(
     seed_everything(seed)
     name = f"member_{member + 1}" if model_params.ensemble > 1 else None
     model = build_model(model_params, spec.vocab_size, name, seed)
+    if start is not None:
+        start(member, model)
     windows = count_windows(len(train_ids), spec.length, spec.stride)
     compile_model(model, train_params, steps_per_epoch=-(-windows // train_params.batch_size))
     state = checkpoints.load(member) if checkpoints else None
@@ -196,6 +200,7 @@ def fit_members(
     callbacks: Callable[[int], Sequence[Any]],
     epochs: Sequence[int] | None = None,
     checkpoints: Checkpoints | None = None,
+    start: Callable[[int, Any], None] | None = None,
 ) -> Fit:
     """`model.ensemble` RNNs one after another (member i seeded `train.seed + i`), averaged into one model.
 
@@ -206,7 +211,8 @@ def fit_members(
 
     data = (model_params, train_params, spec, train_ids, val_ids)
     fits = [
-        fit(*data, callbacks(i), i, epochs[i] if epochs else None, checkpoints) for i in range(model_params.ensemble)
+        fit(*data, callbacks(i), i, epochs[i] if epochs else None, checkpoints, start)
+        for i in range(model_params.ensemble)
     ]
     return Fit(average([model for model, _ in fits]), [history for _, history in fits])
 

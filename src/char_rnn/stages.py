@@ -221,11 +221,13 @@ def train(params: Params, layout: Layout) -> Summary:
     write_atomically(layout.train_run, tracking.run_link(run.info.run_id))
     checkpoints.clear()
     history, url = fitted.histories[0], tracking.run_url(run.info.run_id)
+    began = "" if start is None else f" from {lineage[tracking.WARM_START]}"
     summary = (
-        f"{len(history['loss'])} epochs, loss {history['loss'][-1]:.4f}, accuracy {history['accuracy'][-1]:.3f};"
-        f" MLflow run {name!r}: {url}"
+        f"{len(history['loss'])} epochs{began}, loss {history['loss'][-1]:.4f}, accuracy"
+        f" {history['accuracy'][-1]:.3f}; MLflow run {name!r}: {url}"
     )
     return {
+        "warm_start": lineage[tracking.WARM_START],
         "run_id": run.info.run_id,
         "run_url": url,
         "run_name": name,

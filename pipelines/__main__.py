@@ -1,4 +1,4 @@
-"""`python -m pipelines run|sweep|serve`: the Prefect driver's command line (run from the repository root).
+"""`python -m pipelines run|sweep|serve|watch`: the Prefect driver's command line (run from the repository root).
 
 Prefect reads its settings once, on import: the defaults below are set before it is imported. The
 temporary server that a run starts when no PREFECT_API_URL is configured needs more than the default
@@ -145,6 +145,25 @@ def serve(
         )
         raise typer.Exit(1)
     serve_deployment((root or find_root()).resolve(), cron, timezone, name, skip_if_unchanged, train_timeout_s)
+
+
+@app.command()
+def watch(
+    root: Path | None = RootOption,
+    deployment: str = typer.Option("nightly", help="the deployment whose trigger the arrival event starts"),
+    interval: float = typer.Option(60.0, help="seconds between looks"),
+    once: bool = typer.Option(False, help="look once and exit"),
+) -> None:
+    """Start a run when new text arrives: look at data/raw every INTERVAL seconds (dvc update of imports,
+    dvc commit of added folders, under the project's lock) and emit char-rnn.corpus.arrived for the
+    deployment when DVC finds the corpus changed; needs PREFECT_API_URL."""
+    import logging
+
+    from char_rnn.layout import Layout
+    from pipelines.arrivals import watch as watch_corpus
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    watch_corpus(Layout(root.resolve()) if root else Layout.discover(), deployment, interval, once)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from char_rnn.layout import Layout
 from char_rnn.lock import ProjectBusy, project_lock
 from char_rnn.params import Params, ParamsError, load_params, parse_params, with_overrides
 from pipelines import CODE_DIR
+from pipelines.arrivals import refresh, tracked
 from pipelines.failures import StageFailed, machine_fault, one_line, retry_if_transient
 from pipelines.publish import outcome, publish_run, report, run_branch
 from pipelines.versioning import (
@@ -71,6 +72,16 @@ def stage_graph(root: Path) -> dict[str, list[str]]:
 @task(name="check-unchanged", **TASK_OPTIONS)
 def check_unchanged(root: str, params: Params) -> bool:
     return is_up_to_date(Layout(Path(root)), params)
+
+
+@task(name="refresh-corpus", **TASK_OPTIONS)
+def refresh_corpus(root: str) -> list[str]:
+    """`dvc update` of the corpus's imported folders, `dvc commit` of its added ones, before anything
+    is decided (`pipelines.arrivals`)."""
+    said = refresh(Layout(Path(root)))
+    for line in said or ["no DVC-tracked folder under data/raw changed"]:
+        get_run_logger().info("corpus: %s", line)
+    return said
 
 
 @task(**TASK_OPTIONS)
@@ -208,6 +219,8 @@ def _run(
     changed = params_diff(run_params, committed_params(layout))
     logger.info("params: %s", "; ".join(f"{k} {a!r} → {b!r}" for k, (a, b) in changed.items()) or "as committed")
     where = str(layout.root)
+    if tracked(layout):  # text that arrives in a folder DVC tracks: brought up to date first
+        _stage("refresh-corpus", refresh_corpus, where)
     if skip_if_unchanged and _stage("check-unchanged", check_unchanged, where, run_params).result():
         create_markdown_artifact(report({}, UP_TO_DATE, changed, layout), key="char-rnn-run", description=ARTIFACT)
         return Completed(message=UP_TO_DATE)

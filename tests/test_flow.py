@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from harness import GIT_IDENTITY, QUIET, prefect_server, scaffold_project, stop_group
 
-from conftest import REPO, TINY, free_port, saved_epoch
+from conftest import REPO, SEED, TINY, free_port, saved_epoch
 
 pytestmark = pytest.mark.integration
 
@@ -386,3 +386,57 @@ def test_a_full_disk_fails_the_run_at_once_in_one_line_naming_the_file(
     names = [s.name for s in STAGES]
     assert not set(names[names.index(stage) + 1 :]) & set(tasks), "a later stage ran"
     assert not list(root.rglob("*.partial")) and took < 240, took
+
+
+def _watch_once(served: dict[str, Any]) -> str:
+    env = {
+        **os.environ,
+        **QUIET,
+        "PREFECT_API_URL": served["url"],
+        "PREFECT_HOME": str(served["root"].parent / "prefect"),
+    }
+    command = [sys.executable, "-m", "pipelines", "watch", "--root", str(served["root"]), "--once"]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True).stderr
+
+
+def test_new_text_starts_a_run_through_the_deployment_s_trigger(served: dict[str, Any], runs: dict[str, Any]) -> None:
+    """Last in the module: it moves the served project to a folder corpus. A document dropped into the
+    `dvc add`ed folder: the watcher commits the folder's new version and emits the arrival event, the
+    deployment's trigger starts a run, which reads the new document (a dataset input of its MLflow run);
+    then nothing is new, and a stale event's run ends "up to date" in seconds, without training."""
+    from prefect.events import emit_event
+
+    from pipelines.arrivals import ARRIVED, resource
+
+    client, root = served["client"], served["root"]
+    docs = root / "data" / "raw" / "docs"
+    docs.mkdir()
+    (docs / "2026-12-01.txt").write_text(SEED, encoding="utf-8")
+    dvc(root, "add", "data/raw/docs")
+    change_params(root, {"corpus.source": "data/raw/docs"})
+    git = {**os.environ, **GIT_IDENTITY}
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True, env=git)
+    subprocess.run(["git", "commit", "-qm", "a folder corpus"], cwd=root, check=True, env=git)
+    (docs / "2026-12-02.txt").write_text(SEED[::-1], encoding="utf-8")  # arrives after `dvc add`
+    before = {run.id for run in client.read_flow_runs()}
+
+    said = _watch_once(served)
+    assert f"emitted {ARRIVED} for {resource('nightly')}" in said and "data/raw" in said, said
+    assert json.loads(dvc(root, "status", "--json", "data/raw/docs.dvc")) == {}  # its new version committed
+    triggered = _wait_for(lambda: [r for r in client.read_flow_runs() if r.id not in before], 120, "a triggered run")
+    run = _finished(client, triggered[0].id, 300)
+    assert run.state.is_completed() and run.parameters["skip_if_unchanged"] is True, run.state.message
+    assert run.state.message.startswith("char-rnn-docs version 1 is champion"), run.state.message
+    mlflow_run = max(_training_runs(root), key=lambda r: r.info.start_time)
+    inputs = {i.dataset.name for i in mlflow_run.inputs.dataset_inputs if i.tags[0].value == "new document"}
+    assert inputs == {"data/raw/docs/2026-12-01.txt", "data/raw/docs/2026-12-02.txt"}  # no champion yet: all new
+
+    assert "nothing new" in _watch_once(served)
+    settled = {r.id for r in client.read_flow_runs()}
+    emit_event(event=ARRIVED, resource={"prefect.resource.id": resource("nightly")})  # a stale event
+    stale = _wait_for(lambda: [r for r in client.read_flow_runs() if r.id not in settled], 120, "the stale run")
+    stale = _finished(client, stale[0].id, 120)
+    assert stale.state.is_completed() and stale.state.message.startswith("up to date"), stale.state.message
+    took = (stale.end_time - stale.start_time).total_seconds()
+    assert took < 10, took
+    assert "train" not in _task_runs(client, stale)

@@ -58,6 +58,9 @@ def nightly_run(team: Team) -> dict[str, Any]:
         logs: list[str] = []  # they reach the API after the final state: batched
         wait_for(lambda: any("code: " in line for line in _logs(client, str(flow_run.id), logs)), "its logs", 60)
         deployment = client.read_deployment_by_name("char-rnn/nightly")
+        [arrival] = client.read_resource_related_automations(f"prefect.deployment.{deployment.id}")
+        assert arrival.name == "new text arrived" and arrival.trigger.expect == {"char-rnn.corpus.arrived"}
+        assert arrival.trigger.match.root == {"prefect.resource.id": "char-rnn.deployment.nightly"}
     version = MlflowClient(tracking_uri=team.url("MLFLOW_TRACKING_URI")).get_model_version_by_alias(MODEL, "champion")
     return {"flow_run": flow_run, "logs": logs, "deployment": deployment, "version": version}
 

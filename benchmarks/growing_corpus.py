@@ -121,6 +121,10 @@ def log_to_mlflow(rows: list[dict[str, Any]], store: str, plot: Path) -> str:
     for key, label, style in (("champion_after", "champion", "o-"), ("candidate", "candidate", "s--"),
                               ("ngram", "n-gram", "^:")):  # fmt: skip
         axis.plot(steps, [row[key] if row[key] is not None else float("nan") for row in good], style, label=label)
+    for row in rows:
+        if "stopped" in row:  # the bad arrival: stopped by drift before training
+            axis.axvline(row["arrival"], color="grey", linestyle=":")
+            axis.annotate("stopped by drift", (row["arrival"], 0.97), xycoords=("data", "axes fraction"), ha="center")
     axis.set(
         xlabel="arrival", ylabel="test bits/char (lower is better)", title="Growing corpus: each arrival's test text"
     )

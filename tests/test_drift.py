@@ -14,7 +14,7 @@ ENGLISH = Document("zz-manual.txt", "Press the start button, then wait for the w
 
 def checked(reference: list[Document], documents: list[Document]) -> dict:
     known = "".join(d.text for d in reference)
-    profile = training_profile(known, manifest(reference), len(known))
+    profile = training_profile("kolaw+kobill", known, manifest(reference), len(known))
     return check_drift("".join(d.text for d in documents), manifest(documents), profile, DriftParams())
 
 

@@ -163,6 +163,9 @@ def test_another_corpus_or_no_test_text_is_never_compared_in_either_direction(st
         assert found["1"]["aliases"] == ["champion"] and found["2"]["aliases"] == ["challenger"]
         assert reasons[name] in found["2"]["description"] and found["2"]["tags"]["gate.decision"] == "challenger"
         assert found["2"]["description"].startswith("challenger: not compared")  # plain text, not markdown
+        drift = json.loads((tmp_path / f"{name}-1" / "reports" / "drift.json").read_text(encoding="utf-8"))
+        learnt = runs[0].get("corpus.source", "seed")  # another corpus is not drift either: not compared
+        assert f"{name} version 1 learnt {learnt}, not this corpus: not compared" in drift["summary"], drift["summary"]
 
 
 @pytest.mark.integration

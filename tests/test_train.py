@@ -14,6 +14,7 @@ def windowed(layout, tiny_params):
     stages.ingest(tiny_params, layout)
     stages.window(tiny_params, layout)
     stages.validate(tiny_params, layout)
+    stages.drift(tiny_params, layout)
     stages.baseline(tiny_params, layout)
     return layout
 

@@ -14,6 +14,7 @@ tell which text is new, and which earlier text changed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import unicodedata
 from dataclasses import dataclass
@@ -93,8 +94,9 @@ def read_documents(source: str, root: Path) -> list[Document]:
             for name in KONLPY_FILES[part]
         ]
     path = Path(source) if Path(source).is_absolute() else root / source
-    if path.is_dir():
-        return _folder(path, source)
+    with contextlib.suppress(OSError, ValueError):  # a name too long or with a NUL: said by the read below
+        if path.is_dir():
+            return _folder(path, source)
     try:
         data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):  # ValueError: a NUL in it

@@ -61,11 +61,15 @@ def script_shares(counts: Counter[str]) -> dict[str, float]:
     return {name: by_script[name] / total for name in SCRIPTS}
 
 
-def training_profile(text: str, documents: list[dict[str, Any]], train_chars: int) -> dict[str, Any]:
-    """What a model trains on, kept with its run: the documents (names, hashes) and the training text's
-    character counts. The next run's drift check compares its new text with the champion's."""
+def training_profile(source: str, text: str, documents: list[dict[str, Any]], train_chars: int) -> dict[str, Any]:
+    """What a model trains on, kept with its run: the corpus source, its documents (names, hashes) and
+    the training text's character counts. The next run's drift check compares its new text with the
+    champion's when both read the same source (another corpus is not drift, as the gate does not
+    compare across corpora either)."""
     counts = Counter(text[:train_chars])
-    return {"documents": documents, "train_chars": train_chars, "char_counts": dict(sorted(counts.items()))}
+    return {"source": source, "documents": documents, "train_chars": train_chars} | {
+        "char_counts": dict(sorted(counts.items()))
+    }
 
 
 def new_documents(documents: list[dict[str, Any]], reference: dict[str, Any] | None) -> dict[str, list[str]]:

@@ -116,22 +116,30 @@ def drift(params: Params, layout: Layout) -> Summary:
     text, documents = read_corpus(layout.corpus), json.loads(layout.documents.read_text(encoding="utf-8"))
     tracking.connect(layout.mlruns)
     version, reference = registry.champion_profile(params.registry.model_name)
-    report = {"champion": version, **check_drift(text, documents, reference, params.drift)}
-    report["summary"] = _drift_summary(report, params.registry.model_name)
+    other = reference.get("source", params.corpus.source) if reference else params.corpus.source
+    if other != params.corpus.source:  # another corpus: not text that arrived (the gate compares neither)
+        reference = None
+    report = {"champion": version, "champion_source": other, **check_drift(text, documents, reference, params.drift)}
+    report["summary"] = _drift_summary(report, params.registry.model_name, params.corpus.source)
     _write_json(layout.drift_report, report)
     if not report["success"]:
         raise DriftFailed("drift: the new text is not like the champion's:\n  " + "\n  ".join(failures(report)))
-    _write_json(layout.profile, training_profile(text, documents, load_spec(layout.windows).train_chars))
+    train_chars = load_spec(layout.windows).train_chars
+    _write_json(layout.profile, training_profile(params.corpus.source, text, documents, train_chars))
     return report
 
 
-def _drift_summary(report: dict[str, Any], model_name: str) -> str:
+def _drift_summary(report: dict[str, Any], model_name: str, source: str) -> str:
     new, champion = report["new"], report["champion"]
     said = [f"{len(new)} new document{'s' if len(new) != 1 else ''}"]
     if report["changed"] or report["removed"]:
         said.append(f"earlier text changed: {', '.join(report['changed'] + report['removed'])}")
     if champion is None:
         said.append(f"no champion of {model_name} to compare with: only empty and duplicate documents checked")
+    elif report["champion_source"] != source:
+        said.append(
+            f"{model_name} version {champion} learnt {report['champion_source']}, not this corpus: not compared"
+        )
     elif report["reference_shares"] is None:
         said.append(f"{model_name} version {champion} kept no training profile: not compared")
     elif new:

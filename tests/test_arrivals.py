@@ -24,13 +24,17 @@ NOTE = "mlflow.note.content"
 FOLDER_RUN = {"corpus.source": "data/raw/docs", "vocab.units": "open", "split.test_fraction": 0.2,
               "split.val_fraction": 0.1, "model.units": 16, "window.stride": 4, "train.epochs": 3,
               "train.learning_rate": 0.01,
-              "evaluate.sample_length": 5, "evaluate.context": 100, "drift.max_divergence": 3.0}  # fmt: skip
+              "evaluate.sample_length": 5, "evaluate.context": 100, "drift.max_divergence": 3.0,
+              "drift.max_unseen_share": 0.5,
+              "split.tune_fraction": 0.1, "refit.enabled": True}  # fmt: skip
 # A reference of ~2,000 training characters makes KL large (observed 1.64 nats for a bill against two
-# constitution excerpts); the default 1.5 is for references the size of a real corpus (docs/pipeline.md).
+# constitution excerpts) and leaves a third of a bill's characters unseen (0.37); the defaults are for
+# references the size of a real corpus (docs/pipeline.md).
 
 
-def losses(run_id: str) -> list[float]:
-    return [m.value for m in sorted(MlflowClient().get_metric_history(run_id, "train/loss"), key=lambda m: m.step)]
+def losses(run_id: str, group: str = "train") -> list[float]:
+    history = MlflowClient().get_metric_history(run_id, f"{group}/loss")
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
 def test_arrivals_are_compared_with_the_champion_and_continue_it(layout: Layout, repo_params: Params) -> None:
@@ -59,6 +63,9 @@ def test_arrivals_are_compared_with_the_champion_and_continue_it(layout: Layout,
     # warm: it went on from version 1's weights, and says so (first epochs measured: 4.42 warm, 5.39 fresh)
     assert run.data.tags[WARM_START] == "models:/char-rnn-docs/1"
     assert losses(run.info.run_id)[0] < losses(scratch.info.run_id)[0] - 0.5
+    # the refit starts from the version train started from (models/fit.json), not from a fresh model
+    assert json.loads(layout.fit_record.read_text(encoding="utf-8"))["warm_start"] == "models:/char-rnn-docs/1"
+    assert losses(run.info.run_id, "refit")[0] < losses(scratch.info.run_id, "refit")[0] - 0.5
     version = MlflowClient().get_model_version("char-rnn-docs", second["register"]["version"])
     assert version.tags[WARM_START] == "models:/char-rnn-docs/1"
     assert "test" in version.description  # compared on this run's test text: the newest document's tail

@@ -64,6 +64,7 @@ def test_a_folder_is_its_txt_documents_in_name_order_each_ending_a_line(layout: 
     (folder / "2026" / "12-03.txt").write_text("셋째", encoding="utf-8")  # sorts after 2026-12-02.txt
     (folder / "2026" / ".ipynb_checkpoints" / "x.txt").write_text("hidden", encoding="utf-8")
     (folder / "notes.md").write_text("not a document", encoding="utf-8")
+    (folder / ".2026-12-04.txt").write_text("half-copied", encoding="utf-8")  # hidden: still being copied
     summary = stages.ingest(with_overrides(repo_params, {"corpus.source": "data/raw/docs"}), layout)
     assert layout.corpus.read_text(encoding="utf-8") == "첫날\n둘째 날\n셋째\n"
     assert "(3 documents)" in summary["summary"]

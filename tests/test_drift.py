@@ -51,6 +51,29 @@ def test_edited_and_removed_documents_are_said_and_the_edited_one_checked_again(
     edited = Document(KOREAN[1].name, KOREAN[1].text + "개정안 추가 조항\n")
     report = checked(KOREAN[:3], [KOREAN[0], edited])
     assert (report["new"], report["changed"], report["removed"]) == ([edited.name], [edited.name], [KOREAN[2].name])
+    assert [row["document"] for row in report["documents"]] == [edited.name]
+
+
+def test_a_copy_is_a_duplicate_whatever_its_name_sorts_before_and_however_short() -> None:
+    """Of a new copy and a known document, the copy is the duplicate even when its name sorts first;
+    two identical short documents (no 8-gram to share) are found by their hash."""
+    early = Document("000-again.txt", KOREAN[2].text)
+    short = [Document("kobill/x1.txt", "제1조\n"), Document("kobill/x2.txt", "제1조\n")]
+    report = checked(KOREAN[:3], [early, *KOREAN[:3], *short])
+    assert [line for line in failures(report) if "similarity" in line] == [
+        "drift.documents: similarity <= 0.98 failed in 000-again.txt, kobill/x2.txt (observed [1.0, 1.0])"
+    ]
+
+
+def test_a_distribution_unlike_the_champions_fails_on_divergence_alone() -> None:
+    """Hangul it has seen, in a mix of scripts like the champion's, but a handful of syllables over and
+    over: only the character distribution tells it apart."""
+    chanted = Document("kobill/chant.txt", "대한 민국 헌법 국민 대한 민국 헌법 국민\n" * 60)
+    report = checked(KOREAN[:1], [KOREAN[0], chanted])
+    assert failures(report) == [
+        f"drift.text: char <= 1.5 failed (observed {report['suites'][1]['expectations'][0]['observed']!r})"
+    ]
+    assert report["suites"][1]["expectations"][0]["observed"] > 1.5
 
 
 def test_without_a_champion_only_empty_and_duplicate_documents_are_checked() -> None:

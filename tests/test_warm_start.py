@@ -8,7 +8,7 @@ import pytest
 from char_rnn.model import build_model
 from char_rnn.params import ModelParams, Params, with_overrides
 from char_rnn.units import Units
-from char_rnn.warm_start import Start, WarmStartError, initialiser
+from char_rnn.warm_start import Start, WarmStartError, check_shape, initialiser
 
 
 def shape(repo_params: Params, **changes: object) -> ModelParams:
@@ -37,17 +37,28 @@ def test_shared_units_keep_the_champions_weights_and_new_ones_start_fresh(repo_p
     np.testing.assert_array_equal(now["next_char"][0][:, 2], fresh["next_char"][0][:, 2])  # d: this run's own
     np.testing.assert_array_equal(now[first][0][2], fresh[first][0][2])
     np.testing.assert_array_equal(now["simple_rnn_1"][1], was["simple_rnn_1"][1])  # recurrent kernel: whole
+    if encoding == "embedding":  # the first kernel reads embedding features, not units: copied whole
+        np.testing.assert_array_equal(now["simple_rnn_1"][0], was["simple_rnn_1"][0])
 
 
-def test_another_shape_or_ensemble_size_is_refused_naming_the_layer(repo_params: Params) -> None:
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"units": 12}, r"\(layer simple_rnn_1\)"),
+        ({"cell": "gru"}, r"\(layer gru_1, simple_rnn_1\)"),
+        ({"layers": 2}, r"\(layer simple_rnn_2\)"),
+        ({"input": "embedding"}, r"\(layer embedding\)"),
+        ({"ensemble": 2}, r"models:/m/3 is an ensemble of 1, model.ensemble is 2"),
+    ],
+)
+def test_another_shape_is_refused_before_training_naming_what_differs(
+    repo_params: Params, change: dict, named: str
+) -> None:
     units = Units.closed("abc")
     start = champion(shape(repo_params), units)
-    wider = shape(repo_params, units=12)
-    with pytest.raises(WarmStartError, match=r"models:/m/3 has another shape .* \(layer simple_rnn_1\)"):
-        initialiser(start, units, wider)(0, build_model(wider, units.size, seed=2))
-    gru = shape(repo_params, cell="gru")
-    with pytest.raises(WarmStartError, match=r"\(layer gru_1\)"):
-        initialiser(start, units, gru)(0, build_model(gru, units.size, seed=2))
+    with pytest.raises(WarmStartError, match=named):
+        check_shape(start, shape(repo_params, **change), units)
+    check_shape(start, shape(repo_params), units)  # its own shape passes
 
 
 def test_each_ensemble_member_starts_from_the_champions_member_at_its_place(repo_params: Params) -> None:

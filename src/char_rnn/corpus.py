@@ -14,7 +14,6 @@ tell which text is new, and which earlier text changed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import unicodedata
 from dataclasses import dataclass
@@ -94,9 +93,8 @@ def read_documents(source: str, root: Path) -> list[Document]:
             for name in KONLPY_FILES[part]
         ]
     path = Path(source) if Path(source).is_absolute() else root / source
-    with contextlib.suppress(OSError, ValueError):  # a name too long or with a NUL: said by the read below
-        if path.is_dir():
-            return _folder(path, source)
+    if _is_folder(path):
+        return _folder(path, source)
     try:
         data = path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):  # ValueError: a NUL in it
@@ -107,6 +105,13 @@ def read_documents(source: str, root: Path) -> list[Document]:
     except OSError as exc:  # a name too long, no permission: the OS's reason, not a traceback
         raise CorpusError(f"corpus.source: cannot read {source!r}: {exc.strerror}") from None
     return [Document(source, normalise(decode(data, str(path))))]
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):  # a name too long or with a NUL: said by the read that follows
+        return False
 
 
 def _folder(path: Path, source: str) -> list[Document]:

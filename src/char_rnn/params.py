@@ -47,7 +47,7 @@ class CorpusParams(_Section):
     @classmethod
     def _known_or_path(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError(f"must be one of {', '.join(BUILTIN_CORPORA)} or a file path")
+            raise ValueError(f"must be one of {', '.join(BUILTIN_CORPORA)}, a file or a folder")
         return value
 
 

@@ -184,16 +184,16 @@ def champion_profile(model_name: str) -> tuple[str | None, dict[str, Any] | None
     """The champion's version and the training profile its run kept (`data/profile.json`): (None, None)
     without a champion, (version, None) for one registered before profiles were kept."""
     import mlflow
-    from mlflow.exceptions import MlflowException
+    from mlflow import MlflowClient
 
     champion = current_champion(model_name)
     if champion is None:
         return None, None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=PROFILE, dst_path=tmp)
-        except (MlflowException, OSError):  # no such artifact: a version from before profiles
-            return str(champion.version), None
+    folder = PROFILE.rsplit("/", 1)[0]
+    if PROFILE not in {item.path for item in MlflowClient().list_artifacts(champion.run_id, folder)}:
+        return str(champion.version), None  # a version from before profiles were kept
+    with tempfile.TemporaryDirectory() as tmp:  # any other error (a store away) is raised, not "no profile"
+        path = mlflow.artifacts.download_artifacts(run_id=champion.run_id, artifact_path=PROFILE, dst_path=tmp)
         return str(champion.version), json.loads(Path(path).read_text(encoding="utf-8"))
 
 

@@ -110,17 +110,16 @@ def drift(params: Params, layout: Layout) -> Summary:
     the training profile this run's model will be logged with; fail, naming the documents, on drift."""
     from char_rnn import registry, tracking
     from char_rnn.corpus import read_corpus
-    from char_rnn.drift import DriftFailed, check_drift, failures, training_profile
+    from char_rnn.drift import DriftFailed, check_drift, failures, same_corpus, training_profile
     from char_rnn.windows import load_spec
 
     text, documents = read_corpus(layout.corpus), json.loads(layout.documents.read_text(encoding="utf-8"))
     tracking.connect(layout.mlruns)
     version, reference = registry.champion_profile(params.registry.model_name)
-    other = reference.get("source", params.corpus.source) if reference else params.corpus.source
-    if other != params.corpus.source:  # another corpus: not text that arrived (the gate compares neither)
-        reference = None
-    report = {"champion": version, "champion_source": other, **check_drift(text, documents, reference, params.drift)}
-    report["summary"] = _drift_summary(report, params.registry.model_name, params.corpus.source)
+    another = reference is not None and not same_corpus(reference, params.corpus.source, documents)
+    other, reference = (reference["source"], None) if another else (None, reference)  # not text that arrived
+    report = {"champion": version, "another_corpus": other, **check_drift(text, documents, reference, params.drift)}
+    report["summary"] = _drift_summary(report, params.registry.model_name)
     _write_json(layout.drift_report, report)
     if not report["success"]:
         raise DriftFailed("drift: the new text is not like the champion's:\n  " + "\n  ".join(failures(report)))
@@ -129,17 +128,15 @@ def drift(params: Params, layout: Layout) -> Summary:
     return report
 
 
-def _drift_summary(report: dict[str, Any], model_name: str, source: str) -> str:
+def _drift_summary(report: dict[str, Any], model_name: str) -> str:
     new, champion = report["new"], report["champion"]
     said = [f"{len(new)} new document{'s' if len(new) != 1 else ''}"]
     if report["changed"] or report["removed"]:
         said.append(f"earlier text changed: {', '.join(report['changed'] + report['removed'])}")
     if champion is None:
         said.append(f"no champion of {model_name} to compare with: only empty and duplicate documents checked")
-    elif report["champion_source"] != source:
-        said.append(
-            f"{model_name} version {champion} learnt {report['champion_source']}, not this corpus: not compared"
-        )
+    elif report["another_corpus"]:
+        said.append(f"{model_name} version {champion} learnt {report['another_corpus']}, not this corpus: not compared")
     elif report["reference_shares"] is None:
         said.append(f"{model_name} version {champion} kept no training profile: not compared")
     elif new:
@@ -220,7 +217,7 @@ def train(params: Params, layout: Layout) -> Summary:
             return [tracking.epoch_logger("train", i), progress.epoch_progress(label, params.train.epochs)]
 
         fitted = fit_members(model, params.train, spec, train_ids, val_ids, callbacks, None, checkpoints, start)
-        fit_record = record(params.train, fitted)
+        fit_record = record(params.train, fitted, lineage[tracking.WARM_START])
         save_model(fitted.model, layout.fit_model)
         write_atomically(layout.fit_history, history_csv(fitted.histories[0]))
         write_atomically(layout.fit_record, fit_record.model_dump_json(indent=1) + "\n")
@@ -303,19 +300,22 @@ def _log_datasets(corpus: str, layout: Layout, corpus_md5: str, spec: Any) -> No
             tracking.log_dataset(f"{corpus}/{context}", path, file_md5(path), context)
 
 
-def _warm_start(params: Params, layout: Layout) -> tuple[str, Callable[[int, Any], None] | None]:
-    """(what the weights start from, as the run's tag says it; the initialiser that sets them, or None)."""
+def _warm_start(params: Params, layout: Layout, pinned: str | None = None) -> tuple[str, Any]:
+    """(what the weights start from, as the run's tag says it; the initialiser that sets them, or None).
+    `pinned`: the version train started from, which the refit starts from too."""
     from char_rnn import tracking, warm_start
     from char_rnn.params import Init
     from char_rnn.units import load_units
 
-    if params.train.init is Init.scratch:
+    if params.train.init is Init.scratch or (pinned is not None and not pinned.startswith("models:/")):
         return "scratch", None
     tracking.connect(layout.mlruns)
-    start = warm_start.champion_start(params.registry.model_name, tracking.tracking_uri(layout.mlruns), params.model)
-    if start is None:
+    uri = pinned or warm_start.champion_uri(params.registry.model_name)
+    if uri is None:
         return f"scratch: {params.registry.model_name} has no champion yet", None
-    return start.version_uri, warm_start.initialiser(start, load_units(layout.vocab), params.model)
+    units = load_units(layout.vocab)
+    start = warm_start.load_start(uri, tracking.tracking_uri(layout.mlruns), params.model, units)
+    return uri, warm_start.initialiser(start, units, params.model)
 
 
 def _log_drift(corpus: str, layout: Layout, drift: dict[str, Any]) -> None:
@@ -329,7 +329,7 @@ def _log_drift(corpus: str, layout: Layout, drift: dict[str, Any]) -> None:
     folder = layout.root / corpus
     if folder.is_dir():
         digests = {row["name"]: row["sha256"] for row in json.loads(layout.documents.read_text(encoding="utf-8"))}
-        for name in drift["new"][:20]:  # the Datasets column is for reading, not for a thousand rows
+        for name in drift["new"][-20:]:  # the newest; the Datasets column is for reading, not for a thousand rows
             tracking.log_dataset(f"{corpus}/{name}", folder / name, digests[name][:32], "new document")
 
 
@@ -386,7 +386,8 @@ def refit(params: Params, layout: Layout) -> Summary:
     from char_rnn.windows import load_spec, load_text_ids
 
     spec, ids = load_spec(layout.windows), load_text_ids(layout.windows)
-    kept = [member.kept_epochs for member in FitRecord.model_validate_json(layout.fit_record.read_text()).members]
+    first = FitRecord.model_validate_json(layout.fit_record.read_text())
+    kept = [member.kept_epochs for member in first.members]
     run_id = tracking.pipeline_run(layout.mlruns, layout.train_run)
     checkpoints = _checkpoints(layout, "refit", params.model, params.train, kept)
 
@@ -397,7 +398,8 @@ def refit(params: Params, layout: Layout) -> Summary:
     val = ids[spec.val_start : spec.start("test")]  # watched, never the test text
     with tracking.resumed_run(layout.mlruns, run_id):
         data = (params.model, params.train, spec, ids[: spec.val_start], val)
-        fitted = fit_members(*data, callbacks, kept, checkpoints, _warm_start(params, layout)[1])  # as train began
+        start = _warm_start(params, layout, pinned=first.warm_start)[1]  # the version train started from
+        fitted = fit_members(*data, callbacks, kept, checkpoints, start)
         tracking.set_note_section(run_id, "Refit", notes.refit(kept, spec))
     save_model(fitted.model, layout.model)
     write_atomically(layout.history, history_csv(fitted.histories[0]))

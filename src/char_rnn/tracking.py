@@ -147,7 +147,8 @@ def _sections(note: str) -> dict[str, str]:
 
 
 def log_dataset(name: str, path: Path, digest: str, context: str) -> None:
-    """A dataset input of the active run (the Datasets column), named, with DVC's md5 as its digest."""
+    """A dataset input of the active run (the Datasets column), named; `digest`: DVC's md5, or a
+    document's sha256 cut to MLflow's 36 characters."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset

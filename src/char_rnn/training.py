@@ -53,6 +53,7 @@ class FitRecord(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     members: list[MemberRecord] = Field(min_length=1)
+    warm_start: str = "scratch"  # the version the weights started from (models:/name/N), for the refit
 
 
 def seed_everything(seed: int) -> None:
@@ -224,14 +225,14 @@ def kept_epochs(train_params: TrainParams, history: History) -> int:
     return len(history["loss"])
 
 
-def record(train_params: TrainParams, fitted: Fit) -> FitRecord:
+def record(train_params: TrainParams, fitted: Fit, warm_start: str) -> FitRecord:
     members = [
         MemberRecord(
             seed=train_params.seed + i, epochs=len(history["loss"]), kept_epochs=kept_epochs(train_params, history)
         )
         for i, history in enumerate(fitted.histories)
     ]
-    return FitRecord(members=members)
+    return FitRecord(members=members, warm_start=warm_start)
 
 
 def early_stopping(train_params: TrainParams) -> list[Any]:

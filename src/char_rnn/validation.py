@@ -166,9 +166,7 @@ def _summarise(result: Any, index: str | None) -> dict[str, Any]:
         "success": bool(result.success),
         "observed": observed,
         "unexpected_count": result.result.get("unexpected_count"),
-    } | (
-        {"rows": [row[index] for row in rows]} if index and (rows := result.result.get("unexpected_index_list")) else {}
-    )
+    } | ({"rows": [row[index] for row in rows]} if rows else {})
 
 
 def failures(report: dict[str, Any]) -> list[str]:

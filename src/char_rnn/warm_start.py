@@ -6,8 +6,9 @@ unit name: the rows of the input (the first recurrent kernel under one-hot input
 and the columns of the output layer of every unit both inventories have are the champion's; a unit
 the champion lacked keeps this run's seeded initialisation, and the recurrent weights are copied
 whole. The model's shape (`model.*`) must be the champion's; each ensemble member starts from the
-champion's member of the same place. Which version a run started from is a tag of the run and of
-the version it registers (`tracking.WARM_START`).
+champion's member of the same place. The shape is checked before the first epoch. Which version a
+run started from is a tag of the run and of the version it registers (`tracking.WARM_START`), and is
+kept in `models/fit.json`, so the refit starts from the same version even if the champion changed.
 """
 
 from __future__ import annotations
@@ -36,32 +37,52 @@ class Start:
     units: Units
 
 
-def champion_start(model_name: str, store: str | None, params: ModelParams) -> Start | None:
-    """The champion's weights (None: no champion yet), refused when its shape is not `params`'."""
+def champion_uri(model_name: str) -> str | None:
+    """`models:/name/<version>` of the champion now, or None when there is none; a registry that cannot
+    answer raises (an outage must not read as "no champion": the run would train from scratch)."""
+    from char_rnn.registry import current_champion
+
+    champion = current_champion(model_name)
+    return None if champion is None else f"models:/{model_name}/{champion.version}"
+
+
+def load_start(version_uri: str, store: str | None, params: ModelParams, units: Units) -> Start:
+    """That version's weights, checked against this run's shape before any training starts."""
     from char_rnn.bundle import registered_files
     from char_rnn.lineage import verify_sha256
     from char_rnn.model import load_model, members
-    from char_rnn.registry import ModelNotFound
     from char_rnn.units import load_units
 
-    try:
-        with registered_files(f"models:/{model_name}@champion", store) as (version, files, digests):
-            for name in ("model", "vocab"):
-                verify_sha256(files[name], digests[name])
-            model, units = load_model(str(files["model"])), load_units(files["vocab"])
-    except ModelNotFound:
-        return None
+    with registered_files(version_uri, store) as (_, files, digests):
+        for name in ("model", "vocab"):
+            verify_sha256(files[name], digests[name])
+        model, old_units = load_model(str(files["model"])), load_units(files["vocab"])
     start = Start(
-        f"models:/{model_name}/{version}",
+        version_uri,
         [{layer.name: layer.get_weights() for layer in member.layers} for member in members(model)],
-        units,
+        old_units,
     )
+    check_shape(start, params, units)
+    return start
+
+
+def check_shape(start: Start, params: ModelParams, units: Units) -> None:
+    """Refuse a champion this run's model cannot continue: another ensemble size, other layers (cell,
+    depth, input encoding) or other sizes, naming what differs."""
+    from char_rnn.model import build_model
+
     if len(start.members) != params.ensemble:
         raise WarmStartError(
             f"train.init: champion: {start.version_uri} is an ensemble of {len(start.members)}, model.ensemble"
             f" is {params.ensemble}; set train.init: scratch to train this shape"
         )
-    return start
+    fresh = build_model(params, units.size, seed=0)
+    weighted = {layer.name for layer in fresh.layers if layer.get_weights()}
+    for member in start.members:
+        theirs = {name for name, weights in member.items() if weights}
+        if theirs != weighted:
+            raise _mismatch(start, ", ".join(sorted(theirs ^ weighted)))
+    initialiser(start, units, params)(0, fresh)  # sizes: refused naming the layer
 
 
 def initialiser(start: Start, units: Units, params: ModelParams) -> Callable[[int, Any], None]:
@@ -102,8 +123,8 @@ def _by_unit(old: np.ndarray, fresh: np.ndarray, take: np.ndarray, axis: int) ->
     return carried
 
 
-def _mismatch(start: Start, layer: str) -> WarmStartError:
+def _mismatch(start: Start, layers: str) -> WarmStartError:
     return WarmStartError(
-        f"train.init: champion: {start.version_uri} has another shape than model.* asks for (layer {layer});"
+        f"train.init: champion: {start.version_uri} has another shape than model.* asks for (layer {layers});"
         " set the champion's model.* or train.init: scratch"
     )

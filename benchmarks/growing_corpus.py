@@ -118,8 +118,12 @@ def log_to_mlflow(rows: list[dict[str, Any]], store: str, plot: Path) -> str:
     good = [row for row in rows if "stopped" not in row]
     steps = [row["arrival"] for row in good]
     figure, axis = plt.subplots(figsize=(7, 4))
-    for key, label, style in (("champion_after", "champion", "o-"), ("candidate", "candidate", "s--"),
-                              ("ngram", "n-gram", "^:")):  # fmt: skip
+    lines = (
+        ("champion_before", "champion before the arrival (re-scored)", "o-"),
+        ("candidate", "candidate (warm-started once there is a champion)", "s--"),
+        ("ngram", "n-gram", "^:"),
+    )
+    for key, label, style in lines:
         axis.plot(steps, [row[key] if row[key] is not None else float("nan") for row in good], style, label=label)
     for row in rows:
         if "stopped" in row:  # the bad arrival: stopped by drift before training
@@ -128,7 +132,7 @@ def log_to_mlflow(rows: list[dict[str, Any]], store: str, plot: Path) -> str:
     axis.set(
         xlabel="arrival", ylabel="test bits/char (lower is better)", title="Growing corpus: each arrival's test text"
     )
-    axis.legend()
+    axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(plot, dpi=120)
     mlflow.set_tracking_uri(store)
@@ -142,6 +146,11 @@ def log_to_mlflow(rows: list[dict[str, Any]], store: str, plot: Path) -> str:
         mlflow.log_artifact(str(plot))
         mlflow.log_dict({"arrivals": rows}, "arrivals.json")
         return run.info.run_id
+
+
+def replot(saved: Path, store: str, plot: Path) -> str:
+    """The MLflow run and plot again from a `--json` file (the figures, without training again)."""
+    return log_to_mlflow(json.loads(saved.read_text(encoding="utf-8"))["rows"], store, plot)
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from benchmarks.warm_start import TRAINING
 MANUAL = "Press the start button, then wait until the washing machine beeps twice.\n" * 40
 ARRIVALS = ((0, 1, 2), (3, 4), (5, 6), "bad", (7, 8), (9, 10))  # kolaw+kobill's documents, in order
 MODEL = "char-rnn-growing"
+EXPERIMENT = "growing-corpus"
 
 
 def deliver(folder: Path, documents: list[Any], arrival: Any) -> list[str]:
@@ -135,13 +136,17 @@ def log_to_mlflow(rows: list[dict[str, Any]], store: str, plot: Path) -> str:
     axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(plot, dpi=120)
+    from char_rnn.tracking import KIND
+
     mlflow.set_tracking_uri(store)
-    mlflow.set_experiment("char-rnn-growing-corpus")
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:  # artifacts beside the store; a model-training one
+        artifacts = (Path(store.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=KIND)
+    mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name="growing corpus") as run:
         for row in good:
-            figures = {
-                f"test/{key}": row[key] for key in ("champion_after", "candidate", "ngram") if row[key] is not None
-            }
+            keys = ("champion_before", "champion_after", "candidate", "ngram")
+            figures = {f"test/{key}": row[key] for key in keys if row[key] is not None}
             mlflow.log_metrics({**figures, "train/warm_minutes": row["warm_minutes"]}, step=row["arrival"])
         mlflow.log_artifact(str(plot))
         mlflow.log_dict({"arrivals": rows}, "arrivals.json")

@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from char_rnn.errors import PipelineError
 from char_rnn.params import Metric, RegistryParams
@@ -189,6 +190,10 @@ def champion_profile(model_name: str) -> tuple[str | None, dict[str, Any] | None
     champion = current_champion(model_name)
     if champion is None:
         return None, None
+    where = urlparse(MlflowClient().get_run(champion.run_id).info.artifact_uri)
+    if where.scheme in ("", "file"):  # a local store: read where it lies (nothing written: a full disk is no bar)
+        path = Path(unquote(where.path)) / PROFILE
+        return str(champion.version), json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
     folder = PROFILE.rsplit("/", 1)[0]
     if PROFILE not in {item.path for item in MlflowClient().list_artifacts(champion.run_id, folder)}:
         return str(champion.version), None  # a version from before profiles were kept

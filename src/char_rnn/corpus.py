@@ -136,21 +136,25 @@ def _folder(path: Path, source: str) -> list[Document]:
     return documents
 
 
+def joined(documents: list[Document]) -> str:
+    """The corpus: its documents' texts in order."""
+    return "".join(document.text for document in documents)
+
+
 def read_source(source: str, root: Path) -> str:
-    """The source's text: its documents in order."""
-    return "".join(document.text for document in read_documents(source, root))
+    return joined(read_documents(source, root))
 
 
 def load_documents(params: CorpusParams, root: Path) -> list[Document]:
     """The source's documents, normalised: what the ingest stage writes. Refused when all are empty."""
     documents = read_documents(params.source, root)
-    if not "".join(document.text for document in documents).strip():
+    if not joined(documents).strip():
         raise CorpusError(f"corpus {params.source!r} is empty (or only whitespace)")
     return documents
 
 
 def load_corpus(params: CorpusParams, root: Path) -> str:
-    return "".join(document.text for document in load_documents(params, root))
+    return joined(load_documents(params, root))
 
 
 def read_corpus(path: Path) -> str:

@@ -91,18 +91,23 @@ def new_documents(documents: list[dict[str, Any]], reference: dict[str, Any] | N
     }
 
 
+def document_texts(text: str, documents: list[dict[str, Any]]) -> dict[str, str]:
+    """Each document's text, by name, in the corpus's order (the manifest places it)."""
+    return {d["name"]: text[d["start"] : d["start"] + d["chars"]] for d in documents}
+
+
 def document_table(text: str, documents: list[dict[str, Any]], new: list[str], seen: set[str]) -> pd.DataFrame:
     """One row per new document: its figures against the reference's characters `seen` (empty: none)."""
-    texts = {d["name"]: text[d["start"] : d["start"] + d["chars"]] for d in documents}
+    texts = document_texts(text, documents)
     hashes = {d["name"]: d["sha256"] for d in documents}
     shingles = {name: _shingles(body) for name, body in texts.items()}
-    order, fresh = list(texts), set(new)
+    place, fresh = {name: i for i, name in enumerate(texts)}, set(new)
     rows = []
     for name in new:
         counts = Counter(c for c in texts[name] if not c.isspace())
         chars = sum(counts.values())
         # every known document, and the new ones before it: of two new copies, the later is the duplicate
-        others = [o for o in order if o != name and (o not in fresh or order.index(o) < order.index(name))]
+        others = [o for o in texts if o != name and (o not in fresh or place[o] < place[name])]
         similarity, similar_to = max(
             ((1.0 if hashes[o] == hashes[name] else _contained(shingles[name], shingles[o]), o) for o in others),
             default=(0.0, ""),
@@ -177,9 +182,8 @@ def check_drift(
         table = document_table(text, documents, found["new"], set(counts))
         suites.append(run_suite("drift.documents", table, document_expectations(params, shares), index="document"))
         if reference and any(row["chars"] for row in table.to_dict("records")):  # characters to compare
-            starts = {d["name"]: d for d in documents}
-            new_text = "".join(text[starts[n]["start"] : starts[n]["start"] + starts[n]["chars"]] for n in found["new"])
-            chars = pd.DataFrame({"char": [c for c in new_text if not c.isspace()]})
+            texts = document_texts(text, documents)
+            chars = pd.DataFrame({"char": [c for name in found["new"] for c in texts[name] if not c.isspace()]})
             suites.append(run_suite("drift.text", chars, [text_expectation(params, counts)]))
     rows = json.loads(table.to_json(orient="records"))  # NaN (an empty document's shares) as null
     return {"success": all(s["success"] for s in suites), **found, "reference_shares": shares, "documents": rows} | {

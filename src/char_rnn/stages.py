@@ -59,10 +59,10 @@ def check(params: Params, layout: Layout) -> Summary:
 def ingest(params: Params, layout: Layout) -> Summary:
     """Read corpus.source strictly as UTF-8, normalise it (no BOM, LF, NFC), write data/corpus.txt and
     its documents' manifest."""
-    from char_rnn.corpus import load_documents, manifest
+    from char_rnn.corpus import joined, load_documents, manifest
 
     documents = load_documents(params.corpus, layout.root)
-    text = "".join(document.text for document in documents)
+    text = joined(documents)
     write_atomically(layout.corpus, text)
     _write_json(layout.documents, manifest(documents))
     summary = (

@@ -13,9 +13,11 @@ from mlflow import MlflowClient
 from char_rnn import stages
 from char_rnn.corpus import read_documents
 from char_rnn.drift import DriftFailed
+from char_rnn.hybrid import load_hybrid
 from char_rnn.layout import Layout
 from char_rnn.params import Params, with_overrides
 from char_rnn.tracking import WARM_START
+from char_rnn.warm_start import champion_rate
 from conftest import REPO
 
 KOREAN = read_documents("kolaw+kobill", REPO)
@@ -26,7 +28,7 @@ FOLDER_RUN = {"corpus.source": "data/raw/docs", "vocab.units": "open", "split.te
               "train.learning_rate": 0.01,
               "evaluate.sample_length": 5, "evaluate.context": 100, "drift.max_divergence": 3.0,
               "drift.max_unseen_share": 0.5,
-              "split.tune_fraction": 0.1, "refit.enabled": True}  # fmt: skip
+              "split.tune_fraction": 0.1, "refit.enabled": True, "tune.dynamic_rates": [0.05, 0.5]}  # fmt: skip
 # A reference of ~2,000 training characters makes KL large (observed 1.64 nats for a bill against two
 # constitution excerpts) and leaves a third of a bill's characters unseen (0.37); the defaults are for
 # references the size of a real corpus (docs/pipeline.md).
@@ -46,6 +48,8 @@ def test_arrivals_are_compared_with_the_champion_and_continue_it(layout: Layout,
     first = stages.run_all(params, layout)
     assert first["drift"]["champion"] is None and first["register"]["alias"] == "champion"
     assert "no champion of char-rnn-docs to compare with" in first["drift"]["summary"]
+    chosen = load_hybrid(layout.hybrid).dynamic
+    assert set(chosen.tune_bits_per_char) == {"0.0", "0.05", "0.5"}  # from scratch: the whole grid
     scratch = MlflowClient().get_run(first["train"]["run_id"])
     assert scratch.data.tags[WARM_START] == "scratch: char-rnn-docs has no champion yet"
 
@@ -66,6 +70,11 @@ def test_arrivals_are_compared_with_the_champion_and_continue_it(layout: Layout,
     # the refit starts from the version train started from (models/fit.json), not from a fresh model
     assert json.loads(layout.fit_record.read_text(encoding="utf-8"))["warm_start"] == "models:/char-rnn-docs/1"
     assert losses(run.info.run_id, "refit")[0] < losses(scratch.info.run_id, "refit")[0] - 0.5
+    # tune tries the rate version 1 chose (and static scoring), not the grid (tune.warm_rates: champion)
+    assert set(load_hybrid(layout.hybrid).dynamic.tune_bits_per_char) == {"0.0", str(chosen.rate)}
+    segment, context = params.tune.dynamic_segment, params.tune.dynamic_context
+    assert champion_rate("models:/char-rnn-docs/1", segment, context) == chosen.rate
+    assert champion_rate("models:/char-rnn-docs/1", segment + 1, context) is None  # chosen for other segments
     version = MlflowClient().get_model_version("char-rnn-docs", second["register"]["version"])
     assert version.tags[WARM_START] == "models:/char-rnn-docs/1"
     assert "test" in version.description  # compared on this run's test text: the newest document's tail

@@ -137,6 +137,11 @@ class Init(str, Enum):
     champion = "champion"
 
 
+class WarmRates(str, Enum):
+    champion = "champion"
+    grid = "grid"
+
+
 class TrainParams(_Section):
     epochs: int = Field(ge=1, le=MAX_INT)
     batch_size: int = Field(ge=1, le=MAX_INT)
@@ -175,6 +180,11 @@ class TuneParams(_Section):
     )
     dynamic_segment: int = Field(ge=1, le=10_000, description="characters scored per dynamic-evaluation step")
     dynamic_context: int = Field(ge=1, le=100_000, description="characters before each segment read by its step")
+    warm_rates: WarmRates = Field(
+        default=WarmRates.champion,
+        description="after a warm start (train.init: champion), champion: try only the rate the champion chose"
+        " (and static scoring), grid: every rate of dynamic_rates",
+    )
 
     @field_validator("dynamic_rates")
     @classmethod

@@ -334,7 +334,8 @@ def _log_drift(corpus: str, layout: Layout, drift: dict[str, Any]) -> None:
 
 
 def tune(params: Params, layout: Layout) -> Summary:
-    """Fit the hybrid's weights and dynamic evaluation's rate on the tuning slice, with the first fit."""
+    """Fit the hybrid's weights and dynamic evaluation's rate on the tuning slice, with the first fit
+    (after a warm start, the champion's rate against static scoring: `_rates_to_try`)."""
     from char_rnn.hybrid import Hybrid, dump_hybrid
     from char_rnn.windows import load_spec
 
@@ -345,7 +346,9 @@ def tune(params: Params, layout: Layout) -> Summary:
     if hybrid.weights is not None:
         weights = hybrid.weights
         summary = f"hybrid weights RNN {weights.rnn:.3f}, n-gram {weights.ngram:.3f}, cache {weights.cache:.3f}"
-        summary += f"; dynamic evaluation's rate {hybrid.dynamic.rate}" if hybrid.dynamic else ""
+        if hybrid.dynamic:
+            tried = ", ".join(hybrid.dynamic.tune_bits_per_char)
+            summary += f"; dynamic evaluation's rate {hybrid.dynamic.rate} (of {tried})"
     return {**hybrid.model_dump(mode="json", exclude={"dynamic": {"tune_bits_per_char"}}), "summary": summary}
 
 
@@ -367,9 +370,27 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
     dynamic = None
     if params.tune.dynamic_rates:
         segment, steps_context = params.tune.dynamic_segment, params.tune.dynamic_context
-        rate, tried = tune_rate(model, ids, span, params.tune.dynamic_rates, segment, steps_context, spec.tune_chars)
+        rates = _rates_to_try(params, layout)
+        rate, tried = tune_rate(model, ids, span, rates, segment, steps_context, spec.tune_chars)
         dynamic = DynamicChoice(rate=rate, segment=segment, context=steps_context, tune_bits_per_char=tried)
     return Hybrid(weights=weights, ngram_order=params.baseline.order, dynamic=dynamic)
+
+
+def _rates_to_try(params: Params, layout: Layout) -> list[float]:
+    """tune.dynamic_rates, or after a warm start the one its champion chose (tune.warm_rates: champion),
+    when that champion chose it for the same segment and context: each rate is a pass over the slice."""
+    from char_rnn import tracking
+    from char_rnn.params import WarmRates
+    from char_rnn.training import FitRecord
+    from char_rnn.warm_start import champion_rate
+
+    started = FitRecord.model_validate_json(layout.fit_record.read_text()).warm_start
+    grid, tune_params = params.tune.dynamic_rates, params.tune
+    if tune_params.warm_rates is WarmRates.grid or not started.startswith("models:/"):
+        return grid
+    tracking.connect(layout.mlruns)
+    chosen = champion_rate(started, tune_params.dynamic_segment, tune_params.dynamic_context)
+    return grid if chosen is None else [chosen] if chosen > 0 else []
 
 
 def refit(params: Params, layout: Layout) -> Summary:

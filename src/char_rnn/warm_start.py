@@ -66,6 +66,21 @@ def load_start(version_uri: str, store: str | None, params: ModelParams, units: 
     return start
 
 
+def champion_rate(version_uri: str, segment: int, context: int) -> float | None:
+    """Dynamic evaluation's rate the champion's run chose (its `dynamic/rate`), when it chose it for these
+    segments and contexts; None when it did not, or scored without dynamic evaluation. A run that
+    continues the champion's weights continues its optimisation too, so the tune stage tries that rate
+    instead of the whole grid (`tune.warm_rates`)."""
+    from mlflow import MlflowClient
+
+    name, _, number = version_uri.removeprefix("models:/").partition("/")
+    client = MlflowClient()
+    run = client.get_run(client.get_model_version(name, number).run_id).data
+    rate = run.metrics.get("dynamic/rate")
+    chosen_for = (run.params.get("tune.dynamic_segment"), run.params.get("tune.dynamic_context"))
+    return rate if rate is not None and chosen_for == (str(segment), str(context)) else None
+
+
 def check_shape(start: Start, params: ModelParams, units: Units) -> None:
     """Refuse a champion this run's model cannot continue: another ensemble size, other layers (cell,
     depth, input encoding) or other sizes, naming what differs."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -36,7 +37,8 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, rep
     overrides = {"corpus.source": "data/raw/text.txt", "split.val_fraction": 0.2, "split.tune_fraction": 0.1,
                  "split.test_fraction": 0.15,
                  "train.epochs": 30, "train.early_stopping_patience": 2, "train.learning_rate": 0.01,
-                 "tune.cache_window": 30, "tune.dynamic_rates": [0.01, 0.1]}  # fmt: skip
+                 "tune.cache_window": 30, "tune.dynamic_rates": [0.01, 0.1],
+                 "tune.mixture_shares": [0.1, 0.01]}  # fmt: skip
     params, layout = with_overrides(with_overrides(repo_params, TINY), overrides), Layout(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -86,7 +88,7 @@ def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(h
         p_rnn = rnn_char_probabilities(model, ids, start, end, warmup=params.evaluate.context)
         p_kn = ngram.char_probabilities(ids, start, end)
         p_cache = cache.char_probabilities(ids, start, end, params.tune.cache_window)
-        assert figures["hybrid_bits_per_char"] == pytest.approx(bits_per_char(weights.mix(p_rnn, p_kn, p_cache)))
+        assert figures["hybrid_bits_per_char"] == pytest.approx(bits_per_char(weights.track(p_rnn, p_kn, p_cache)))
         # The static figure is the saved model's: dynamic evaluation leaves no trace on it.
         assert figures["bits_per_char"] == pytest.approx(bits_per_char(p_rnn))
         assert figures["bits_per_char"] == pytest.approx(math.log2(figures["perplexity"]))
@@ -105,6 +107,13 @@ def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(h
     p_rnn = rnn_char_probabilities(model, ids, span.start, span.end, warmup=params.evaluate.context)
     p_kn, p_cache = ngram.char_probabilities(ids, span.start), cache.char_probabilities(ids, span.start, None, 30)
     assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(forced.mix(p_rnn, p_kn, p_cache)))
+    # With a share, the weights follow the text as it is scored: another figure than the fixed mixture's.
+    following = dataclasses.replace(forced, share=0.05)
+    scored = heldout_metrics(model, ngram, following, ids, span, params.evaluate.context)
+    fixed = bits_per_char(forced.mix(p_rnn, p_kn, p_cache))
+    assert scored["hybrid_bits_per_char"] == pytest.approx(bits_per_char(following.track(p_rnn, p_kn, p_cache)))
+    assert scored["hybrid_bits_per_char"] != pytest.approx(fixed)
+    assert metrics["hybrid_share"] == weights.share in (1.0, 0.1, 0.01)  # chosen on the tuning slice
 
 
 @pytest.mark.integration  # the whole pipeline

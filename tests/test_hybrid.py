@@ -17,9 +17,11 @@ from char_rnn.hybrid import (
     Hybrid,
     HybridError,
     Weights,
+    best_share,
     dump_hybrid,
     fit_hybrid_weights,
     fit_weights,
+    fixed_share,
     load_hybrid,
 )
 from char_rnn.ngram import KneserNey, bits_per_char
@@ -68,6 +70,46 @@ def test_weights_must_be_a_distribution():
         Weights(0.5, 0.3, 0.2, cache_window=10).mix(1.0, 0.5)
 
 
+def switching(units: int = 400) -> np.ndarray:
+    """Two parts that take turns: the first predicts well in the first and third quarters, the second
+    in the other two (a passage the n-gram has counted before, then new text the RNN knows better)."""
+    good, bad = np.full(units // 4, 0.9), np.full(units // 4, 0.05)
+    return np.array([np.concatenate([good, bad, good, bad]), np.concatenate([bad, good, bad, good])])
+
+
+def test_weights_that_follow_the_text_beat_any_fixed_weights_where_parts_take_turns():
+    parts = switching()
+    fixed = fit_weights(parts)  # the best fixed weights for this very text
+    followed = fixed_share(parts, fixed, [0.05])[0]
+    assert bits_per_char(followed) < 0.5 * mixed_bits(fixed, parts)
+    # within the bound: the best part at each unit, plus -log2(1 - share) per unit and a cost per switch
+    best_each = np.log2(parts.max(axis=0)).sum()
+    assert -np.log2(followed).sum() <= -best_each - len(followed) * np.log2(0.95) + 4 * -np.log2(0.05 / 2) + 1
+    assert np.allclose(fixed_share(parts, fixed, [1.0])[0], fixed @ parts)  # share 1: the fixed mixture
+    assert Weights(0.4, 0.6, share=0.05).track(*parts) == pytest.approx(
+        fixed_share(parts, np.array([0.4, 0.6]), [0.05])[0]
+    )
+
+
+def test_weights_follow_only_the_text_before_each_unit():
+    parts, changed = switching(), switching()
+    changed[:, 150:] = changed[::-1, 150:]  # what comes after unit 150 is another text
+    before, after = fixed_share(parts, np.array([0.5, 0.5]), [0.1]), fixed_share(changed, np.array([0.5, 0.5]), [0.1])
+    assert np.array_equal(before[:, :150], after[:, :150]) and not np.array_equal(before[:, 150:], after[:, 150:])
+    # by hand: unit 0 at the prior; its posterior (0.9, 0.1), half of it kept, weighs unit 1: 0.7, 0.3
+    by_hand = fixed_share(np.array([[0.9, 0.1], [0.1, 0.9]]), np.array([0.5, 0.5]), [0.5])[0]
+    assert by_hand == pytest.approx([0.5, 0.7 * 0.1 + 0.3 * 0.9])
+
+
+def test_the_share_is_chosen_on_the_slice_and_fixed_weights_stay_a_candidate():
+    assert best_share(switching(), np.array([0.5, 0.5]), [0.3, 0.05, 0.001]) < 1
+    steady = np.random.default_rng(3).uniform(0.2, 0.9, size=(2, 400))  # no part better for long
+    assert best_share(steady, fit_weights(steady), [0.3, 0.05]) == 1.0
+    for bad in (0, 1.5, math.nan):
+        with pytest.raises(ValueError, match="share"):
+            Weights(0.5, 0.5, share=bad)
+
+
 def test_weights_cannot_score_a_character_no_part_allows():
     with pytest.raises(ValueError, match="probability 0 under every part"):
         fit_weights([np.array([0.5, 0.0]), np.array([0.5, 0.0])])
@@ -76,12 +118,14 @@ def test_weights_cannot_score_a_character_no_part_allows():
 def test_hybrid_json_round_trips(tmp_path):
     path = tmp_path / "hybrid.json"
     chosen = Hybrid(
-        weights=Weights(0.3, 0.6, 0.1, cache_window=100),
+        weights=Weights(0.3, 0.6, 0.1, cache_window=100, share=0.01),
         ngram_order=5,
         dynamic=DynamicChoice(rate=0.6, segment=25, context=100, tune_bits_per_char={"0.0": 4.0, "0.6": None}),
     )
     path.write_text(dump_hybrid(chosen), encoding="utf-8")
     assert load_hybrid(path) == chosen and json.loads(path.read_text())["format"] == FORMAT
+    path.write_text(json.dumps({"format": 3, "weights": {"rnn": 0.4, "ngram": 0.6}}), encoding="utf-8")
+    assert load_hybrid(path).weights.share == 1.0  # written before weights could follow the text: fixed
     path.write_text(dump_hybrid(Hybrid()), encoding="utf-8")
     assert load_hybrid(path).weights is None  # no tuning slice: nothing fitted
 

@@ -75,7 +75,7 @@ def heldout_metrics(
     }
     if weights is not None:
         window = weights.cache_window
-        hybrid = weights.mix(p_rnn, p_kn, cache.char_probabilities(ids, start, end, window) if window else None)
+        hybrid = weights.track(p_rnn, p_kn, cache.char_probabilities(ids, start, end, window) if window else None)
         metrics |= {"hybrid_bits_per_char": bits_per_char(hybrid, chars)}
         metrics |= {"hybrid_vs_ngram": metrics["hybrid_bits_per_char"] / kn - 1}
     return metrics

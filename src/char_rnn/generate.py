@@ -157,7 +157,8 @@ class Generator:
 
     def char_probabilities(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
         """P(ids[t]) for t in [start, end) under what this generator samples from: the RNN, or the
-        mixture with the n-gram and the cache; held-out scoring (`char_rnn.heldout`) with `context`."""
+        mixture with the n-gram and the cache, its weights following the text as they do when the
+        evaluate stage scores it (`Weights.track`); held-out scoring (`char_rnn.heldout`) with `context`."""
         from char_rnn.heldout import rnn_char_probabilities
 
         p_rnn = rnn_char_probabilities(self.model, ids, start, end, warmup=context)
@@ -165,7 +166,7 @@ class Generator:
             return p_rnn
         weights, p_kn = self.mixture.weights, self.mixture.ngram.char_probabilities(ids, start, end)
         p_cache = cache.char_probabilities(ids, start, end, weights.cache_window) if weights.cache_window else None
-        return weights.mix(p_rnn, p_kn, p_cache)
+        return weights.track(p_rnn, p_kn, p_cache)
 
     def char_hits(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
         """Greedy accuracy per unit of the RNN (accuracy is a figure of the RNN alone)."""

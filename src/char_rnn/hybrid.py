@@ -1,14 +1,16 @@
 """The hybrid: `p = w_rnn * p_rnn + w_kn * p_kn + w_cache * p_cache`, and `hybrid.json`, its typed record.
 
 The weights are fitted by the tune stage on the tuning slice, which neither the RNN nor the n-gram
-they are weighed against has read and which is not the scored text; the validation text is then
-scored with them fixed, and generation samples from the same mixture. `hybrid.json` also records
+they are weighed against has read and which is not the scored text; the held-out text is then
+scored with them, fixed or, with a `share` < 1 chosen on the same slice, following the text
+(`fixed_share`), and generation samples from the fitted mixture. `hybrid.json` also records
 dynamic evaluation's rate, chosen on the same slice. This module is the one place that writes and
 reads that file: a file of another format is refused, naming why.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -42,6 +44,7 @@ class Weights:
     ngram: float
     cache: float = 0.0
     cache_window: int = 0  # characters the cache looks back; 0 = no cache part
+    share: float = 1.0  # scoring a text, the share of these weights the mixture returns to after each unit; 1 = fixed
 
     def __post_init__(self) -> None:
         parts = (self.rnn, self.ngram, self.cache)
@@ -50,6 +53,8 @@ class Weights:
             raise ValueError(f"hybrid weights must be finite, >= 0 and sum to 1, got {parts}")
         if not isinstance(self.cache_window, int) or self.cache_window < 0 or (self.cache and not self.cache_window):
             raise ValueError(f"the cache window must be an integer >= 0, and >= 1 with a cache weight; got {self}")
+        if not isinstance(self.share, (int, float)) or not 0 < self.share <= 1:
+            raise ValueError(f"the share must be > 0 and <= 1, got {self.share!r}")
 
     def mix(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
         """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
@@ -60,8 +65,48 @@ class Weights:
             raise ValueError("these weights give the cache a share: pass its probabilities")
         return mixed + self.cache * np.asarray(p_cache, dtype=np.float64)
 
+    def track(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
+        """The hybrid's probability of each unit of a text (per-unit vectors, in order), its weights
+        following the text when `share` < 1 (`fixed_share`); with 1, `mix`'s."""
+        if self.share == 1:
+            return self.mix(p_rnn, p_kn, p_cache)
+        if self.cache and p_cache is None:
+            raise ValueError("these weights give the cache a share: pass its probabilities")
+        parts = np.asarray([p_rnn, p_kn, p_cache][: len(self.prior())], dtype=np.float64)
+        return fixed_share(parts, self.prior(), [self.share])[0]
+
+    def prior(self) -> np.ndarray:
+        """The fitted weights of the parts that have any (the cache only with a cache weight)."""
+        return np.array([self.rnn, self.ngram] + ([self.cache] if self.cache else []))
+
     def metrics(self) -> dict[str, float]:
-        return {"hybrid_weight_rnn": self.rnn, "hybrid_weight_ngram": self.ngram, "hybrid_weight_cache": self.cache}
+        return {
+            "hybrid_weight_rnn": self.rnn,
+            "hybrid_weight_ngram": self.ngram,
+            "hybrid_weight_cache": self.cache,
+            "hybrid_share": self.share,
+        }
+
+
+def fixed_share(parts: np.ndarray, prior: np.ndarray, shares: Sequence[float]) -> np.ndarray:
+    """(shares, units): each unit's probability under the mixture whose weights follow the text.
+
+    After each unit the weights move to each part's share of the probability the mixture gave it (the
+    part that predicted it gains), then take back `share` of the `prior`: Herbster & Warmuth's fixed
+    share, which tracks whichever part predicts the current passage best (the n-gram through text it
+    has counted before, a near-copy of an earlier document; the RNN elsewhere) at a cost of at most
+    -log2(1 - share) bits per unit against the best sequence of parts. Only the text before a unit
+    moves its weights. With share 1 the weights stay the prior. `parts`: (parts, units).
+    """
+    share = np.asarray(shares, dtype=np.float64)[:, None]
+    weights = np.tile(prior, (len(share), 1))
+    scored = np.empty((len(share), parts.shape[1]))
+    for t in range(parts.shape[1]):
+        joint = weights * parts[:, t]
+        scored[:, t] = total = joint.sum(axis=1)
+        posterior = np.divide(joint, total[:, None], out=weights.copy(), where=total[:, None] > 0)
+        weights = (1 - share) * posterior + share * prior
+    return scored
 
 
 class DynamicChoice(BaseModel):
@@ -138,9 +183,16 @@ def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-12, max_steps
 
 
 def fit_hybrid_weights(
-    models: Sequence[Any], ids: np.ndarray, tune: tuple[int, int], order: int, context: int, cache_window: int
+    models: Sequence[Any],
+    ids: np.ndarray,
+    tune: tuple[int, int],
+    order: int,
+    context: int,
+    cache_window: int,
+    shares: Sequence[float] = (),
 ) -> Weights:
-    """Weights on ids[t0:t1] for RNNs trained on ids[:t0] only, against an n-gram fitted on ids[:t0] too.
+    """Weights on ids[t0:t1] for RNNs trained on ids[:t0] only, against an n-gram fitted on ids[:t0] too,
+    and among 1 (fixed weights) and `shares`, the share under which they score the slice best.
 
     Neither model has read the tuning slice, so the weights measure them as they do on unseen text; the
     cache reads the text before each character, as it will on the scored text; nothing after t1 (the
@@ -153,5 +205,17 @@ def fit_hybrid_weights(
     parts = [average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1)]
     if cache_window:
         parts.append(cache.char_probabilities(ids, t0, t1, cache_window))
-    fitted = [float(w) for w in fit_weights(parts)]
-    return Weights(*fitted, cache_window=cache_window)
+    weights = Weights(*(float(w) for w in fit_weights(parts)), cache_window=cache_window)
+    if not shares:
+        return weights
+    prior = weights.prior()
+    return dataclasses.replace(weights, share=best_share(np.asarray(parts[: len(prior)]), prior, shares))
+
+
+def best_share(parts: np.ndarray, prior: np.ndarray, shares: Sequence[float]) -> float:
+    """Among 1 (the fitted weights held fixed) and `shares`, the one under which `fixed_share` scores
+    `parts`' text best; a tie keeps the fixed weights."""
+    candidates = [1.0, *shares]
+    with np.errstate(divide="ignore"):
+        likelihood = np.log(fixed_share(parts, prior, candidates)).mean(axis=1)
+    return candidates[int(np.argmax(likelihood))]

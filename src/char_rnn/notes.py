@@ -99,7 +99,9 @@ def evaluation(metrics: dict[str, Any], spec: WindowSpec, sample: str) -> str:
         lines.append(line + ".")
     if "hybrid_weight_rnn" in metrics:
         weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in ("rnn", "ngram", "cache"))
-        lines.append(f"Hybrid weights {weights}, fitted on the tuning slice.")
+        follows = metrics.get("hybrid_share", 1) < 1
+        moving = f"; while scoring they follow the text, returning share {metrics['hybrid_share']}" if follows else ""
+        lines.append(f"Hybrid weights {weights}, fitted on the tuning slice{moving}.")
     if "dynamic_rate" in metrics:
         lines.append(f"Dynamic evaluation's rate {metrics['dynamic_rate']}, chosen on the tuning slice.")
     return "\n".join(lines) + f"\n\nSample: `{sample}`"

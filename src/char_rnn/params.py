@@ -180,11 +180,24 @@ class TuneParams(_Section):
     )
     dynamic_segment: int = Field(ge=1, le=10_000, description="characters scored per dynamic-evaluation step")
     dynamic_context: int = Field(ge=1, le=100_000, description="characters before each segment read by its step")
+    mixture_shares: list[float] = Field(
+        default=[],
+        description="shares of the fitted weights the hybrid returns to after each scored unit (fixed share:"
+        " its weights follow the text), tried on the tuning slice beside fixed weights; [] = fixed weights only",
+    )
     warm_rates: WarmRates = Field(
         default=WarmRates.champion,
         description="after a warm start (train.init: champion), champion: try only the rate the champion chose"
         " (and static scoring), grid: every rate of dynamic_rates",
     )
+
+    @field_validator("mixture_shares")
+    @classmethod
+    def _proper_shares(cls, shares: list[float]) -> list[float]:
+        """1 is the fixed weights, always a candidate; 0 would let a part that missed once never recover."""
+        if any(not 0 < share < 1 for share in shares):
+            raise ValueError("every share must be > 0 and < 1 (fixed weights, share 1, are always tried as well)")
+        return shares
 
     @field_validator("dynamic_rates")
     @classmethod

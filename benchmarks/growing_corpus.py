@@ -11,7 +11,8 @@ warm and scratch; then the goals of issue 25 judged. The figures are also logged
 ("growing corpus"), one step per arrival, with a plot of test bits/char per arrival:
 
     .venv/bin/python -m benchmarks.growing_corpus benchmarks/configs/kolaw+kobill.yaml \\
-        --set model.ensemble=1 --set 'tune.dynamic_rates=[]' --json growing.json
+        --set model.ensemble=1 --set 'tune.dynamic_rates=[]' \\
+        --set 'tune.mixture_shares=[0.1,0.03,0.01,0.003,0.001]' --json growing.json
 """
 
 from __future__ import annotations

@@ -58,26 +58,28 @@ class Weights:
 
     def mix(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
         """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
-        mixed = self.rnn * np.asarray(p_rnn, dtype=np.float64) + self.ngram * np.asarray(p_kn, dtype=np.float64)
-        if not self.cache:
-            return mixed
-        if p_cache is None:
-            raise ValueError("these weights give the cache a share: pass its probabilities")
-        return mixed + self.cache * np.asarray(p_cache, dtype=np.float64)
+        parts = self.parts(p_rnn, p_kn, p_cache)
+        return sum(w * np.asarray(p, dtype=np.float64) for w, p in zip(self.prior(), parts, strict=True))
 
     def track(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
         """The hybrid's probability of each unit of a text (per-unit vectors, in order), its weights
         following the text when `share` < 1 (`fixed_share`); with 1, `mix`'s."""
         if self.share == 1:
             return self.mix(p_rnn, p_kn, p_cache)
-        if self.cache and p_cache is None:
-            raise ValueError("these weights give the cache a share: pass its probabilities")
-        parts = np.asarray([p_rnn, p_kn, p_cache][: len(self.prior())], dtype=np.float64)
+        parts = np.asarray(self.parts(p_rnn, p_kn, p_cache), dtype=np.float64)
         return fixed_share(parts, self.prior(), [self.share])[0]
 
     def prior(self) -> np.ndarray:
         """The fitted weights of the parts that have any (the cache only with a cache weight)."""
         return np.array([self.rnn, self.ngram] + ([self.cache] if self.cache else []))
+
+    def parts(self, p_rnn: Any, p_kn: Any, p_cache: Any = None) -> list[Any]:
+        """The parts' probabilities in the order of `prior`: the cache's only with a cache weight."""
+        if not self.cache:
+            return [p_rnn, p_kn]
+        if p_cache is None:
+            raise ValueError("these weights give the cache a share: pass its probabilities")
+        return [p_rnn, p_kn, p_cache]
 
     def metrics(self) -> dict[str, float]:
         return {
@@ -208,8 +210,8 @@ def fit_hybrid_weights(
     weights = Weights(*(float(w) for w in fit_weights(parts)), cache_window=cache_window)
     if not shares:
         return weights
-    prior = weights.prior()
-    return dataclasses.replace(weights, share=best_share(np.asarray(parts[: len(prior)]), prior, shares))
+    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares)
+    return dataclasses.replace(weights, share=share)
 
 
 def best_share(parts: np.ndarray, prior: np.ndarray, shares: Sequence[float]) -> float:

@@ -73,9 +73,9 @@ def champion_rate(version_uri: str, segment: int, context: int) -> float | None:
     instead of the whole grid (`tune.warm_rates`)."""
     from mlflow import MlflowClient
 
-    name, _, number = version_uri.removeprefix("models:/").partition("/")
-    client = MlflowClient()
-    run = client.get_run(client.get_model_version(name, number).run_id).data
+    from char_rnn.registry import resolve_version
+
+    run = MlflowClient().get_run(resolve_version(version_uri).run_id).data
     rate = run.metrics.get("dynamic/rate")
     chosen_for = (run.params.get("tune.dynamic_segment"), run.params.get("tune.dynamic_context"))
     return rate if rate is not None and chosen_for == (str(segment), str(context)) else None

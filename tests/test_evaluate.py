@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from char_rnn import cache, stages
+from char_rnn import cache, match, stages
 from char_rnn.dynamic import dynamic_char_probabilities
 from char_rnn.evaluation import heldout_metrics
 from char_rnn.heldout import rnn_char_probabilities, scored_span
@@ -38,7 +38,7 @@ def held_out(tmp_path_factory: pytest.TempPathFactory, migrated_store: Path, rep
                  "split.test_fraction": 0.15,
                  "train.epochs": 30, "train.early_stopping_patience": 2, "train.learning_rate": 0.01,
                  "tune.cache_window": 30, "tune.dynamic_rates": [0.01, 0.1],
-                 "tune.mixture_shares": [0.1, 0.01]}  # fmt: skip
+                 "tune.mixture_shares": [0.1, 0.01], "tune.match_min": 4}  # fmt: skip
     params, layout = with_overrides(with_overrides(repo_params, TINY), overrides), Layout(root)
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -77,6 +77,7 @@ def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(h
     hybrid = load_hybrid(layout.hybrid)
     weights, dynamic = hybrid.weights, hybrid.dynamic
     assert {key: metrics[key] for key in weights.metrics()} == weights.metrics()
+    assert weights.match > 0 and weights.match_min == 4  # rotations of one sentence: the text copies itself
     for name, start, end in (
         ("test", spec.start("test"), len(ids)),
         ("validation", spec.val_start, spec.start("test")),
@@ -84,11 +85,13 @@ def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(h
         figures = metrics[name]
         assert figures["chars"] == end - start == baseline["chars"][name]  # closed units: a unit per character
         assert figures["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"][name])
-        # The hybrid's figure is the three parts' mixture on this text, the cache's included.
+        # The hybrid's figure is the parts' mixture on this text, the cache's and the match model's included.
         p_rnn = rnn_char_probabilities(model, ids, start, end, warmup=params.evaluate.context)
         p_kn = ngram.char_probabilities(ids, start, end)
         p_cache = cache.char_probabilities(ids, start, end, params.tune.cache_window)
-        assert figures["hybrid_bits_per_char"] == pytest.approx(bits_per_char(weights.track(p_rnn, p_kn, p_cache)))
+        p_match = match.char_probabilities(ids, start, end, p_kn, params.tune.match_min)
+        mixed = weights.track(p_rnn, p_kn, p_cache, p_match)
+        assert figures["hybrid_bits_per_char"] == pytest.approx(bits_per_char(mixed))
         # The static figure is the saved model's: dynamic evaluation leaves no trace on it.
         assert figures["bits_per_char"] == pytest.approx(bits_per_char(p_rnn))
         assert figures["bits_per_char"] == pytest.approx(math.log2(figures["perplexity"]))

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from char_rnn import cache
+from char_rnn import cache, match
 from char_rnn.heldout import rnn_char_probabilities
 from char_rnn.hybrid import (
     FORMAT,
@@ -68,6 +68,14 @@ def test_weights_must_be_a_distribution():
             Weights(0.5, 0.3, 0.2, cache_window=window)
     with pytest.raises(ValueError, match="pass its probabilities"):
         Weights(0.5, 0.3, 0.2, cache_window=10).mix(1.0, 0.5)
+    with pytest.raises(ValueError, match="match length"):
+        Weights(0.5, 0.3, match=0.2)
+    # The match part comes after the cache, and each only when it has a weight.
+    both = Weights(0.4, 0.3, 0.2, cache_window=10, match=0.1, match_min=4)
+    assert both.mix(1.0, 0.5, 0.25, 0.125) == pytest.approx(0.4 + 0.15 + 0.05 + 0.0125)
+    assert Weights(0.4, 0.3, match=0.3, match_min=4).mix(1.0, 0.5, None, 0.25) == pytest.approx(0.625)
+    assert Weights.fitted([0.4, 0.3, 0.2, 0.1], 10, 4) == both
+    assert Weights.fitted([0.4, 0.3, 0.3], 0, 4) == Weights(0.4, 0.3, match=0.3, match_min=4)
 
 
 def switching(units: int = 400) -> np.ndarray:
@@ -178,6 +186,25 @@ def test_a_cache_gets_weight_where_the_text_quotes_itself(untrained, text):
     other[tune_end:] = 0
     again = fit_hybrid_weights([untrained], other, (train_end, tune_end), order=3, context=100, cache_window=20)
     assert again == weights
+
+
+def test_the_match_model_gets_weight_where_the_text_copies_earlier_text(untrained, text):
+    """A tuning and a scored text that repeat the training text from 250 units back, farther than the
+    cache looks: the match model earns a weight, and the hybrid scores the copy far better with it."""
+    train_end, tune_end = 300, 340
+    copying = text.copy()
+    copying[train_end:] = text[50 : 50 + len(text) - train_end]
+    fit = {"order": 3, "context": 100, "cache_window": 20}
+    weights = fit_hybrid_weights([untrained], copying, (train_end, tune_end), **fit, match_min=4)
+    without = fit_hybrid_weights([untrained], copying, (train_end, tune_end), **fit)
+    assert weights.match > 0.3 and weights.match_min == 4 and without.match == 0
+    p_rnn = rnn_char_probabilities(untrained, copying, tune_end, len(text), warmup=100)
+    p_kn = KneserNey.fit(copying[:tune_end], TEXT_VOCAB, 3).char_probabilities(copying, tune_end)
+    scored = bits_per_char(weights.score(p_rnn, p_kn, copying, tune_end, len(text)))
+    assert scored < 0.5 * bits_per_char(without.score(p_rnn, p_kn, copying, tune_end, len(text)))
+    p_cache = cache.char_probabilities(copying, tune_end, len(text), 20)
+    p_match = match.char_probabilities(copying, tune_end, len(text), p_kn, 4)
+    assert scored == pytest.approx(bits_per_char(weights.mix(p_rnn, p_kn, p_cache, p_match)))
 
 
 def test_the_tuning_slice_must_be_real(untrained, text):

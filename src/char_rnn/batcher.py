@@ -13,8 +13,8 @@ state is built from the last `context` units of its prompt (the served version's
 else `heldout.WARMUP`): held-out scoring starts each chunk's state from the `context` units before
 it, so the figure a version was chosen by was measured with that much context, and reading more of a
 long prompt would cost a step per unit for nothing measured. The n-gram and the cache read their own
-short tails of the whole prompt, as in scoring; only the end that anything reads is encoded
-(`Batcher.prepare`).
+short tails of the whole prompt, as in scoring, and the match model all of it; only the end that
+anything reads is encoded (`Batcher.prepare`).
 
 Prompts are read in chunks between the live rows' steps (chunked prefill, as vLLM and TGI do it):
 each iteration of the generation thread is one model step, in which every live row reads the unit it
@@ -42,11 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from char_rnn import cache
-from char_rnn.generate import Generation, Generator, Row, Sampling, Spelling, seed_of
+from char_rnn.generate import Generation, Generator, MixtureRows, Row, Sampling, Spelling, seed_of
 from char_rnn.heldout import WARMUP
 from char_rnn.inference import ONE_BLAS_THREAD, NumpyModel, State, pick
-from char_rnn.ngram import Suffixes
 
 MAX_ROWS = 256  # rows generated at once: four requests at the registry's default limit of 64 rows
 STEP_ROWS, SMALL_REQUEST, MIN_READ = 16, 4, 4  # see the module's docstring
@@ -151,8 +149,8 @@ class Reading:
 
 class Rows:
     """The rows being generated: per row its random generator; for the batch the recurrent states, the
-    next-unit probabilities, the spellings drawn so far and, for the hybrid, the n-gram's suffixes and
-    the cache. Rows are numbered in the order they joined."""
+    next-unit probabilities, the spellings drawn so far and, for the hybrid, its parts' memory of each
+    row's text (`MixtureRows`). Rows are numbered in the order they joined."""
 
     def __init__(self, generator: Generator, context: int = WARMUP) -> None:
         self.generator, self.context = generator, context
@@ -163,17 +161,14 @@ class Rows:
         self.states: list[State] = generator.model.initial_state(0)
         self.probs = np.zeros((0, generator.model.vocab_size), np.float32)
         self.spelling = Spelling(generator.units.speller, np.zeros(0, np.int64))
-        self.suffixes: Suffixes | None = None
-        self.recent: cache.Recent | None = None
+        self.mixing: MixtureRows | None = None  # the hybrid's parts' memory of each live row's text
         self.chosen = np.zeros(0, np.int32)  # the live rows' last units, not yet read
 
     def join(self, read: Read) -> list[int]:
         """Rows that have read their prompts join the batch; returns their numbers."""
         generator, prompts = self.generator, [row.ids for row in read.rows]
         mixture = generator.mixture
-        suffixes = Suffixes.of_rows(mixture.ngram, prompts) if mixture else None
-        window = mixture.weights.cache_window if mixture else 0
-        recent = cache.Recent(prompts, generator.model.vocab_size, window) if window else None
+        mixing = mixture.read(prompts) if mixture else None
         spelling = Spelling(generator.units.speller, np.array([row.sampling.length for row in read.rows]))
         rngs = [np.random.default_rng(seed_of(row.sampling)) for row in read.rows]
         numbers = list(range(self.added, self.added + len(read.rows)))
@@ -181,9 +176,8 @@ class Rows:
         if len(self.live):
             states = [tuple(map(_stack, old, new)) for old, new in zip(self.states, states)]
             probs = np.concatenate([self.probs, probs])
-            suffixes = self.suffixes.join(suffixes) if self.suffixes is not None and suffixes else suffixes
-            recent = self.recent.join(recent) if self.recent is not None and recent else recent
-        self.states, self.probs, self.suffixes, self.recent = states, probs, suffixes, recent
+            mixing = self.mixing.join(mixing) if self.mixing is not None and mixing else mixing
+        self.states, self.probs, self.mixing = states, probs, mixing
         self.spelling = self.spelling.join(spelling)
         self.rows |= dict(zip(numbers, read.rows))
         self.rngs |= dict(zip(numbers, rngs))
@@ -202,8 +196,7 @@ class Rows:
         their length in characters leave, with their text."""
         if not len(self.live):
             return []
-        generator = self.generator
-        mixed = self.probs if self.suffixes is None else generator.mixture.mix(self.probs, self.suffixes, self.recent)
+        mixed = self.probs if self.mixing is None else self.mixing.mix(self.probs)
         allowed = self.spelling.allowed()
         samplings = [self.rows[number].sampling for number in self.live]
         greedy = np.array([s.temperature == 0 for s in samplings])
@@ -218,7 +211,7 @@ class Rows:
         if done:
             keep = np.flatnonzero(~finished)
             self.live, self.chosen, self.states = self.live[keep], self.chosen[keep], _rows(self.states, keep)
-            for part in (self.suffixes, self.recent, self.spelling):
+            for part in (self.mixing, self.spelling):
                 if part is not None:
                     part.keep(keep)
         return done
@@ -239,11 +232,9 @@ class Rows:
             self.update(*self.generator.model.step(*self.inputs()))
 
     def inputs(self) -> tuple[np.ndarray, list[State]]:
-        """The units just chosen (now pushed to the n-gram's suffixes and the cache) and the states a model
-        step reads them with."""
-        for part in (self.suffixes, self.recent):
-            if part is not None and len(self.live):
-                part.push(self.chosen)
+        """The units just chosen (now pushed to the hybrid's parts) and the states a model step reads them with."""
+        if self.mixing is not None and len(self.live):
+            self.mixing.push(self.chosen)
         return self.chosen, self.states
 
     def update(self, probs: np.ndarray, states: list[State]) -> None:
@@ -327,8 +318,9 @@ class Batcher:
         if max_rows < 1 or context < 1:
             raise ValueError(f"max_rows and context must be at least 1, got {max_rows} and {context}")
         self.generator, self.max_rows, self.context = generator, max_rows, context
-        mixture = generator.mixture  # units of a prompt that anything reads: the RNN, the n-gram, the cache
-        self.reach = max(context, mixture.ngram.order, mixture.weights.cache_window) if mixture else context
+        mixture = generator.mixture  # units of a prompt that anything reads: the RNN, the n-gram, the cache,
+        whole = 1 << 62 if mixture and mixture.weights.match else 0  # the match model: all of it
+        self.reach = max(context, mixture.ngram.order, mixture.weights.cache_window, whole) if mixture else context
         self._turn = threading.Condition()
         self._queue: list[_Job] = []
         self._thread: threading.Thread | None = None

@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from char_rnn import cache
 from char_rnn.dynamic import dynamic_char_probabilities
 from char_rnn.heldout import HELD_OUT, SPLIT_NAMES, Span, rnn_char_probabilities, scored_span
 from char_rnn.hybrid import DynamicChoice, Hybrid, Weights
@@ -74,8 +73,7 @@ def heldout_metrics(
         "rnn_vs_ngram": rnn / kn - 1,
     }
     if weights is not None:
-        window = weights.cache_window
-        hybrid = weights.track(p_rnn, p_kn, cache.char_probabilities(ids, start, end, window) if window else None)
+        hybrid = weights.score(p_rnn, p_kn, ids, start, end)
         metrics |= {"hybrid_bits_per_char": bits_per_char(hybrid, chars)}
         metrics |= {"hybrid_vs_ngram": metrics["hybrid_bits_per_char"] / kn - 1}
     return metrics

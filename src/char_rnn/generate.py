@@ -6,8 +6,9 @@ a few small matrix products with the recurrent state carried from step to step, 
 the model over the text.
 
 With a `Mixture` (the registered hybrid), every character is drawn from `w_rnn * p_rnn + w_kn * p_kn
-+ w_cache * p_cache`: the RNN's distribution mixed with the Kneser-Ney n-gram's and the cache's after
-the same text, the distribution that was scored.
++ w_cache * p_cache + w_match * p_match`: the RNN's distribution mixed with the Kneser-Ney n-gram's,
+the cache's and the match model's after the same text (the prompt and what was drawn), the
+distribution that was scored.
 
 Prompt policy: a prompt is NFC-normalised like the corpus. Open units spell any prompt. With closed
 units, characters outside the vocabulary are dropped and reported, never guessed, and a prompt with
@@ -21,14 +22,15 @@ from __future__ import annotations
 import logging
 import secrets
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Generator as Steps
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from char_rnn import cache, inference
+from char_rnn import cache, inference, match
 from char_rnn.errors import PipelineError
 from char_rnn.hybrid import Weights, load_hybrid
 from char_rnn.inference import NumpyModel, pick
@@ -84,15 +86,52 @@ class Row:
 
 @dataclass(frozen=True)
 class Mixture:
-    """The hybrid's n-gram and its weights (RNN, n-gram, cache), as the tune stage fitted them."""
+    """The hybrid's n-gram and its weights (RNN, n-gram, cache, match), as the tune stage fitted them."""
 
     ngram: KneserNey
     weights: Weights
 
-    def mix(self, p_rnn: np.ndarray, suffixes: Suffixes, recent: cache.Recent | None) -> np.ndarray:
-        """(batch, vocab) mixture after each row's text so far (its n-gram `suffixes`; `recent`, the cache)."""
-        p_cache = recent.distribution() if recent is not None else None
-        return self.weights.mix(p_rnn, suffixes.distributions(), p_cache)
+    def read(self, prompts: Sequence[np.ndarray] | np.ndarray) -> MixtureRows:
+        """The parts' memory of each row's text, after its prompt."""
+        return MixtureRows(self, prompts)
+
+
+class MixtureRows:
+    """What the mixture's parts keep of each row's text as generation appends a unit to each: the
+    n-gram's suffixes and, when they have a weight, the cache's last characters and the match model's
+    copy. Rows may start from prompts of different lengths (requests served together)."""
+
+    def __init__(self, mixture: Mixture, prompts: Sequence[np.ndarray] | np.ndarray) -> None:
+        weights, vocab_size = mixture.weights, mixture.ngram.vocab_size
+        self.weights = weights
+        self.suffixes = Suffixes.of_rows(mixture.ngram, prompts)
+        self.recent = cache.Recent(prompts, vocab_size, weights.cache_window) if weights.cache else None
+        self.matches = match.Matches(prompts, weights.match_min) if weights.match else None
+
+    def mix(self, p_rnn: np.ndarray) -> np.ndarray:
+        """(batch, vocab): the mixture after each row's text so far."""
+        p_kn = self.suffixes.distributions()
+        p_cache = self.recent.distribution() if self.recent is not None else None
+        p_match = self.matches.distribution(p_kn) if self.matches is not None else None
+        return self.weights.mix(p_rnn, p_kn, p_cache, p_match)
+
+    def _parts(self) -> list[Any]:
+        return [part for part in (self.suffixes, self.recent, self.matches) if part is not None]
+
+    def push(self, ids: np.ndarray) -> None:
+        for part in self._parts():
+            part.push(ids)
+
+    def keep(self, rows: np.ndarray) -> None:
+        """Only these rows from now on (the others' requests are done)."""
+        for part in self._parts():
+            part.keep(rows)
+
+    def join(self, other: MixtureRows) -> MixtureRows:
+        """`other`'s rows after these (requests that joined the batch)."""
+        for mine, theirs in zip(self._parts(), other._parts(), strict=True):
+            mine.join(theirs)
+        return self
 
 
 def seed_of(sampling: Sampling) -> int:
@@ -157,16 +196,15 @@ class Generator:
 
     def char_probabilities(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
         """P(ids[t]) for t in [start, end) under what this generator samples from: the RNN, or the
-        mixture with the n-gram and the cache, its weights following the text as they do when the
+        mixture with the n-gram, the cache and the match model, its weights following the text as they do when the
         evaluate stage scores it (`Weights.track`); held-out scoring (`char_rnn.heldout`) with `context`."""
         from char_rnn.heldout import rnn_char_probabilities
 
         p_rnn = rnn_char_probabilities(self.model, ids, start, end, warmup=context)
         if self.mixture is None:
             return p_rnn
-        weights, p_kn = self.mixture.weights, self.mixture.ngram.char_probabilities(ids, start, end)
-        p_cache = cache.char_probabilities(ids, start, end, weights.cache_window) if weights.cache_window else None
-        return weights.track(p_rnn, p_kn, p_cache)
+        p_kn = self.mixture.ngram.char_probabilities(ids, start, end)
+        return self.mixture.weights.score(p_rnn, p_kn, ids, start, end)
 
     def char_hits(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
         """Greedy accuracy per unit of the RNN (accuracy is a figure of the RNN alone)."""
@@ -217,18 +255,14 @@ class Generator:
         """Yields (batch, V), the distribution sampled from after each row's text so far (the RNN's, or
         the mixture's), and is sent the units drawn next; the prompts (rows of equal length) read first."""
         prompts = np.asarray(prompts, dtype=np.int32)
-        mixture = self.mixture
-        window = mixture.weights.cache_window if mixture else 0
-        recent = cache.Recent(prompts, self.model.vocab_size, window) if window else None
-        suffixes = Suffixes(mixture.ngram, prompts) if mixture else None
+        reading = self.mixture.read(prompts) if self.mixture else None
         states = self.model.initial_state(len(prompts))
         for t in range(prompts.shape[1]):
             probs, states = self.model.step(prompts[:, t], states)
         while True:
-            chosen = yield probs if mixture is None else mixture.mix(probs, suffixes, recent)
-            for part in (suffixes, recent):
-                if part is not None:
-                    part.push(chosen)
+            chosen = yield probs if reading is None else reading.mix(probs)
+            if reading is not None:
+                reading.push(chosen)
             probs, states = self.model.step(chosen, states)
 
     def mixture_loop(self, text: np.ndarray, prompt: int, choose: Callable[[np.ndarray, int], np.ndarray]) -> None:

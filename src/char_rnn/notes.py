@@ -98,7 +98,8 @@ def evaluation(metrics: dict[str, Any], spec: WindowSpec, sample: str) -> str:
             line += f"; dynamic evaluation {number(figures['dynamic_bits_per_char'])}"
         lines.append(line + ".")
     if "hybrid_weight_rnn" in metrics:
-        weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in ("rnn", "ngram", "cache"))
+        parts = ("rnn", "ngram", "cache", "match")
+        weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in parts)
         follows = metrics.get("hybrid_share", 1) < 1
         moving = f"; while scoring they follow the text, returning share {metrics['hybrid_share']}" if follows else ""
         lines.append(f"Hybrid weights {weights}, fitted on the tuning slice{moving}.")

@@ -174,6 +174,13 @@ class TuneParams(_Section):
         description="the hybrid's third part: a cache of the last this many "
         "characters, weighted with the RNN and the n-gram on the tuning slice; 0 = none",
     )
+    match_min: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="the hybrid's match part: after the last this many units occurred before, predict the"
+        " unit that followed them there (char_rnn.match), weighted with the others on the tuning slice; 0 = none",
+    )
     dynamic_rates: list[float] = Field(
         description="SGD learning rates for dynamic evaluation (the RNN learns "
         "from each scored segment before the next), tried on the tuning slice; [] = static scoring only"

@@ -127,7 +127,8 @@ def model_description(ranking: RegistryParams) -> str:
     """What a reviewer opening the registered model reads before any version: what it is, which figure
     ranks its versions, and how the champion is chosen (`char_rnn.gate`)."""
     metric = ranking.metric
-    served = "the RNN mixed with an n-gram and a cache" if metric is Metric.hybrid_bits_per_char else "the RNN"
+    hybrid = "the RNN mixed with an n-gram (and, where fitted, a cache and a match model)"
+    served = hybrid if metric is Metric.hybrid_bits_per_char else "the RNN"
     better = "higher" if metric.higher_is_better else "lower"
     floor = ""
     if ranking.must_beat_baseline:

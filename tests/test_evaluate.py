@@ -77,7 +77,7 @@ def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(h
     hybrid = load_hybrid(layout.hybrid)
     weights, dynamic = hybrid.weights, hybrid.dynamic
     assert {key: metrics[key] for key in weights.metrics()} == weights.metrics()
-    assert weights.match > 0 and weights.match_min == 4  # rotations of one sentence: the text copies itself
+    assert weights.match_min == 4 and metrics["hybrid_match_min"] == 4
     for name, start, end in (
         ("test", spec.start("test"), len(ids)),
         ("validation", spec.val_start, spec.start("test")),
@@ -85,13 +85,12 @@ def test_held_out_scores_every_test_and_validation_character_next_to_the_ngram(h
         figures = metrics[name]
         assert figures["chars"] == end - start == baseline["chars"][name]  # closed units: a unit per character
         assert figures["ngram_bits_per_char"] == pytest.approx(baseline["ngram_bits_per_char"][name])
-        # The hybrid's figure is the parts' mixture on this text, the cache's and the match model's included.
+        # The hybrid's figure is the parts' mixture on this text, the cache's included, the match model over it.
         p_rnn = rnn_char_probabilities(model, ids, start, end, warmup=params.evaluate.context)
         p_kn = ngram.char_probabilities(ids, start, end)
         p_cache = cache.char_probabilities(ids, start, end, params.tune.cache_window)
-        p_match = match.char_probabilities(ids, start, end, p_kn, params.tune.match_min)
-        mixed = weights.track(p_rnn, p_kn, p_cache, p_match)
-        assert figures["hybrid_bits_per_char"] == pytest.approx(bits_per_char(mixed))
+        copied = match.char_probabilities(ids, start, end, weights.track(p_rnn, p_kn, p_cache), weights.match_min)
+        assert figures["hybrid_bits_per_char"] == pytest.approx(bits_per_char(copied))
         # The static figure is the saved model's: dynamic evaluation leaves no trace on it.
         assert figures["bits_per_char"] == pytest.approx(bits_per_char(p_rnn))
         assert figures["bits_per_char"] == pytest.approx(math.log2(figures["perplexity"]))

@@ -106,7 +106,7 @@ def test_mixture_samples_are_seeded_and_from_the_vocabulary(repo_params: Params,
 
 @pytest.mark.parametrize(
     "weights",
-    [Weights(0.6, 0.4), Weights(0.5, 0.3, 0.2, cache_window=6), Weights(0.4, 0.2, 0.2, 6, match=0.2, match_min=2)],
+    [Weights(0.6, 0.4), Weights(0.5, 0.3, 0.2, cache_window=6), Weights(0.5, 0.3, 0.2, 6, match_min=2)],
     ids=["rnn+ngram", "cache", "cache+match"],
 )
 def test_the_sampled_mixture_is_the_scored_mixture(repo_params: Params, ngram, weights: Weights) -> None:
@@ -141,7 +141,7 @@ def test_rows_generated_together_get_the_text_each_gets_alone(repo_params: Param
         reads = [Reading.alone(generator.model, generator.prepare(*request), rows.context) for request in requests]
         return rows.join(Read.concat(reads))
 
-    mixture = Mixture(ngram, Weights(0.4, 0.3, 0.2, cache_window=3, match=0.1, match_min=2)) if hybrid else None
+    mixture = Mixture(ngram, Weights(0.4, 0.4, 0.2, cache_window=3, match_min=2)) if hybrid else None
     generator = Generator(untrained(repo_params, {"model.ensemble": 2}), UNITS, mixture)
     requests = [
         ("가나다라마바", Sampling(length=30, temperature=0.0)),

@@ -68,14 +68,9 @@ def test_weights_must_be_a_distribution():
             Weights(0.5, 0.3, 0.2, cache_window=window)
     with pytest.raises(ValueError, match="pass its probabilities"):
         Weights(0.5, 0.3, 0.2, cache_window=10).mix(1.0, 0.5)
-    with pytest.raises(ValueError, match="match length"):
-        Weights(0.5, 0.3, match=0.2)
-    # The match part comes after the cache, and each only when it has a weight.
-    both = Weights(0.4, 0.3, 0.2, cache_window=10, match=0.1, match_min=4)
-    assert both.mix(1.0, 0.5, 0.25, 0.125) == pytest.approx(0.4 + 0.15 + 0.05 + 0.0125)
-    assert Weights(0.4, 0.3, match=0.3, match_min=4).mix(1.0, 0.5, None, 0.25) == pytest.approx(0.625)
-    assert Weights.fitted([0.4, 0.3, 0.2, 0.1], 10, 4) == both
-    assert Weights.fitted([0.4, 0.3, 0.3], 0, 4) == Weights(0.4, 0.3, match=0.3, match_min=4)
+    for length in (-1, 2.5):
+        with pytest.raises(ValueError, match="match length"):
+            Weights(0.5, 0.5, match_min=length)
 
 
 def switching(units: int = 400) -> np.ndarray:
@@ -111,6 +106,8 @@ def test_weights_follow_only_the_text_before_each_unit():
 
 def test_the_share_is_chosen_on_the_slice_and_fixed_weights_stay_a_candidate():
     assert best_share(switching(), np.array([0.5, 0.5]), [0.3, 0.05, 0.001]) < 1
+    # It is chosen on what is scored: here a layer over the mixture that undoes what following gains.
+    assert best_share(switching(), np.array([0.5, 0.5]), [0.3, 0.05, 0.001], lambda p: 1 - 0.9 * p) == 1.0
     steady = np.random.default_rng(3).uniform(0.2, 0.9, size=(2, 400))  # no part better for long
     assert best_share(steady, fit_weights(steady), [0.3, 0.05]) == 1.0
     for bad in (0, 1.5, math.nan):
@@ -188,23 +185,34 @@ def test_a_cache_gets_weight_where_the_text_quotes_itself(untrained, text):
     assert again == weights
 
 
-def test_the_match_model_gets_weight_where_the_text_copies_earlier_text(untrained, text):
-    """A tuning and a scored text that repeat the training text from 250 units back, farther than the
-    cache looks: the match model earns a weight, and the hybrid scores the copy far better with it."""
+def test_over_the_mixture_the_match_model_predicts_text_that_copies_earlier_text(untrained, text):
+    """A scored text that repeats the training text from 250 units back, farther than the cache looks:
+    with the match model over the mixture the hybrid scores the copy far better, and the share is
+    chosen on what is scored, the match model included."""
     train_end, tune_end = 300, 340
     copying = text.copy()
     copying[train_end:] = text[50 : 50 + len(text) - train_end]
-    fit = {"order": 3, "context": 100, "cache_window": 20}
+    fit = {"order": 3, "context": 100, "cache_window": 20, "shares": [0.1, 0.01]}
     weights = fit_hybrid_weights([untrained], copying, (train_end, tune_end), **fit, match_min=4)
     without = fit_hybrid_weights([untrained], copying, (train_end, tune_end), **fit)
-    assert weights.match > 0.3 and weights.match_min == 4 and without.match == 0
+    assert weights.match_min == 4 and without.match_min == 0
     p_rnn = rnn_char_probabilities(untrained, copying, tune_end, len(text), warmup=100)
     p_kn = KneserNey.fit(copying[:tune_end], TEXT_VOCAB, 3).char_probabilities(copying, tune_end)
     scored = bits_per_char(weights.score(p_rnn, p_kn, copying, tune_end, len(text)))
     assert scored < 0.5 * bits_per_char(without.score(p_rnn, p_kn, copying, tune_end, len(text)))
     p_cache = cache.char_probabilities(copying, tune_end, len(text), 20)
-    p_match = match.char_probabilities(copying, tune_end, len(text), p_kn, 4)
-    assert scored == pytest.approx(bits_per_char(weights.mix(p_rnn, p_kn, p_cache, p_match)))
+    mixed = weights.track(p_rnn, p_kn, p_cache)
+    assert scored == pytest.approx(bits_per_char(match.char_probabilities(copying, tune_end, len(text), mixed, 4)))
+    # The share: the best on the tuning slice of the mixture with the match model over it.
+    tuned = [rnn_char_probabilities(untrained, copying, train_end, tune_end, warmup=100)]
+    tuned.append(KneserNey.fit(copying[:train_end], TEXT_VOCAB, 3).char_probabilities(copying, train_end, tune_end))
+    tuned.append(cache.char_probabilities(copying, train_end, tune_end, 20))
+
+    def tuning_bits(share: float) -> float:
+        mixture = fixed_share(np.asarray(tuned), weights.prior(), [share])[0]
+        return bits_per_char(match.char_probabilities(copying, train_end, tune_end, mixture, 4))
+
+    assert tuning_bits(weights.share) == min(tuning_bits(share) for share in (1.0, 0.1, 0.01))
 
 
 def test_the_tuning_slice_must_be_real(untrained, text):

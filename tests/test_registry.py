@@ -323,7 +323,7 @@ def test_the_hybrid_is_registered_with_its_ngram_and_weights(files: dict[str, Pa
     from char_rnn.ngram import KneserNey
 
     layout.ngram.write_bytes(KneserNey.fit(np.array([1, 2, 3, 1, 2, 0, 1, 2, 3]), len(CHARS), 2).to_bytes())
-    weights = {"rnn": 0.25, "ngram": 0.4, "cache": 0.25, "cache_window": 50, "share": 0.1, "match": 0.1, "match_min": 2}
+    weights = {"rnn": 0.25, "ngram": 0.5, "cache": 0.25, "cache_window": 50, "share": 0.1, "match_min": 2}
     layout.hybrid.write_text(dump_hybrid(Hybrid(weights=Weights(**weights), ngram_order=2)), encoding="utf-8")
     registry.crown(NAME, publish({**files, "ngram": layout.ngram, "hybrid": layout.hybrid}))
     tags = mlflow.MlflowClient().get_model_version(NAME, "1").tags

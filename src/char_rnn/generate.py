@@ -6,8 +6,8 @@ a few small matrix products with the recurrent state carried from step to step, 
 the model over the text.
 
 With a `Mixture` (the registered hybrid), every character is drawn from `w_rnn * p_rnn + w_kn * p_kn
-+ w_cache * p_cache + w_match * p_match`: the RNN's distribution mixed with the Kneser-Ney n-gram's,
-the cache's and the match model's after the same text (the prompt and what was drawn), the
++ w_cache * p_cache`: the RNN's distribution mixed with the Kneser-Ney n-gram's and the cache's after
+the same text (the prompt and what was drawn), with the match model over it when it has one: the
 distribution that was scored.
 
 Prompt policy: a prompt is NFC-normalised like the corpus. Open units spell any prompt. With closed
@@ -86,7 +86,7 @@ class Row:
 
 @dataclass(frozen=True)
 class Mixture:
-    """The hybrid's n-gram and its weights (RNN, n-gram, cache, match), as the tune stage fitted them."""
+    """The hybrid's n-gram and its weights (RNN, n-gram, cache; the match model's length), as tuned."""
 
     ngram: KneserNey
     weights: Weights
@@ -98,22 +98,21 @@ class Mixture:
 
 class MixtureRows:
     """What the mixture's parts keep of each row's text as generation appends a unit to each: the
-    n-gram's suffixes and, when they have a weight, the cache's last characters and the match model's
-    copy. Rows may start from prompts of different lengths (requests served together)."""
+    n-gram's suffixes and, when on, the cache's last characters and the match model's copy. Rows may
+    start from prompts of different lengths (requests served together)."""
 
     def __init__(self, mixture: Mixture, prompts: Sequence[np.ndarray] | np.ndarray) -> None:
         weights, vocab_size = mixture.weights, mixture.ngram.vocab_size
         self.weights = weights
         self.suffixes = Suffixes.of_rows(mixture.ngram, prompts)
         self.recent = cache.Recent(prompts, vocab_size, weights.cache_window) if weights.cache else None
-        self.matches = match.Matches(prompts, weights.match_min) if weights.match else None
+        self.matches = match.Matches(prompts, weights.match_min) if weights.match_min else None
 
     def mix(self, p_rnn: np.ndarray) -> np.ndarray:
-        """(batch, vocab): the mixture after each row's text so far."""
-        p_kn = self.suffixes.distributions()
+        """(batch, vocab): the mixture after each row's text so far, and the match model over it."""
         p_cache = self.recent.distribution() if self.recent is not None else None
-        p_match = self.matches.distribution(p_kn) if self.matches is not None else None
-        return self.weights.mix(p_rnn, p_kn, p_cache, p_match)
+        mixed = self.weights.mix(p_rnn, self.suffixes.distributions(), p_cache)
+        return mixed if self.matches is None else self.matches.distribution(mixed)
 
     def _parts(self) -> list[Any]:
         return [part for part in (self.suffixes, self.recent, self.matches) if part is not None]

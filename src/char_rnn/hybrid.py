@@ -1,10 +1,11 @@
-"""The hybrid: `p = w_rnn * p_rnn + w_kn * p_kn + w_cache * p_cache + w_match * p_match`, and `hybrid.json`.
+"""The hybrid: `p = w_rnn * p_rnn + w_kn * p_kn + w_cache * p_cache`, a match model over it, and `hybrid.json`.
 
 The weights are fitted by the tune stage on the tuning slice, which neither the RNN nor the n-gram
 they are weighed against has read and which is not the scored text; the held-out text is then
 scored with them, fixed or, with a `share` < 1 chosen on the same slice, following the text
-(`fixed_share`), and generation samples from the fitted mixture. The cache (`char_rnn.cache`) and
-the match model (`char_rnn.match`) are parts only when their params turn them on. `hybrid.json`
+(`fixed_share`), and generation samples from the fitted mixture. The cache (`char_rnn.cache`) is a
+part and the match model (`char_rnn.match`) a layer over the mixture only when their params turn
+them on; the match model learns its own trust as it reads, so it has no weight. `hybrid.json`
 also records dynamic evaluation's rate, chosen on the same slice. This module is the one place that
 writes and reads that file: a file of another format is refused, naming why.
 """
@@ -12,10 +13,11 @@ writes and reads that file: a file of another format is refused, naming why.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,84 +41,71 @@ class HybridError(PipelineError):
 
 @dataclass(frozen=True)
 class Weights:
-    """The hybrid's mixture weights, fitted on the tuning slice: RNN, n-gram and, when on, cache and match."""
+    """The hybrid's mixture weights, fitted on the tuning slice: RNN, n-gram and (with a window) cache; and
+    the match model's length (`match_min`), whose copies, when on, are followed over the mixture."""
 
     rnn: float
     ngram: float
     cache: float = 0.0
     cache_window: int = 0  # characters the cache looks back; 0 = no cache part
     share: float = 1.0  # scoring a text, the share of these weights the mixture returns to after each unit; 1 = fixed
-    match: float = 0.0
-    match_min: int = 0  # units a match must have before the match part predicts; 0 = no match part
+    match_min: int = 0  # units a match must have before the match model predicts; 0 = no match model
 
     def __post_init__(self) -> None:
-        parts = (self.rnn, self.ngram, self.cache, self.match)
+        parts = (self.rnn, self.ngram, self.cache)
         finite = all(isinstance(w, (int, float)) and math.isfinite(w) for w in parts)
         if not finite or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
             raise ValueError(f"hybrid weights must be finite, >= 0 and sum to 1, got {parts}")
-        for weight, size in ((self.cache, self.cache_window), (self.match, self.match_min)):
-            if not isinstance(size, int) or size < 0 or (weight and not size):
-                raise ValueError(f"the cache window and match length must be integers >= 0, >= 1 with a weight; {self}")
+        if not isinstance(self.cache_window, int) or self.cache_window < 0 or (self.cache and not self.cache_window):
+            raise ValueError(f"the cache window must be an integer >= 0, and >= 1 with a cache weight; got {self}")
+        if not isinstance(self.match_min, int) or self.match_min < 0:
+            raise ValueError(f"the match length must be an integer >= 0, got {self.match_min!r}")
         if not isinstance(self.share, (int, float)) or not 0 < self.share <= 1:
             raise ValueError(f"the share must be > 0 and <= 1, got {self.share!r}")
 
-    @classmethod
-    def fitted(cls, weights: Sequence[float], cache_window: int, match_min: int) -> Weights:
-        """`fit_weights`' weights of the parts in `extra_parts`' order: RNN, n-gram, then those that are on."""
-        rnn, ngram, *rest = (float(w) for w in weights)
-        cache_weight = rest.pop(0) if cache_window else 0.0
-        match_weight = rest.pop(0) if match_min else 0.0
-        return cls(rnn, ngram, cache_weight, cache_window, match=match_weight, match_min=match_min)
-
     def score(self, p_rnn: np.ndarray, p_kn: np.ndarray, ids: np.ndarray, start: int, end: int) -> np.ndarray:
-        """The hybrid's probability of each unit of ids[start:end] from the RNN's and the n-gram's (`track`)."""
-        cache_window, match_min = self.cache_window if self.cache else 0, self.match_min if self.match else 0
-        return self.track(p_rnn, p_kn, *extra_parts(ids, start, end, p_kn, cache_window, match_min))
+        """The hybrid's probability of each unit of ids[start:end], from the RNN's and the n-gram's: the
+        mixture (`track`), and the match model over it."""
+        p_cache = cache.char_probabilities(ids, start, end, self.cache_window) if self.cache else None
+        return self.copied(self.track(p_rnn, p_kn, p_cache), ids, start, end)
 
-    def mix(self, p_rnn: Any, p_kn: Any, p_cache: Any = None, p_match: Any = None) -> np.ndarray:
-        """The hybrid's probabilities; works on per-character vectors and on full distributions alike."""
-        parts = self.parts(p_rnn, p_kn, p_cache, p_match)
+    def copied(self, mixed: np.ndarray, ids: np.ndarray, start: int, end: int) -> np.ndarray:
+        """The match model over the mixture's probabilities of ids[start:end] (without one, the mixture's)."""
+        return match.char_probabilities(ids, start, end, mixed, self.match_min) if self.match_min else mixed
+
+    def mix(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
+        """The mixture's probabilities; works on per-character vectors and on full distributions alike."""
+        parts = self.parts(p_rnn, p_kn, p_cache)
         return sum(w * np.asarray(p, dtype=np.float64) for w, p in zip(self.prior(), parts, strict=True))
 
-    def track(self, p_rnn: Any, p_kn: Any, p_cache: Any = None, p_match: Any = None) -> np.ndarray:
-        """The hybrid's probability of each unit of a text (per-unit vectors, in order), its weights
+    def track(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
+        """The mixture's probability of each unit of a text (per-unit vectors, in order), its weights
         following the text when `share` < 1 (`fixed_share`); with 1, `mix`'s."""
         if self.share == 1:
-            return self.mix(p_rnn, p_kn, p_cache, p_match)
-        parts = np.asarray(self.parts(p_rnn, p_kn, p_cache, p_match), dtype=np.float64)
+            return self.mix(p_rnn, p_kn, p_cache)
+        parts = np.asarray(self.parts(p_rnn, p_kn, p_cache), dtype=np.float64)
         return fixed_share(parts, self.prior(), [self.share])[0]
 
     def prior(self) -> np.ndarray:
-        """The fitted weights of the parts that have any (cache and match only with a weight)."""
-        return np.array([self.rnn, self.ngram] + [w for w in (self.cache, self.match) if w])
+        """The fitted weights of the parts that have any (the cache only with a cache weight)."""
+        return np.array([self.rnn, self.ngram] + ([self.cache] if self.cache else []))
 
-    def parts(self, p_rnn: Any, p_kn: Any, p_cache: Any = None, p_match: Any = None) -> list[Any]:
-        """The parts' probabilities in the order of `prior`: cache's and match's only with a weight."""
-        parts = [p_rnn, p_kn]
-        for name, weight, p in (("cache", self.cache, p_cache), ("match", self.match, p_match)):
-            if weight and p is None:
-                raise ValueError(f"these weights give the {name} a share: pass its probabilities")
-            parts += [p] if weight else []
-        return parts
+    def parts(self, p_rnn: Any, p_kn: Any, p_cache: Any = None) -> list[Any]:
+        """The parts' probabilities in the order of `prior`: the cache's only with a cache weight."""
+        if not self.cache:
+            return [p_rnn, p_kn]
+        if p_cache is None:
+            raise ValueError("these weights give the cache a share: pass its probabilities")
+        return [p_rnn, p_kn, p_cache]
 
     def metrics(self) -> dict[str, float]:
         return {
             "hybrid_weight_rnn": self.rnn,
             "hybrid_weight_ngram": self.ngram,
             "hybrid_weight_cache": self.cache,
-            "hybrid_weight_match": self.match,
+            "hybrid_match_min": self.match_min,
             "hybrid_share": self.share,
         }
-
-
-def extra_parts(
-    ids: np.ndarray, start: int, end: int, p_kn: np.ndarray, cache_window: int, match_min: int
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The cache's and the match model's probabilities of ids[start:end] (None for a part that is off);
-    the match model's over the n-gram's, `p_kn`."""
-    p_cache = cache.char_probabilities(ids, start, end, cache_window) if cache_window else None
-    p_match = match.char_probabilities(ids, start, end, p_kn, match_min) if match_min else None
-    return p_cache, p_match
 
 
 def fixed_share(parts: np.ndarray, prior: np.ndarray, shares: Sequence[float]) -> np.ndarray:
@@ -229,25 +218,32 @@ def fit_hybrid_weights(
     Neither model has read the tuning slice, so the weights measure them as they do on unseen text; the
     cache and the match model read the text before each character, as they will on the scored text;
     nothing after t1 (the scored text) is read. Several RNNs count as one, their probabilities averaged.
+    The share is chosen on what is scored: the mixture, and the match model over it.
     """
     t0, t1 = tune
     if not 1 <= t0 < t1 <= len(ids):
         raise ValueError(f"need a non-empty tuning slice after the first character, got {tune}")
     ngram = KneserNey.fit(ids[:t0], int(models[0].output_shape[-1]), order)
-    p_rnn, p_kn = average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1)
-    p_cache, p_match = extra_parts(ids, t0, t1, p_kn, cache_window, match_min)
-    parts = [p_rnn, p_kn, *(p for p in (p_cache, p_match) if p is not None)]
-    weights = Weights.fitted(fit_weights(parts), cache_window, match_min)
+    parts = [average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1)]
+    if cache_window:
+        parts.append(cache.char_probabilities(ids, t0, t1, cache_window))
+    weights = Weights(*(float(w) for w in fit_weights(parts)), cache_window=cache_window, match_min=match_min)
     if not shares:
         return weights
-    share = best_share(np.asarray(weights.parts(p_rnn, p_kn, p_cache, p_match)), weights.prior(), shares)
+    copied = functools.partial(weights.copied, ids=ids, start=t0, end=t1)
+    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares, copied)
     return dataclasses.replace(weights, share=share)
 
 
-def best_share(parts: np.ndarray, prior: np.ndarray, shares: Sequence[float]) -> float:
-    """Among 1 (the fitted weights held fixed) and `shares`, the one under which `fixed_share` scores
-    `parts`' text best; a tie keeps the fixed weights."""
+def best_share(
+    parts: np.ndarray,
+    prior: np.ndarray,
+    shares: Sequence[float],
+    then: Callable[[np.ndarray], np.ndarray] = lambda probs: probs,
+) -> float:
+    """Among 1 (the fitted weights held fixed) and `shares`, the one under which `fixed_share` (and `then`
+    over it: the match model) scores `parts`' text best; a tie keeps the fixed weights."""
     candidates = [1.0, *shares]
     with np.errstate(divide="ignore"):
-        likelihood = np.log(fixed_share(parts, prior, candidates)).mean(axis=1)
+        likelihood = [np.log(then(scored)).mean() for scored in fixed_share(parts, prior, candidates)]
     return candidates[int(np.argmax(likelihood))]

@@ -5,11 +5,12 @@ Reading a text unit by unit, it keeps the position after the most recent earlier
 last `min_len` units; while the text goes on as the copy did, it follows the copy, and the unit that
 came next there is its prediction. How far to trust it is learnt as it reads: the share of right
 predictions so far among those made after a match of the same length (longer matches are right more
-often). Its distribution is `p * [the predicted unit] + (1 - p) * base`, where `base` is the n-gram's
-(with no match, the n-gram's alone): a near-copy of an earlier document, a bill amending a law in the
-words of another, is then predicted from the copy, which a 5-gram's contexts cannot see and an RNN's
-500 units of context may not reach. It reads only the text before the predicted unit, all of it, like
-every other model here; it is one part of the hybrid's mixture (`char_rnn.hybrid`).
+often). Its distribution is `p * [the predicted unit] + (1 - p) * base`, where `base` is the hybrid's
+mixture (with no match, the mixture's alone): a near-copy of an earlier document, a bill amending a law
+in the words of another, is then predicted from the copy, which a 5-gram's contexts cannot see and an
+RNN's 500 units of context may not reach. Its trust comes from what it has read, not from the tuning
+slice: a slice without copies would weigh it down exactly where copies come. It reads only the text
+before the predicted unit, all of it, like every other model here (`char_rnn.hybrid`).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Match:
 
 
 def char_probabilities(ids: np.ndarray, start: int, end: int, base: np.ndarray, min_len: int) -> np.ndarray:
-    """P(ids[t] | ids[:t]) for t in [start, end) under the match model over `base` (the n-gram's
+    """P(ids[t] | ids[:t]) for t in [start, end) under the match model over `base` (the mixture's
     probabilities of the same units): every unit from the first is read, so the copy may lie anywhere
     in the text before."""
     ids = np.asarray(ids, dtype=np.int64)
@@ -86,7 +87,7 @@ def char_probabilities(ids: np.ndarray, start: int, end: int, base: np.ndarray, 
 
 class Matches:
     """One `Match` per row, as generation appends a unit to each row: the rows' distributions over a
-    base (the n-gram's), the prompts read first."""
+    base (the mixture's), the prompts read first."""
 
     def __init__(self, prompts: Sequence[np.ndarray] | np.ndarray, min_len: int) -> None:
         self.rows = []

@@ -98,10 +98,11 @@ def evaluation(metrics: dict[str, Any], spec: WindowSpec, sample: str) -> str:
             line += f"; dynamic evaluation {number(figures['dynamic_bits_per_char'])}"
         lines.append(line + ".")
     if "hybrid_weight_rnn" in metrics:
-        parts = ("rnn", "ngram", "cache", "match")
-        weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in parts)
+        weights = ", ".join(f"{part} {metrics[f'hybrid_weight_{part}']:.3f}" for part in ("rnn", "ngram", "cache"))
         follows = metrics.get("hybrid_share", 1) < 1
         moving = f"; while scoring they follow the text, returning share {metrics['hybrid_share']}" if follows else ""
+        copies = metrics["hybrid_match_min"]
+        moving += f"; over the mixture, the match model after {copies} units that occurred before" if copies else ""
         lines.append(f"Hybrid weights {weights}, fitted on the tuning slice{moving}.")
     if "dynamic_rate" in metrics:
         lines.append(f"Dynamic evaluation's rate {metrics['dynamic_rate']}, chosen on the tuning slice.")

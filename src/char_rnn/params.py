@@ -178,8 +178,9 @@ class TuneParams(_Section):
         default=0,
         ge=0,
         le=64,
-        description="the hybrid's match part: after the last this many units occurred before, predict the"
-        " unit that followed them there (char_rnn.match), weighted with the others on the tuning slice; 0 = none",
+        description="the match model over the hybrid's mixture: after the last this many units occurred"
+        " before, predict the unit that followed them there, as far as such copies were right (char_rnn.match);"
+        " 0 = none",
     )
     dynamic_rates: list[float] = Field(
         description="SGD learning rates for dynamic evaluation (the RNN learns "

@@ -346,7 +346,7 @@ def tune(params: Params, layout: Layout) -> Summary:
     if hybrid.weights is not None:
         weights = hybrid.weights
         summary = f"hybrid weights RNN {weights.rnn:.3f}, n-gram {weights.ngram:.3f}, cache {weights.cache:.3f}"
-        summary += f", match {weights.match:.3f}" if weights.match_min else ""
+        summary += f"; the match model over the last {weights.match_min} units" if weights.match_min else ""
         summary += f", share {weights.share}" if weights.share < 1 else ""
         if hybrid.dynamic:
             tried = ", ".join(hybrid.dynamic.tune_bits_per_char)

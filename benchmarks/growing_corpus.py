@@ -12,7 +12,7 @@ warm and scratch; then the goals of issue 25 judged. The figures are also logged
 
     .venv/bin/python -m benchmarks.growing_corpus benchmarks/configs/kolaw+kobill.yaml \\
         --set model.ensemble=1 --set 'tune.dynamic_rates=[]' \\
-        --set 'tune.mixture_shares=[0.1,0.03,0.01,0.003,0.001]' --json growing.json
+        --set 'tune.mixture_shares=[0.1,0.03,0.01,0.003,0.001]' --set tune.match_min=4 --json growing.json
 """
 
 from __future__ import annotations

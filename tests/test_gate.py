@@ -55,9 +55,34 @@ def test_without_a_champion_or_a_fair_comparison_the_reason_says_so() -> None:
     assert floor.alias == "challenger" and "3.7000 bits/char on the test text" in floor.reason
     assert "not better than the n-gram's 3.5900 (registry.must_beat_baseline)" in floor.reason
     closed = gate.Text("가나다라" * 5, start=12, end=20, context=4)
-    assert gate.unreadable(Units(CLOSED, list("가나다라")), closed) == ""
-    assert gate.unreadable(Units(CLOSED, list("가나")), closed) == "2 characters ('다', '라')"
-    assert gate.unreadable(Units.open("가", 1), closed) == ""  # open units read any text
+    assert gate.unreadable(Units(CLOSED, list("가나다라")), closed, 4) == ""
+    assert gate.unreadable(Units(CLOSED, list("가나")), closed, 4) == "2 characters ('다', '라')"
+    assert gate.unreadable(Units.open("가", 1), closed, 4) == ""  # open units read any text
+    earlier = gate.Text("마" + "가나다라" * 5, start=13, end=21, context=4)  # an unknown character far back
+    assert gate.unreadable(Units(CLOSED, list("가나다라")), earlier, 4) == ""
+    assert gate.unreadable(Units(CLOSED, list("가나다라")), earlier, 1 << 62) == "1 characters ('마')"  # a match model
+
+
+def test_a_hybrid_with_a_match_model_is_scored_reading_all_the_text_before(repo_params: Params) -> None:
+    """Its copies may lie anywhere before the test text: the gate reads all of it, as the evaluate stage
+    reads the whole corpus, and gets the evaluate stage's figure."""
+    from char_rnn.generate import Mixture
+    from char_rnn.hybrid import Weights
+    from char_rnn.model import build_model
+    from char_rnn.ngram import KneserNey
+
+    chars = list(" 가나다")
+    rng = np.random.default_rng(5)
+    passage, other = "".join(rng.choice(chars, 100)), "".join(rng.choice(chars, 200))
+    text = gate.Text(passage + other + passage, start=300, end=400, context=30)  # the copy: 300 back
+    ids = np.array([chars.index(c) for c in text.text], dtype=np.int32)
+    runtime = as_runtime(build_model(with_overrides(repo_params, {"model.units": 8}).model, 4, seed=3))
+    ngram = KneserNey.fit(ids[:200], 4, 2)
+    hybrid = Generator(runtime, Units(CLOSED, chars), Mixture(ngram, Weights(0.5, 0.5, match_min=4)))
+    evaluated = bits_per_char(hybrid.char_probabilities(ids, 300, 400, 30))
+    assert gate.score(hybrid, text, Metric.bits_per_char) == pytest.approx(evaluated)
+    without = Generator(runtime, Units(CLOSED, chars), Mixture(ngram, Weights(0.5, 0.5)))
+    assert evaluated < 0.5 * gate.score(without, text, Metric.bits_per_char)
 
 
 def test_the_champion_is_compared_only_on_text_its_lineage_shows_it_never_learnt_from() -> None:

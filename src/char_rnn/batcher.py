@@ -318,9 +318,7 @@ class Batcher:
         if max_rows < 1 or context < 1:
             raise ValueError(f"max_rows and context must be at least 1, got {max_rows} and {context}")
         self.generator, self.max_rows, self.context = generator, max_rows, context
-        mixture = generator.mixture  # units of a prompt that anything reads: the RNN, the n-gram, the cache,
-        whole = 1 << 62 if mixture and mixture.weights.match_min else 0  # the match model: all of it
-        self.reach = max(context, mixture.ngram.order, mixture.weights.cache_window, whole) if mixture else context
+        self.reach = generator.reach(context)  # the end of a prompt that anything reads
         self._turn = threading.Condition()
         self._queue: list[_Job] = []
         self._thread: threading.Thread | None = None

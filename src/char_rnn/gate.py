@@ -49,6 +49,8 @@ class Scorer(Protocol):
 
     def char_hits(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray: ...
 
+    def reach(self, context: int) -> int: ...
+
 
 @dataclass(frozen=True)
 class Text:
@@ -58,12 +60,12 @@ class Text:
     text: str
     start: int
     end: int
-    context: int  # units before each scored one that a model may read (held-out scoring's warm-up)
+    context: int  # units before each scored one that the RNN reads (held-out scoring's warm-up)
 
-    @property
-    def read_from(self) -> int:
-        """Every character is at least one unit, so `context` characters hold at least `context` units."""
-        return max(self.start - self.context, 0)
+    def read_from(self, reach: int) -> int:
+        """Where a version that reads `reach` characters before a scored one starts reading (every character
+        is at least one unit, so `context` characters hold at least the RNN's `context` units)."""
+        return max(self.start - reach, 0)
 
     @property
     def chars(self) -> int:
@@ -94,8 +96,9 @@ def figure_name(metric: Metric) -> str:
 def score(scorer: Scorer, text: Text, metric: Metric) -> float:
     """The gate's figure for one version on the text: bits per character, or greedy accuracy (per unit).
     `UnitsError` when the version's closed units cannot spell the text."""
-    ids, offsets = scorer.units.encode_with_offsets(text.text[text.read_from : text.end])
-    start = int(offsets[text.start - text.read_from])
+    begin = text.read_from(scorer.reach(text.context))
+    ids, offsets = scorer.units.encode_with_offsets(text.text[begin : text.end])
+    start = int(offsets[text.start - begin])
     if metric is Metric.accuracy:
         return float(np.mean(scorer.char_hits(ids, start, len(ids), text.context)))
     return bits_per_char(scorer.char_probabilities(ids, start, len(ids), text.context), text.chars)
@@ -118,9 +121,10 @@ def overlap(tags: dict[str, str], text: Text) -> str:
     return ""
 
 
-def unreadable(units: Units, text: Text) -> str:
-    """Characters of the text read that closed units lack, as a short readable list ('' when none)."""
-    missing = units.unknown(text.text[text.read_from : text.end])
+def unreadable(units: Units, text: Text, reach: int) -> str:
+    """Characters of the text read (`reach` before the scored ones) that closed units lack, as a short
+    readable list ('' when none)."""
+    missing = units.unknown(text.text[text.read_from(reach) : text.end])
     shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
     return f"{len(missing)} characters ({shown})" if missing else ""
 

@@ -41,6 +41,7 @@ from char_rnn.units import CLOSED, Speller, Units, load_units
 log = logging.getLogger(__name__)
 
 MAX_LENGTH = 10_000
+ALL = 1 << 62  # `Generator.reach`: every character before
 MAX_SAMPLES = 100
 
 
@@ -204,6 +205,14 @@ class Generator:
             return p_rnn
         p_kn = self.mixture.ngram.char_probabilities(ids, start, end)
         return self.mixture.weights.score(p_rnn, p_kn, ids, start, end)
+
+    def reach(self, context: int) -> int:
+        """Characters before a scored or generated unit that anything here reads, the RNN reading `context`:
+        the n-gram and the cache their own tails; a match model all of them."""
+        if self.mixture is None:
+            return context
+        weights = self.mixture.weights
+        return ALL if weights.match_min else max(context, self.mixture.ngram.order, weights.cache_window)
 
     def char_hits(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
         """Greedy accuracy per unit of the RNN (accuracy is a figure of the RNN alone)."""

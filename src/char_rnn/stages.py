@@ -579,7 +579,7 @@ def _gate(params: Params, layout: Layout, files: dict[str, Path], spec: Any, met
         scorer = load_registered(f"models:/{name}/{version}")
     except (PipelineError, OSError) as exc:
         return gate.unfair(candidate, version, f"its files cannot be used ({exc})", metric, text.chars)
-    if missing := gate.unreadable(scorer.units, text):
+    if missing := gate.unreadable(scorer.units, text, scorer.reach(text.context)):
         return gate.unfair(candidate, version, f"its closed units lack {missing} of this text", metric, text.chars)
     champion_figure = gate.score(scorer, text, metric)
     return gate.decide(candidate, champion_figure, version, metric, params.registry.min_improvement, text, ngram)

@@ -346,8 +346,8 @@ def tune(params: Params, layout: Layout) -> Summary:
     if hybrid.weights is not None:
         weights = hybrid.weights
         summary = f"hybrid weights RNN {weights.rnn:.3f}, n-gram {weights.ngram:.3f}, cache {weights.cache:.3f}"
-        summary += f"; the match model over the last {weights.match_min} units" if weights.match_min else ""
         summary += f", share {weights.share}" if weights.share < 1 else ""
+        summary += f"; the match model over the last {weights.match_min} units" if weights.match_min else ""
         if hybrid.dynamic:
             tried = ", ".join(hybrid.dynamic.tune_bits_per_char)
             summary += f"; dynamic evaluation's rate {hybrid.dynamic.rate} (of {tried})"
@@ -368,9 +368,9 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
         (spec.train_units, spec.val_start),
         params.evaluate.context,
     )
-    tune = params.tune
-    weights = fit_hybrid_weights(members(model), ids, span, params.baseline.order, context, tune.cache_window,
-                                 tune.mixture_shares, tune.match_min)  # fmt: skip
+    chosen = params.tune
+    weights = fit_hybrid_weights(members(model), ids, span, params.baseline.order, context, chosen.cache_window,
+                                 chosen.mixture_shares, chosen.match_min)  # fmt: skip
     dynamic = None
     if params.tune.dynamic_rates:
         segment, steps_context = params.tune.dynamic_segment, params.tune.dynamic_context

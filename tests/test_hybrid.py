@@ -45,6 +45,24 @@ def test_fitted_weights_maximise_the_tuning_likelihood_and_never_lose():
     assert fit_weights([a, a / 4])[0] > 1 - 1e-6 and fit_weights([a / 4, a])[0] < 1e-6
 
 
+def test_with_the_match_model_over_it_the_weights_are_fitted_for_what_is_scored():
+    """Part A is good where a copy predicts the unit anyway (an RNN that memorised a near-copy), B on
+    the rest: with the copy's layer, the parts do not compete for the copied units, and B wins."""
+    copy = np.arange(600) < 400  # the copy is right on the first 400 units, absent on the rest
+    parts = np.array([np.where(copy, 0.9, 0.02), np.where(copy, 0.1, 0.3)])
+    copied, kept = np.where(copy, 0.9, 0.0), np.where(copy, 0.1, 1.0)
+    plain, layered = fit_weights(parts), fit_weights(parts, (copied, kept))
+    assert layered[1] > plain[1] + 0.3
+
+    def scored(weights: np.ndarray) -> float:
+        return bits_per_char(copied + kept * (weights @ parts))
+
+    assert scored(layered) < scored(plain)
+    for step in (0.01, -0.01):
+        nearby = np.clip(layered + np.array([step, -step]), 0, 1)
+        assert scored(layered) <= scored(nearby / nearby.sum()) + 1e-12
+
+
 def test_three_weights_beat_every_pair_and_any_nearby_point():
     rng = np.random.default_rng(1)
     parts = rng.uniform(1e-3, 1, size=(3, 200)) ** rng.uniform(0.5, 3, size=3)[:, None]
@@ -213,6 +231,10 @@ def test_over_the_mixture_the_match_model_predicts_text_that_copies_earlier_text
         return bits_per_char(match.char_probabilities(copying, train_end, tune_end, mixture, 4))
 
     assert tuning_bits(weights.share) == min(tuning_bits(share) for share in (1.0, 0.1, 0.01))
+    # The weights too: fitted with the copy's layer over the mixture, as it is scored.
+    layered = fit_weights(tuned, match.copies(copying, train_end, tune_end, 4))
+    assert [weights.rnn, weights.ngram, weights.cache] == pytest.approx(layered)
+    assert [weights.rnn, weights.ngram, weights.cache] != pytest.approx(fit_weights(tuned), abs=1e-3)
 
 
 def test_the_tuning_slice_must_be_real(untrained, text):

@@ -13,7 +13,6 @@ writes and reads that file: a file of another format is refused, naming why.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import math
@@ -177,27 +176,37 @@ def load_hybrid(path: Path) -> Hybrid:
         raise HybridError(f"{path}: unusable hybrid record ({problems}); rerun the tune stage") from None
 
 
-def fit_weights(parts: Sequence[np.ndarray], tolerance: float = 1e-12, max_steps: int = 100_000) -> np.ndarray:
+def fit_weights(
+    parts: Sequence[np.ndarray],
+    layer: tuple[np.ndarray, np.ndarray] | None = None,
+    tolerance: float = 1e-12,
+    max_steps: int = 100_000,
+) -> np.ndarray:
     """Mixture weights that maximise the log-likelihood of a tuning slice, by expectation-maximisation.
 
-    `parts[i][t]` is model i's probability of character t. Each step sets every weight to the mean
-    share of that model in the mixture's probability; the log-likelihood never decreases and is
-    concave in the weights, so the steps climb to its maximum (Jelinek & Mercer's interpolation).
-    They stop when a step gains less than `tolerance` nats per character.
+    `parts[i][t]` is model i's probability of character t. Each step sets every weight to that model's
+    share of the mixture's probability, summed over the slice; the log-likelihood never decreases and
+    is concave in the weights, so the steps climb to its maximum (Jelinek & Mercer's interpolation).
+    With the match model's `layer` (`match.copies`: the scored probability is `copied + kept * mixture`)
+    the copy is one more component whose weight is given, and the weights are fitted for what is scored:
+    where the copy predicts a unit, the parts do not compete for it. They stop when a step gains less
+    than `tolerance` nats per character.
     """
     probs = np.asarray(parts, dtype=np.float64)
     if probs.ndim != 2 or probs.shape[1] == 0:
         raise ValueError(f"need non-empty probability vectors of the same length, got shape {probs.shape}")
+    copied, kept = layer if layer is not None else (0.0, 1.0)
     weights, previous = np.full(len(probs), 1.0 / len(probs)), -np.inf
     for _ in range(max_steps):
-        mixed = weights @ probs
+        mixed = copied + kept * (weights @ probs)
         with np.errstate(divide="ignore"):
             likelihood = float(np.mean(np.log(mixed)))
         if not math.isfinite(likelihood):
             raise ValueError("a tuning character has probability 0 under every part: no weights can score it")
         if likelihood - previous < tolerance:
             return weights
-        weights, previous = np.mean(weights[:, None] * probs / mixed, axis=1), likelihood
+        shares = np.sum(weights[:, None] * kept * probs / mixed, axis=1)
+        weights, previous = shares / shares.sum(), likelihood
     log.warning("the hybrid's weights did not converge in %d steps; using the last ones, %s", max_steps, weights)
     return weights
 
@@ -218,7 +227,7 @@ def fit_hybrid_weights(
     Neither model has read the tuning slice, so the weights measure them as they do on unseen text; the
     cache and the match model read the text before each character, as they will on the scored text;
     nothing after t1 (the scored text) is read. Several RNNs count as one, their probabilities averaged.
-    The share is chosen on what is scored: the mixture, and the match model over it.
+    The weights and the share are fitted for what is scored: the mixture, and the match model over it.
     """
     t0, t1 = tune
     if not 1 <= t0 < t1 <= len(ids):
@@ -227,11 +236,12 @@ def fit_hybrid_weights(
     parts = [average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1)]
     if cache_window:
         parts.append(cache.char_probabilities(ids, t0, t1, cache_window))
-    weights = Weights(*(float(w) for w in fit_weights(parts)), cache_window=cache_window, match_min=match_min)
+    copied, kept = match.copies(ids, t0, t1, match_min) if match_min else (np.zeros(t1 - t0), np.ones(t1 - t0))
+    fitted = fit_weights(parts, (copied, kept))
+    weights = Weights(*(float(w) for w in fitted), cache_window=cache_window, match_min=match_min)
     if not shares:
         return weights
-    copied = functools.partial(weights.copied, ids=ids, start=t0, end=t1)
-    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares, copied)
+    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares, lambda p: copied + kept * p)
     return dataclasses.replace(weights, share=share)
 
 

@@ -69,20 +69,30 @@ class Match:
         return n
 
 
-def char_probabilities(ids: np.ndarray, start: int, end: int, base: np.ndarray, min_len: int) -> np.ndarray:
-    """P(ids[t] | ids[:t]) for t in [start, end) under the match model over `base` (the mixture's
-    probabilities of the same units): every unit from the first is read, so the copy may lie anywhere
-    in the text before."""
+def copies(ids: np.ndarray, start: int, end: int, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(copied, kept) for t in [start, end): under the match model over a base, P(ids[t] | ids[:t]) is
+    `copied[t] + kept[t] * base[t]` (`copied`: the trust where the copy's unit is ids[t], else 0; `kept`:
+    1 - the trust, 1 without a copy). Every unit from the first is read, so the copy may lie anywhere in
+    the text before."""
     ids = np.asarray(ids, dtype=np.int64)
-    if not 0 <= start <= end <= len(ids) or len(base) != end - start:
-        raise ValueError(f"need 0 <= start <= end <= {len(ids)} and a base per scored unit, got {start}, {end}")
-    match, out = Match(min_len), np.asarray(base, dtype=np.float64).copy()
+    if not 0 <= start <= end <= len(ids):
+        raise ValueError(f"need 0 <= start <= end <= {len(ids)}, got {start}, {end}")
+    match, copied, kept = Match(min_len), np.zeros(end - start), np.ones(end - start)
     for t, unit in enumerate(ids[:end].tolist()):
         if t >= start and (predicted := match.prediction()) is not None:
             guess, trust = predicted
-            out[t - start] = (1 - trust) * out[t - start] + trust * (unit == guess)
+            copied[t - start], kept[t - start] = trust * (unit == guess), 1 - trust
         match.push(unit)
-    return out
+    return copied, kept
+
+
+def char_probabilities(ids: np.ndarray, start: int, end: int, base: np.ndarray, min_len: int) -> np.ndarray:
+    """P(ids[t] | ids[:t]) for t in [start, end) under the match model over `base` (the mixture's
+    probabilities of the same units)."""
+    if len(base) != end - start:
+        raise ValueError(f"need a base probability per scored unit: {len(base)} for {end - start}")
+    copied, kept = copies(ids, start, end, min_len)
+    return copied + kept * np.asarray(base, dtype=np.float64)
 
 
 class Matches:

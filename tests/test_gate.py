@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from char_rnn import gate, stages
-from char_rnn.generate import Generator
+from char_rnn.generate import ALL, Generator
 from char_rnn.heldout import by_text, rnn_char_hits, rnn_char_probabilities
 from char_rnn.layout import Layout
 from char_rnn.ngram import bits_per_char
@@ -55,12 +55,15 @@ def test_without_a_champion_or_a_fair_comparison_the_reason_says_so() -> None:
     assert floor.alias == "challenger" and "3.7000 bits/char on the test text" in floor.reason
     assert "not better than the n-gram's 3.5900 (registry.must_beat_baseline)" in floor.reason
     closed = gate.Text("가나다라" * 5, start=12, end=20, context=4)
-    assert gate.unreadable(Units(CLOSED, list("가나다라")), closed, 4) == ""
-    assert gate.unreadable(Units(CLOSED, list("가나")), closed, 4) == "2 characters ('다', '라')"
-    assert gate.unreadable(Units.open("가", 1), closed, 4) == ""  # open units read any text
-    earlier = gate.Text("마" + "가나다라" * 5, start=13, end=21, context=4)  # an unknown character far back
-    assert gate.unreadable(Units(CLOSED, list("가나다라")), earlier, 4) == ""
-    assert gate.unreadable(Units(CLOSED, list("가나다라")), earlier, 1 << 62) == "1 characters ('마')"  # a match model
+    assert gate.unreadable(Units(CLOSED, list("가나다라")), closed) == ""
+    assert gate.unreadable(Units(CLOSED, list("가나")), closed) == "2 characters ('다', '라')"
+    assert gate.unreadable(Units.open("가", 1), closed) == ""  # open units read any text
+    # A match model reads all the text before, as far back as the version can spell it.
+    earlier = gate.Text("가마" + "가나다라" * 5, start=14, end=22, context=4)  # an unknown character far back
+    assert gate.unreadable(Units(CLOSED, list("가나다라")), earlier) == ""  # what the RNN reads is spelled
+    assert gate.read_start(Units(CLOSED, list("가나다라")), earlier, ALL) == 2  # just after '마'
+    assert gate.read_start(Units.open("가", 1), earlier, ALL) == 0
+    assert gate.read_start(Units(CLOSED, list("가나다라")), earlier, 4) == 10  # without one: the RNN's context
 
 
 def test_a_hybrid_with_a_match_model_is_scored_reading_all_the_text_before(repo_params: Params) -> None:
@@ -83,6 +86,10 @@ def test_a_hybrid_with_a_match_model_is_scored_reading_all_the_text_before(repo_
     assert gate.score(hybrid, text, Metric.bits_per_char) == pytest.approx(evaluated)
     without = Generator(runtime, Units(CLOSED, chars), Mixture(ngram, Weights(0.5, 0.5)))
     assert evaluated < 0.5 * gate.score(without, text, Metric.bits_per_char)
+    # Without one, a cache that looks back farther than the RNN's context is read whole too.
+    long_cache = Generator(runtime, Units(CLOSED, chars), Mixture(ngram, Weights(0.5, 0.3, 0.2, cache_window=50)))
+    evaluated = bits_per_char(long_cache.char_probabilities(ids, 300, 400, 30))
+    assert gate.score(long_cache, text, Metric.bits_per_char) == pytest.approx(evaluated)
 
 
 def test_the_champion_is_compared_only_on_text_its_lineage_shows_it_never_learnt_from() -> None:

@@ -141,14 +141,15 @@ def test_weights_cannot_score_a_character_no_part_allows():
 def test_hybrid_json_round_trips(tmp_path):
     path = tmp_path / "hybrid.json"
     chosen = Hybrid(
-        weights=Weights(0.3, 0.6, 0.1, cache_window=100, share=0.01),
+        weights=Weights(0.3, 0.6, 0.1, cache_window=100, share=0.01, match_min=4),
         ngram_order=5,
         dynamic=DynamicChoice(rate=0.6, segment=25, context=100, tune_bits_per_char={"0.0": 4.0, "0.6": None}),
     )
     path.write_text(dump_hybrid(chosen), encoding="utf-8")
     assert load_hybrid(path) == chosen and json.loads(path.read_text())["format"] == FORMAT
     path.write_text(json.dumps({"format": 3, "weights": {"rnn": 0.4, "ngram": 0.6}}), encoding="utf-8")
-    assert load_hybrid(path).weights.share == 1.0  # written before weights could follow the text: fixed
+    old = load_hybrid(path).weights
+    assert old.share == 1.0 and old.match_min == 0  # written before weights could follow the text or a match model
     path.write_text(dump_hybrid(Hybrid()), encoding="utf-8")
     assert load_hybrid(path).weights is None  # no tuning slice: nothing fitted
 

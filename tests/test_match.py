@@ -54,6 +54,20 @@ def test_only_the_text_before_a_unit_is_read() -> None:
     assert not np.array_equal(before, after)
 
 
+def test_each_unit_is_predicted_by_a_distribution_over_every_unit() -> None:
+    """Replacing unit t by each unit in turn, the probabilities sum to 1: what unit t is cannot have
+    moved the prediction (a look-ahead of even one unit would)."""
+    rng = np.random.default_rng(4)
+    ids = np.tile(rng.integers(0, V, 30), 3)
+    for t in (35, 64, 89):
+        total = 0.0
+        for unit in range(V):
+            replaced = ids.copy()
+            replaced[t] = unit
+            total += match.char_probabilities(replaced, t, t + 1, uniform(1), min_len=3)[0]
+        assert total == pytest.approx(1.0)
+
+
 @pytest.mark.parametrize("prompt", [1, 30, 90])
 def test_generation_rows_give_the_scored_probabilities(prompt: int) -> None:
     """`Matches`, pushed a unit at a time for a batch, against scoring each row's text."""

@@ -96,7 +96,7 @@ def figure_name(metric: Metric) -> str:
 def score(scorer: Scorer, text: Text, metric: Metric) -> float:
     """The gate's figure for one version on the text: bits per character, or greedy accuracy (per unit).
     `UnitsError` when the version's closed units cannot spell the text."""
-    begin = text.read_from(scorer.reach(text.context))
+    begin = read_start(scorer.units, text, scorer.reach(text.context))
     ids, offsets = scorer.units.encode_with_offsets(text.text[begin : text.end])
     start = int(offsets[text.start - begin])
     if metric is Metric.accuracy:
@@ -121,10 +121,19 @@ def overlap(tags: dict[str, str], text: Text) -> str:
     return ""
 
 
-def unreadable(units: Units, text: Text, reach: int) -> str:
-    """Characters of the text read (`reach` before the scored ones) that closed units lack, as a short
+def read_start(units: Units, text: Text, reach: int) -> int:
+    """Where a version that reads `reach` characters before the scored ones starts: there, or just after
+    the last character before the RNN's context that its closed units cannot spell (a match model reads
+    back as far as the version can spell; what the RNN reads must be spellable: `unreadable`)."""
+    begin, needed = text.read_from(reach), text.read_from(text.context)
+    missing = units.unknown(text.text[begin:needed])
+    return max([begin] + [text.text.rfind(c, begin, needed) + 1 for c in missing])
+
+
+def unreadable(units: Units, text: Text) -> str:
+    """Characters of the scored text and the RNN's context before it that closed units lack, as a short
     readable list ('' when none)."""
-    missing = units.unknown(text.text[text.read_from(reach) : text.end])
+    missing = units.unknown(text.text[text.read_from(text.context) : text.end])
     shown = ", ".join(repr(c) for c in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
     return f"{len(missing)} characters ({shown})" if missing else ""
 

@@ -196,8 +196,8 @@ class Generator:
 
     def char_probabilities(self, ids: np.ndarray, start: int, end: int, context: int) -> np.ndarray:
         """P(ids[t]) for t in [start, end) under what this generator samples from: the RNN, or the
-        mixture with the n-gram, the cache and the match model, its weights following the text as they do when the
-        evaluate stage scores it (`Weights.track`); held-out scoring (`char_rnn.heldout`) with `context`."""
+        mixture with the n-gram and the cache, its weights following the text, with the match model over
+        it, as when the evaluate stage scores it (`Weights.score`); held-out scoring with `context`."""
         from char_rnn.heldout import rnn_char_probabilities
 
         p_rnn = rnn_char_probabilities(self.model, ids, start, end, warmup=context)

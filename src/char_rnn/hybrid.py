@@ -66,9 +66,9 @@ class Weights:
         """The hybrid's probability of each unit of ids[start:end], from the RNN's and the n-gram's: the
         mixture (`track`), and the match model over it."""
         p_cache = cache.char_probabilities(ids, start, end, self.cache_window) if self.cache else None
-        return self.copied(self.track(p_rnn, p_kn, p_cache), ids, start, end)
+        return self.matched(self.track(p_rnn, p_kn, p_cache), ids, start, end)
 
-    def copied(self, mixed: np.ndarray, ids: np.ndarray, start: int, end: int) -> np.ndarray:
+    def matched(self, mixed: np.ndarray, ids: np.ndarray, start: int, end: int) -> np.ndarray:
         """The match model over the mixture's probabilities of ids[start:end] (without one, the mixture's)."""
         return match.char_probabilities(ids, start, end, mixed, self.match_min) if self.match_min else mixed
 
@@ -236,12 +236,13 @@ def fit_hybrid_weights(
     parts = [average_rnns(models, ids, t0, t1, warmup=context), ngram.char_probabilities(ids, t0, t1)]
     if cache_window:
         parts.append(cache.char_probabilities(ids, t0, t1, cache_window))
-    copied, kept = match.copies(ids, t0, t1, match_min) if match_min else (np.zeros(t1 - t0), np.ones(t1 - t0))
-    fitted = fit_weights(parts, (copied, kept))
+    layer = match.copies(ids, t0, t1, match_min) if match_min else None
+    fitted = fit_weights(parts, layer)
     weights = Weights(*(float(w) for w in fitted), cache_window=cache_window, match_min=match_min)
     if not shares:
         return weights
-    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares, lambda p: copied + kept * p)
+    over = {} if layer is None else {"then": lambda p: layer[0] + layer[1] * p}  # the match model, as scored
+    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares, **over)
     return dataclasses.replace(weights, share=share)
 
 

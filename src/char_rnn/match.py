@@ -9,8 +9,8 @@ often). Its distribution is `p * [the predicted unit] + (1 - p) * base`, where `
 mixture (with no match, the mixture's alone): a near-copy of an earlier document, a bill amending a law
 in the words of another, is then predicted from the copy, which a 5-gram's contexts cannot see and an
 RNN's 500 units of context may not reach. Its trust comes from what it has read, not from the tuning
-slice: a slice without copies would weigh it down exactly where copies come. It reads only the text
-before the predicted unit, all of it, like every other model here (`char_rnn.hybrid`).
+slice: a slice without copies would weigh it down exactly where copies come. Like every other model
+here it reads only the text before the predicted unit; unlike the others, all of it (`char_rnn.hybrid`).
 """
 
 from __future__ import annotations

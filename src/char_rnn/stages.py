@@ -368,9 +368,17 @@ def _tune_on_slice(params: Params, layout: Layout) -> Hybrid:
         (spec.train_units, spec.val_start),
         params.evaluate.context,
     )
-    chosen = params.tune
-    weights = fit_hybrid_weights(members(model), ids, span, params.baseline.order, context, chosen.cache_window,
-                                 chosen.mixture_shares, chosen.match_min)  # fmt: skip
+    tune_params = params.tune
+    weights = fit_hybrid_weights(
+        members(model),
+        ids,
+        span,
+        params.baseline.order,
+        context,
+        tune_params.cache_window,
+        tune_params.mixture_shares,
+        tune_params.match_min,
+    )
     dynamic = None
     if params.tune.dynamic_rates:
         segment, steps_context = params.tune.dynamic_segment, params.tune.dynamic_context
@@ -579,7 +587,7 @@ def _gate(params: Params, layout: Layout, files: dict[str, Path], spec: Any, met
         scorer = load_registered(f"models:/{name}/{version}")
     except (PipelineError, OSError) as exc:
         return gate.unfair(candidate, version, f"its files cannot be used ({exc})", metric, text.chars)
-    if missing := gate.unreadable(scorer.units, text, scorer.reach(text.context)):
+    if missing := gate.unreadable(scorer.units, text):
         return gate.unfair(candidate, version, f"its closed units lack {missing} of this text", metric, text.chars)
     champion_figure = gate.score(scorer, text, metric)
     return gate.decide(candidate, champion_figure, version, metric, params.registry.min_improvement, text, ngram)

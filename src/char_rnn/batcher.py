@@ -168,7 +168,7 @@ class Rows:
         """Rows that have read their prompts join the batch; returns their numbers."""
         generator, prompts = self.generator, [row.ids for row in read.rows]
         mixture = generator.mixture
-        mixing = mixture.read(prompts) if mixture else None
+        mixing = MixtureRows(mixture, prompts) if mixture else None
         spelling = Spelling(generator.units.speller, np.array([row.sampling.length for row in read.rows]))
         rngs = [np.random.default_rng(seed_of(row.sampling)) for row in read.rows]
         numbers = list(range(self.added, self.added + len(read.rows)))

@@ -92,10 +92,6 @@ class Mixture:
     ngram: KneserNey
     weights: Weights
 
-    def read(self, prompts: Sequence[np.ndarray] | np.ndarray) -> MixtureRows:
-        """The parts' memory of each row's text, after its prompt."""
-        return MixtureRows(self, prompts)
-
 
 class MixtureRows:
     """What the mixture's parts keep of each row's text as generation appends a unit to each: the
@@ -263,7 +259,7 @@ class Generator:
         """Yields (batch, V), the distribution sampled from after each row's text so far (the RNN's, or
         the mixture's), and is sent the units drawn next; the prompts (rows of equal length) read first."""
         prompts = np.asarray(prompts, dtype=np.int32)
-        reading = self.mixture.read(prompts) if self.mixture else None
+        reading = MixtureRows(self.mixture, prompts) if self.mixture else None
         states = self.model.initial_state(len(prompts))
         for t in range(prompts.shape[1]):
             probs, states = self.model.step(prompts[:, t], states)

@@ -66,10 +66,7 @@ class Weights:
         """The hybrid's probability of each unit of ids[start:end], from the RNN's and the n-gram's: the
         mixture (`track`), and the match model over it."""
         p_cache = cache.char_probabilities(ids, start, end, self.cache_window) if self.cache else None
-        return self.matched(self.track(p_rnn, p_kn, p_cache), ids, start, end)
-
-    def matched(self, mixed: np.ndarray, ids: np.ndarray, start: int, end: int) -> np.ndarray:
-        """The match model over the mixture's probabilities of ids[start:end] (without one, the mixture's)."""
+        mixed = self.track(p_rnn, p_kn, p_cache)
         return match.char_probabilities(ids, start, end, mixed, self.match_min) if self.match_min else mixed
 
     def mix(self, p_rnn: np.ndarray, p_kn: np.ndarray, p_cache: np.ndarray | None = None) -> np.ndarray:
@@ -241,8 +238,8 @@ def fit_hybrid_weights(
     weights = Weights(*(float(w) for w in fitted), cache_window=cache_window, match_min=match_min)
     if not shares:
         return weights
-    over = {} if layer is None else {"then": lambda p: layer[0] + layer[1] * p}  # the match model, as scored
-    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares, **over)
+    then = None if layer is None else lambda p: layer[0] + layer[1] * p  # the match model, as scored
+    share = best_share(np.asarray(weights.parts(*parts)), weights.prior(), shares, then)
     return dataclasses.replace(weights, share=share)
 
 
@@ -250,11 +247,12 @@ def best_share(
     parts: np.ndarray,
     prior: np.ndarray,
     shares: Sequence[float],
-    then: Callable[[np.ndarray], np.ndarray] = lambda probs: probs,
+    then: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> float:
     """Among 1 (the fitted weights held fixed) and `shares`, the one under which `fixed_share` (and `then`
     over it: the match model) scores `parts`' text best; a tie keeps the fixed weights."""
     candidates = [1.0, *shares]
     with np.errstate(divide="ignore"):
-        likelihood = [np.log(then(scored)).mean() for scored in fixed_share(parts, prior, candidates)]
+        scored = fixed_share(parts, prior, candidates)
+        likelihood = [np.log(then(row) if then else row).mean() for row in scored]
     return candidates[int(np.argmax(likelihood))]
